@@ -1,0 +1,23 @@
+"""rnnkit: recurrent sequence models that read like their equations, match torch.nn exactly,
+and run fast."""
+
+from rnnkit.cells import GRUCell, LSTMCell, RNNCell
+from rnnkit.inspect.params import ParamFormula, count_params, param_formula
+from rnnkit.inspect.summary import summary
+from rnnkit.layers import GRU, LSTM, RNN, Recurrent
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "GRUCell",
+    "LSTMCell",
+    "ParamFormula",
+    "RNNCell",
+    "Recurrent",
+    "count_params",
+    "param_formula",
+    "summary",
+]
