@@ -1,0 +1,265 @@
+"""One checkpoint format for every task: a folder that loads no code.
+
+A checkpoint is a directory holding
+
+* ``model.safetensors``   the weights (tied tensors stored once, aliases in its metadata);
+* ``config.json``         the task's configuration (task name, model sizes, tokenizer JSON, the
+                          training configuration) — enough to rebuild the model;
+* ``trainer.json``        step, metrics and, for a resumable checkpoint, the trainer state
+                          (optimizer scalars, schedule, data position) as JSON;
+* ``trainer.safetensors`` the trainer state's tensors (optimizer moments, RNG states as uint8,
+                          recurrent state carried between batches), only in resumable ones.
+
+A run folder holds ``config.json``, ``metrics.jsonl``, ``loss.png`` and two checkpoints:
+``last/`` (resumable) and ``best/`` (best validation metric so far).
+
+Nothing is ever unpickled: files are read with ``safetensors`` and ``json`` only, and a file
+that holds a pickle (``torch.save`` output, renamed or not) is refused with a clear error.
+Checkpoints are written atomically: files go to a temporary sibling folder, are fsynced, and the
+folder is swapped in with ``os.replace``; a crash at any moment leaves the previous checkpoint
+loadable (:func:`resolve` finds it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+MODEL = "model.safetensors"
+CONFIG = "config.json"
+TRAINER_JSON = "trainer.json"
+TRAINER_TENSORS = "trainer.safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+
+
+# -- low-level: atomic files, pickle refusal ----------------------------------------------------
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _write_synced(tmp, data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _refuse_pickle(path: Path, head: bytes) -> None:
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        kind = "a zip archive (torch.save format)" if head[:2] == b"PK" else "a pickle"
+        raise ValueError(f"{path} contains {kind}; rnnkit never unpickles (it can run arbitrary "
+                         f"code). Expected a safetensors file; convert trusted weights with "
+                         f"safetensors.torch.save_file(torch.load(f, weights_only=True), ...)")
+
+
+def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file. A pickle / torch.save file is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    _refuse_pickle(path, head)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise ValueError(f"{path} is not a valid safetensors file ({e})") from None
+    return tensors, meta
+
+
+def _tensor_bytes(tensors: dict[str, Tensor], meta: dict[str, str] | None = None) -> bytes:
+    return st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
+
+
+# -- flattening nested state (optimizer, RNG, data position) into JSON + tensors ----------------
+def flatten(obj: Any, tensors: dict[str, Tensor], prefix: str = "t") -> Any:
+    """A JSON-able copy of ``obj`` with every tensor moved into ``tensors`` (named by its path).
+    Dicts with non-string keys and tuples are tagged so :func:`unflatten` restores them."""
+    if isinstance(obj, Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and "__tensor__" not in obj:
+            return {k: flatten(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
+        return {"__items__": [[k, flatten(v, tensors, f"{prefix}.{i}")]
+                              for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint (at {prefix}); "
+                    f"use tensors, numbers, strings, lists, tuples and dicts")
+
+
+def unflatten(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of :func:`flatten`."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__items__" in obj:
+            return {k: unflatten(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(unflatten(v, tensors) for v in obj["__tuple__"])
+        return {k: unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten(v, tensors) for v in obj]
+    return obj
+
+
+# -- model weights ------------------------------------------------------------------------------
+def _dedupe(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tied parameters (same storage) are stored once; returns (tensors, alias -> stored name)."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out, aliases = {}, {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen and v.numel():
+            aliases[k] = seen[key]
+        else:
+            seen[key] = k
+            out[k] = v
+    return out, aliases
+
+
+def model_bytes(model: nn.Module) -> bytes:
+    tensors, aliases = _dedupe(dict(model.state_dict()))
+    return _tensor_bytes(tensors, {"aliases": json.dumps(aliases)})
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load ``model.safetensors`` (or a checkpoint folder) into ``model``, strictly: a missing,
+    unexpected or differently shaped tensor is a ``ValueError`` naming it (and both shapes)."""
+    path = Path(path)
+    if path.is_dir():
+        path = resolve(path) / MODEL
+    tensors, meta = read_tensors(path)
+    for alias, name in json.loads(meta.get("aliases", "{}")).items():
+        tensors[alias] = tensors[name]
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in tensors:
+            raise ValueError(f"{path} has no tensor {k!r} that the model needs (shape "
+                             f"{tuple(v.shape)}): the checkpoint is for a different model")
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise ValueError(f"{path}: tensor {k!r} has shape {tuple(tensors[k].shape)} in the "
+                             f"checkpoint but {tuple(v.shape)} in the model: the checkpoint is "
+                             f"for a different model shape")
+    extra = sorted(set(tensors) - set(own))
+    if extra:
+        raise ValueError(f"{path} has tensors the model lacks: {', '.join(extra[:5])}: the "
+                         f"checkpoint is for a different model")
+    model.load_state_dict({k: tensors[k] for k in own})
+    return model
+
+
+# -- checkpoint folders -------------------------------------------------------------------------
+def _old(d: Path) -> Path:
+    return d.with_name(f".{d.name}.old")
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint folder to read for ``path``: ``path`` itself if it holds a model, else its
+    ``best/`` then ``last/`` (a run folder). A swap interrupted by a crash is recovered."""
+    p = Path(path)
+    if not p.exists() and not _old(p).exists():
+        raise FileNotFoundError(f"{path}: no such run or checkpoint folder")
+    for d in (p, p / "best", p / "last"):
+        for cand in (d, _old(d)):
+            if (cand / MODEL).is_file():
+                return cand
+    pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES) if p.is_dir() \
+        else []
+    if pickles:
+        raise ValueError(f"{path} holds {', '.join(pickles)} but no {MODEL}: rnnkit never "
+                         f"unpickles checkpoints (pickle runs arbitrary code)")
+    raise FileNotFoundError(f"{path} holds no checkpoint: expected {MODEL} there or in its "
+                            f"best/ or last/ folder")
+
+
+def save(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any],
+         info: dict[str, Any] | None = None, state: Any = None) -> Path:
+    """Write a checkpoint folder atomically. ``info`` (step, metrics: JSON) goes to
+    ``trainer.json``; ``state`` (any nesting of dicts/lists/tensors/numbers) is split between
+    ``trainer.json`` and ``trainer.safetensors``."""
+    dst = Path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    old, tmp = _old(dst), dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    if not dst.exists() and old.exists():  # finish a swap a crash interrupted
+        os.replace(old, dst)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    _write_synced(tmp / MODEL, model_bytes(model))
+    _write_synced(tmp / CONFIG, json.dumps(config, indent=1).encode())
+    record = dict(info or {})
+    if state is not None:
+        tensors: dict[str, Tensor] = {}
+        record["state"] = flatten(state, tensors)
+        _write_synced(tmp / TRAINER_TENSORS, _tensor_bytes(tensors))
+    _write_synced(tmp / TRAINER_JSON, json.dumps(record, indent=1).encode())
+    _fsync_dir(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    _refuse_pickle(path, head)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``config.json`` of a run or checkpoint folder."""
+    p = Path(path)
+    if (p / CONFIG).is_file():
+        return read_json(p / CONFIG)
+    return read_json(resolve(p) / CONFIG)
+
+
+def load_trainer(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``trainer.json`` of a checkpoint folder with its ``state`` (if any) rebuilt, tensors
+    included."""
+    d = resolve(path)
+    record = read_json(d / TRAINER_JSON)
+    if "state" in record:
+        tensors, _ = read_tensors(d / TRAINER_TENSORS)
+        record["state"] = unflatten(record["state"], tensors)
+    return record
