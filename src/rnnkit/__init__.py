@@ -3,6 +3,7 @@ and run fast."""
 
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.inspect.params import ParamFormula, count_params, param_formula
+from rnnkit.inspect.record import record
 from rnnkit.inspect.summary import summary
 from rnnkit.layers import GRU, LSTM, RNN, Recurrent
 
@@ -19,5 +20,6 @@ __all__ = [
     "Recurrent",
     "count_params",
     "param_formula",
+    "record",
     "summary",
 ]
