@@ -9,9 +9,12 @@ import sys
 # Modules exposing ``register(subparsers)``; add one line per command.
 COMMANDS = [
     "rnnkit.inspect.explain",
+    "rnnkit.tasks",
 ]
 # Task modules exposing ``register_train(subparsers)`` for ``rnnkit train <task>``.
-TRAIN_TASKS: list[str] = []
+TRAIN_TASKS: list[str] = [
+    "rnnkit.tasks.lm",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
