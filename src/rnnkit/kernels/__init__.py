@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from rnnkit.kernels import fused, reference
+from rnnkit.kernels import fast, fused, reference
 
 if TYPE_CHECKING:
     from rnnkit.layers import Recurrent
@@ -35,6 +35,7 @@ KernelFn = Callable[..., tuple[Tensor, tuple[Tensor, ...], list | None]]
 
 KERNELS: dict[str, KernelFn] = {
     "fused": fused.run,
+    "fast": fast.run,
     "reference": reference.run,
 }
 CHOICES = ("auto", *KERNELS)
@@ -44,6 +45,8 @@ def why_not(name: str, layer: Recurrent, x: Tensor, record: bool) -> str | None:
     """Why kernel ``name`` cannot run this call (``None`` when it can)."""
     if name == "fused":
         return fused.why_not(layer, x, record)
+    if name == "fast":
+        return fast.why_not(layer, x, record)
     return None
 
 
@@ -51,7 +54,8 @@ def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) ->
     """Name of the kernel that runs this call.
 
     ``kernel="auto"``: torch.nn's fused vendor kernel (oneDNN on CPU, cuDNN on GPU) whenever it
-    can serve the configuration, otherwise the reference loop over the cells. An explicit
+    can serve the configuration, else rnnkit's own fast path (:mod:`rnnkit.kernels.fast`)
+    where it supports the cell, else the reference loop over the cells. An explicit
     choice that cannot serve the call is an error, never a silent fallback.
     """
     wanted = layer.kernel
@@ -60,7 +64,7 @@ def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) ->
         if reason is not None:
             raise ValueError(f"kernel={wanted!r} cannot run this call: {reason}")
         return wanted
-    for name in ("fused", "reference"):
+    for name in ("fused", "fast", "reference"):
         if why_not(name, layer, x, record) is None:
             return name
     raise AssertionError("the reference kernel serves every configuration")

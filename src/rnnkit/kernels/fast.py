@@ -1,0 +1,461 @@
+"""rnnkit's own fast path: one matmul for the input projection, one ``addmm`` and a few
+in-place elementwise ops per time step, and a hand-written backward over the whole sequence.
+
+Serves RNN (tanh/relu), LSTM and GRU in both forms, every stacking, direction, ``lengths`` and
+gate recording. Per layer and direction:
+
+* the input projection of all steps is ONE matmul over the packed rows: ``X W_ih^T + b``;
+* a :class:`torch.autograd.Function` runs the recurrence: per step one ``addmm`` into a
+  preallocated gate buffer and in-place activations; it saves the activated gates;
+* its backward runs the reverse-time loop (per step one ``mm`` and three to six elementwise
+  ops, their factors precomputed for the whole sequence at once) and then the weight gradient
+  as ONE matmul over all steps, ``dW_hh = dA^T H_prev``; ``dW_ih`` and ``dx`` come from
+  autograd through the single input-projection matmul.
+
+Variable lengths cost nothing extra: sequences are sorted once by length and laid out *packed*
+(time-major, step ``t`` holds the ``b_t`` sequences longer than ``t``), so step ``t`` computes
+only its ``b_t`` active rows. The backward direction reads each sequence reversed within its
+own length, which in the packed layout is a fixed row permutation. Recorded gates are the
+kernel's own buffers, unpacked; they stay differentiable (their gradients join the backward
+loop only when some reach them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from rnnkit.layers import Recurrent
+
+MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before")
+
+
+def why_not(layer: Recurrent, x: Tensor, record: bool) -> str | None:
+    if layer.mode not in MODES:
+        return f"the fast path has no kernel for {layer.describe_cell()}"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"the fast path runs float32/float64, got {x.dtype}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed layout
+@dataclass
+class Plan:
+    """How ``(B, T, F)`` sequences are packed into ``(N, F)`` time-major rows.
+
+    Step ``t`` owns rows ``offs[t] : offs[t] + sizes[t]`` (the ``sizes[t]`` longest sequences,
+    sorted by length, longest first). ``prev`` indexes, for every packed row, its previous
+    step's row in ``cat([h0, rows])`` (``None`` when all lengths equal ``T``: a shift by ``B``).
+    """
+
+    B: int
+    T: int
+    N: int
+    sizes: list[int]
+    offs: list[int]
+    order: Tensor | None  # sorted position -> batch row
+    unorder: Tensor | None
+    flat: Tensor | None  # packed row -> b * T + t (forward time)
+    rev: Tensor | None  # packed row -> packed row of the same sequence, time reversed
+    prev: Tensor | None
+    last: Tensor | None  # sorted sequence -> its last packed row
+
+    @staticmethod
+    def make(lengths: Tensor | None, B: int, T: int, device: torch.device) -> Plan:
+        if lengths is None or bool((lengths == T).all()):
+            return Plan(B, T, T * B, [B] * T, [t * B for t in range(T)],
+                        None, None, None, None, None, None)
+        lengths = lengths.to(device)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        unorder = torch.empty_like(order)
+        unorder[order] = torch.arange(B, device=device)
+        slen = lengths[order]
+        counts = torch.bincount(slen.cpu(), minlength=T + 1)  # sequences of each length
+        sizes_t = B - torch.cumsum(counts, 0)[:T]  # sequences longer than t
+        sizes = sizes_t.tolist()
+        offs_t = torch.cumsum(sizes_t, 0) - sizes_t
+        offs = offs_t.tolist()
+        N = int(sizes_t.sum())
+        t_of = torch.repeat_interleave(torch.arange(T), sizes_t).to(device)  # (N,)
+        j_of = torch.arange(N, device=device) - offs_t.to(device)[t_of]
+        flat = order[j_of] * T + t_of
+        offs_d = offs_t.to(device)
+        rev = offs_d[slen[j_of] - 1 - t_of] + j_of
+        prev = torch.where(t_of > 0, B + offs_d[(t_of - 1).clamp(min=0)] + j_of, j_of)
+        last = offs_d[slen - 1] + torch.arange(B, device=device)
+        return Plan(B, T, N, sizes, offs, order, unorder, flat, rev, prev, last)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``(B, T, F)`` -> ``(N, F)``."""
+        if self.flat is None:
+            return x.transpose(0, 1).reshape(self.N, x.shape[-1])
+        return x.reshape(self.B * self.T, -1).index_select(0, self.flat)
+
+    def unpack(self, y: Tensor) -> Tensor:
+        """``(N, F)`` -> ``(B, T, F)``, zero past each length."""
+        Fd = y.shape[-1]
+        if self.flat is None:
+            return y.view(self.T, self.B, Fd).transpose(0, 1).contiguous()
+        out = y.new_zeros(self.B * self.T, Fd).index_copy(0, self.flat, y)
+        return out.view(self.B, self.T, Fd)
+
+    def reverse(self, y: Tensor) -> Tensor:
+        """Each sequence reversed within its length (an involution on packed rows)."""
+        if self.rev is None:
+            return y.view(self.T, self.B, -1).flip(0).reshape(self.N, -1)
+        return y.index_select(0, self.rev)
+
+    def sort(self, s: Tensor) -> Tensor:
+        """Batch rows ``(..., B, H)`` into length order (dim -2)."""
+        return s if self.order is None else s.index_select(-2, self.order)
+
+    def unsort(self, s: Tensor) -> Tensor:
+        return s if self.unorder is None else s.index_select(-2, self.unorder)
+
+    def previous(self, buf: Tensor) -> Tensor:
+        """``buf`` ``(B + N, H)`` = ``[state0; rows]`` -> each row's previous state ``(N, H)``."""
+        return buf[: self.N] if self.prev is None else buf.index_select(0, self.prev)
+
+    def final(self, buf: Tensor) -> Tensor:
+        """``buf`` ``(B + N, H)`` -> each (sorted) sequence's state at its last step ``(B, H)``."""
+        if self.last is None:
+            return buf[self.N:]
+        return buf.index_select(0, self.last + self.B)
+
+    def scatter_final(self, g: Tensor | None, H: int, like: Tensor) -> Tensor:
+        """Gradient of :meth:`final`'s result laid out as a running ``(B, H)`` buffer."""
+        return like.new_zeros(self.B, H) if g is None else g.clone()
+
+
+# ---------------------------------------------------------------------------------------------
+# The recurrences. Each ``forward`` takes the packed input projection ``xp`` (N, G*H) (biases
+# folded in where they are additive), the recurrent weight ``w`` (G*H, H), the initial state
+# (sorted, (B, H)) and the plan; it returns the packed outputs (N, H), the final state and
+# (non-differentiable) buffers for recording.
+
+def _grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if g is None else g
+
+
+class _LSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, w: Tensor, h0: Tensor, c0: Tensor, plan: Plan):
+        B, N, H = plan.B, plan.N, h0.shape[1]
+        HH = xp.new_empty(B + N, H)
+        CC = xp.new_empty(B + N, H)
+        HH[:B] = h0
+        CC[:B] = c0
+        G = xp.new_empty(N, 4 * H)
+        TC = xp.new_empty(N, H)
+        wt = w.t()
+        p = 0
+        for b, s in zip(plan.sizes, plan.offs, strict=True):
+            g = torch.addmm(xp[s:s + b], HH[p:p + b], wt, out=G[s:s + b])
+            g[:, :2 * H].sigmoid_()
+            g[:, 2 * H:3 * H].tanh_()
+            g[:, 3 * H:].sigmoid_()
+            c = torch.mul(g[:, H:2 * H], CC[p:p + b], out=CC[B + s:B + s + b])
+            c.addcmul_(g[:, :H], g[:, 2 * H:3 * H])
+            tc = torch.tanh(c, out=TC[s:s + b])
+            p = B + s
+            torch.mul(g[:, 3 * H:], tc, out=HH[p:p + b])
+        ctx.plan = plan
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(w, HH, CC, G, TC)
+        return HH[B:], plan.final(HH), plan.final(CC), G, CC[B:]
+
+    @staticmethod
+    def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None,
+                 dG: Tensor | None, dC: Tensor | None):
+        plan: Plan = ctx.plan
+        w, HH, CC, G, TC = ctx.saved_tensors
+        N, H = plan.N, w.shape[1]
+        dY = _grad_or_zeros(dY, TC)
+        i, f, g, o = G.split(H, dim=1)
+        # Factors of the gate gradients, for all steps at once:
+        # dA_i = dc g i(1-i), dA_f = dc c_prev f(1-f), dA_g = dc i (1-g^2), dA_o = dh tanh(c) o(1-o)
+        K = o * (1 - TC * TC)  # dc += dh * K
+        P = torch.empty_like(G)
+        torch.mul(g, i * (1 - i), out=P[:, :H])
+        torch.mul(plan.previous(CC), f * (1 - f), out=P[:, H:2 * H])
+        torch.mul(i, 1 - g * g, out=P[:, 2 * H:3 * H])
+        torch.mul(TC, o * (1 - o), out=P[:, 3 * H:])
+        P3 = P[:, :3 * H].view(N, 3, H)
+        dA = torch.empty_like(G)
+        dA3 = dA[:, :3 * H].view(N, 3, H)
+        run_h = plan.scatter_final(dhN, H, TC)
+        run_c = plan.scatter_final(dcN, H, TC)
+        dh_buf, dc_buf = torch.empty_like(run_h), torch.empty_like(run_c)
+        E = None  # gradient reaching the recorded gates, through to their pre-activations
+        if dG is not None:
+            E = dG * torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], 1)
+        for b, s in zip(reversed(plan.sizes), reversed(plan.offs), strict=True):
+            e = s + b
+            dh = torch.add(run_h[:b], dY[s:e], out=dh_buf[:b])
+            dc = torch.addcmul(run_c[:b], dh, K[s:e], out=dc_buf[:b])
+            if dC is not None:
+                dc.add_(dC[s:e])
+            torch.mul(dc.unsqueeze(1), P3[s:e], out=dA3[s:e])
+            torch.mul(dh, P[s:e, 3 * H:], out=dA[s:e, 3 * H:])
+            if E is not None:
+                dA[s:e].add_(E[s:e])
+            torch.mul(dc, f[s:e], out=run_c[:b])
+            torch.mm(dA[s:e], w, out=run_h[:b])
+        dw = dA.t().mm(plan.previous(HH))
+        return dA, dw, run_h, run_c, None
+
+
+class _GRU(torch.autograd.Function):
+    """GRU, ``reset_after=True``: ``n = tanh(xn + r * (W_hn h + b_hn))``."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, w: Tensor, bh: Tensor, h0: Tensor, plan: Plan):
+        B, N, H = plan.B, plan.N, h0.shape[1]
+        HH = xp.new_empty(B + N, H)
+        HH[:B] = h0
+        G = xp.new_empty(N, 3 * H)  # r, z, n (activated)
+        R = xp.new_empty(N, 3 * H)  # recurrent products W_hh h + b_hh
+        wt = w.t()
+        p = 0
+        for b, s in zip(plan.sizes, plan.offs, strict=True):
+            e = s + b
+            hp = HH[p:p + b]
+            r = torch.addmm(bh, hp, wt, out=R[s:e])
+            g = G[s:e]
+            torch.add(xp[s:e, :2 * H], r[:, :2 * H], out=g[:, :2 * H]).sigmoid_()
+            n = torch.addcmul(xp[s:e, 2 * H:], g[:, :H], r[:, 2 * H:], out=g[:, 2 * H:])
+            n.tanh_()
+            p = B + s
+            torch.lerp(n, hp, g[:, H:2 * H], out=HH[p:p + b])
+        ctx.plan = plan
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(w, HH, G, R)
+        return HH[B:], plan.final(HH), G
+
+    @staticmethod
+    def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dG: Tensor | None):
+        plan: Plan = ctx.plan
+        w, HH, G, R = ctx.saved_tensors
+        B, N, H = plan.B, plan.N, w.shape[1]
+        dY = _grad_or_zeros(dY, HH[B:])
+        r, z, n = G.split(H, dim=1)
+        hp = plan.previous(HH)
+        # dxp = dh * [P_r, P_z, P_n];  d(W_hh h + b_hh) = dh * [P_r, P_z, P_n r]
+        P = torch.empty_like(G)
+        Pn = torch.mul(1 - z, 1 - n * n, out=P[:, 2 * H:])
+        torch.mul(hp - n, z * (1 - z), out=P[:, H:2 * H])
+        torch.mul(Pn * R[:, 2 * H:], r * (1 - r), out=P[:, :H])
+        Q = P.clone()
+        Q[:, 2 * H:].mul_(r)
+        Q3 = Q.view(N, 3, H)
+        DH = torch.empty_like(hp)
+        DR = torch.empty_like(G)
+        DR3 = DR.view(N, 3, H)
+        run = plan.scatter_final(dhN, H, hp)
+        tmp = torch.empty_like(run)
+        E = Er = None  # gradient reaching the recorded gates, at the pre-activations
+        if dG is not None:
+            E = torch.empty_like(G)
+            En = torch.mul(dG[:, 2 * H:], 1 - n * n, out=E[:, 2 * H:])
+            torch.mul(dG[:, H:2 * H], z * (1 - z), out=E[:, H:2 * H])
+            torch.mul(En * R[:, 2 * H:] + dG[:, :H], r * (1 - r), out=E[:, :H])
+            Er = E.clone()
+            Er[:, 2 * H:].mul_(r)
+        for b, s in zip(reversed(plan.sizes), reversed(plan.offs), strict=True):
+            e = s + b
+            dh = torch.add(run[:b], dY[s:e], out=DH[s:e])
+            torch.mul(dh.unsqueeze(1), Q3[s:e], out=DR3[s:e])
+            if Er is not None:
+                DR[s:e].add_(Er[s:e])
+            torch.mul(dh, z[s:e], out=tmp[:b])
+            torch.addmm(tmp[:b], DR[s:e], w, out=run[:b])
+        dxp = (DH.unsqueeze(1) * P.view(N, 3, H)).view(N, 3 * H)
+        if E is not None:
+            dxp += E
+        dw = DR.t().mm(hp)
+        return dxp, dw, DR.sum(0), run, None
+
+
+class _GRUCho(torch.autograd.Function):
+    """GRU, ``reset_after=False``: ``n = tanh(xn + W_hn (r * h))``; all biases are in ``xp``."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, w: Tensor, h0: Tensor, plan: Plan):
+        B, N, H = plan.B, plan.N, h0.shape[1]
+        HH = xp.new_empty(B + N, H)
+        HH[:B] = h0
+        G = xp.new_empty(N, 3 * H)  # r, z, n (activated)
+        RH = xp.new_empty(N, H)  # r * h_prev
+        w_rz, w_n = w[:2 * H].t(), w[2 * H:].t()
+        p = 0
+        for b, s in zip(plan.sizes, plan.offs, strict=True):
+            e = s + b
+            hp = HH[p:p + b]
+            g = G[s:e]
+            torch.addmm(xp[s:e, :2 * H], hp, w_rz, out=g[:, :2 * H]).sigmoid_()
+            rh = torch.mul(g[:, :H], hp, out=RH[s:e])
+            torch.addmm(xp[s:e, 2 * H:], rh, w_n, out=g[:, 2 * H:]).tanh_()
+            p = B + s
+            torch.lerp(g[:, 2 * H:], hp, g[:, H:2 * H], out=HH[p:p + b])
+        ctx.plan = plan
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(w, HH, G, RH)
+        return HH[B:], plan.final(HH), G
+
+    @staticmethod
+    def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dG: Tensor | None):
+        plan: Plan = ctx.plan
+        w, HH, G, RH = ctx.saved_tensors
+        B, H = plan.B, w.shape[1]
+        dY = _grad_or_zeros(dY, HH[B:])
+        r, z, n = G.split(H, dim=1)
+        hp = plan.previous(HH)
+        Pn = (1 - z) * (1 - n * n)
+        Pz = (hp - n) * z * (1 - z)
+        Pr = hp * r * (1 - r)
+        w_rz, w_n = w[:2 * H], w[2 * H:]
+        dA = torch.empty_like(G)
+        dRH = torch.empty_like(hp)
+        run = plan.scatter_final(dhN, H, hp)
+        dh_buf, tmp = torch.empty_like(run), torch.empty_like(run)
+        E = None  # gradient reaching the recorded gates, at the pre-activations
+        if dG is not None:
+            E = dG * torch.cat([r * (1 - r), z * (1 - z), 1 - n * n], 1)
+        for b, s in zip(reversed(plan.sizes), reversed(plan.offs), strict=True):
+            e = s + b
+            dh = torch.add(run[:b], dY[s:e], out=dh_buf[:b])
+            dn = torch.mul(dh, Pn[s:e], out=dA[s:e, 2 * H:])
+            torch.mul(dh, Pz[s:e], out=dA[s:e, H:2 * H])
+            if E is not None:
+                dA[s:e, H:].add_(E[s:e, H:])
+            drh = torch.mm(dn, w_n, out=dRH[s:e])
+            torch.mul(drh, Pr[s:e], out=dA[s:e, :H])
+            if E is not None:
+                dA[s:e, :H].add_(E[s:e, :H])
+            torch.mul(dh, z[s:e], out=tmp[:b]).addcmul_(drh, r[s:e])
+            torch.addmm(tmp[:b], dA[s:e, :2 * H], w_rz, out=run[:b])
+        dw = torch.cat([dA[:, :2 * H].t().mm(hp), dA[:, 2 * H:].t().mm(RH)])
+        return dA, dw, run, None
+
+
+class _RNN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, w: Tensor, h0: Tensor, plan: Plan, relu: bool):
+        B, N, H = plan.B, plan.N, h0.shape[1]
+        HH = xp.new_empty(B + N, H)
+        HH[:B] = h0
+        A = xp.new_empty(N, H)  # pre-activations
+        wt = w.t()
+        p = 0
+        for b, s in zip(plan.sizes, plan.offs, strict=True):
+            a = torch.addmm(xp[s:s + b], HH[p:p + b], wt, out=A[s:s + b])
+            p = B + s
+            if relu:
+                torch.clamp(a, min=0, out=HH[p:p + b])
+            else:
+                torch.tanh(a, out=HH[p:p + b])
+        ctx.plan, ctx.relu = plan, relu
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(w, HH)
+        return HH[B:], plan.final(HH), A
+
+    @staticmethod
+    def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dA_rec: Tensor | None):
+        plan: Plan = ctx.plan
+        w, HH = ctx.saved_tensors
+        B, H = plan.B, w.shape[1]
+        Y = HH[B:]
+        dY = _grad_or_zeros(dY, Y)
+        D = (Y > 0).to(Y.dtype) if ctx.relu else 1 - Y * Y
+        dA = torch.empty_like(Y)
+        run = plan.scatter_final(dhN, H, Y)
+        for b, s in zip(reversed(plan.sizes), reversed(plan.offs), strict=True):
+            e = s + b
+            torch.add(run[:b], dY[s:e], out=dA[s:e]).mul_(D[s:e])
+            if dA_rec is not None:
+                dA[s:e].add_(dA_rec[s:e])
+            torch.mm(dA[s:e], w, out=run[:b])
+        dw = dA.t().mm(plan.previous(HH))
+        return dA, dw, run, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+def _bias_sum(cell: Any) -> Tensor | None:
+    if cell.bias_ih is None:
+        return None
+    return cell.bias_ih + cell.bias_hh
+
+
+def run_direction(
+    mode: str, cell: Any, X: Tensor, state: tuple[Tensor, ...], plan: Plan, record: bool
+) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
+    """One layer, one direction over packed input ``X`` ``(N, I)``; ``state`` sorted ``(B, H)``.
+
+    Returns packed outputs ``(N, H)``, the final state (sorted) and, when ``record``, packed
+    ``(N, H)`` recordings (states first, then the cell's gates).
+    """
+    H = cell.hidden_size
+    rec: dict[str, Tensor] | None = None
+    if mode == "lstm":
+        xp = F.linear(X, cell.weight_ih, _bias_sum(cell))
+        Y, hN, cN, G, CC = _LSTM.apply(xp, cell.weight_hh, state[0], state[1], plan)
+        if record:
+            rec = {"h": Y, "c": CC}
+            rec.update(zip(cell.gate_names, G.split(H, 1), strict=True))
+        return Y, (hN, cN), rec
+    if mode == "gru":
+        xp = F.linear(X, cell.weight_ih, cell.bias_ih)
+        bh = cell.bias_hh if cell.bias_hh is not None else X.new_zeros(3 * H)
+        Y, hN, G = _GRU.apply(xp, cell.weight_hh, bh, state[0], plan)
+    elif mode == "gru_reset_before":
+        xp = F.linear(X, cell.weight_ih, cell.bias_rzn)
+        Y, hN, G = _GRUCho.apply(xp, cell.weight_hh, state[0], plan)
+    else:
+        xp = F.linear(X, cell.weight_ih, _bias_sum(cell))
+        Y, hN, G = _RNN.apply(xp, cell.weight_hh, state[0], plan, mode == "rnn_relu")
+    if record:
+        rec = {"h": Y}
+        rec.update(zip(cell.gate_names, G.split(H, 1), strict=True))
+    return Y, (hN,), rec
+
+
+def run(
+    layer: Recurrent,
+    x: Tensor,
+    state: tuple[Tensor, ...],
+    lengths: Tensor | None,
+    record: bool = False,
+) -> tuple[Tensor, tuple[Tensor, ...], list | None]:
+    B, T, _ = x.shape
+    D = layer.num_directions
+    plan = Plan.make(lengths, B, T, x.device)
+    st = tuple(plan.sort(s) for s in state)
+    X = plan.pack(x)
+    finals: list[list[Tensor]] = [[] for _ in state]
+    records: list | None = [] if record else None
+    for layer_idx in range(layer.num_layers):
+        outs, layer_records = [], []
+        for d in range(D):
+            k = layer_idx * D + d
+            inp = X if d == 0 else plan.reverse(X)
+            Y, fin, rec = run_direction(layer.mode, layer.cells[k], inp,
+                                        tuple(s[k] for s in st), plan, record)
+            outs.append(Y if d == 0 else plan.reverse(Y))
+            for i, v in enumerate(fin):
+                finals[i].append(v)
+            if rec is not None:
+                layer_records.append(
+                    {n: plan.unpack(v if d == 0 else plan.reverse(v)) for n, v in rec.items()})
+        X = outs[0] if D == 1 else torch.cat(outs, dim=-1)
+        if layer.dropout > 0 and layer.training and layer_idx < layer.num_layers - 1:
+            X = F.dropout(X, layer.dropout, training=True)
+        if records is not None:
+            records.append(layer_records)
+    out = plan.unpack(X)
+    return out, tuple(plan.unsort(torch.stack(f, 0)) for f in finals), records

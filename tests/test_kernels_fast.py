@@ -1,0 +1,122 @@
+"""The own fast path (kernel="fast") against the reference loop: outputs, final states, and the
+gradients of every weight, the input and the initial state; recordings and their gradients."""
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rnnkit
+from rnnkit import kernels
+
+FAMILIES = {
+    "rnn_tanh": (rnnkit.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (rnnkit.RNN, {"nonlinearity": "relu"}),
+    "lstm": (rnnkit.LSTM, {}),
+    "gru": (rnnkit.GRU, {}),
+    "gru_reset_before": (rnnkit.GRU, {"reset_after": False}),
+}
+B, T, I, H = 4, 7, 5, 6
+LENGTHS = {"none": None, "varied": [7, 3, 1, 5], "all_full": [7, 7, 7, 7], "ties": [2, 5, 2, 5]}
+
+
+def pair(family, **kw):
+    cls, extra = FAMILIES[family]
+    torch.manual_seed(0)
+    ref = cls(I, H, kernel="reference", **extra, **kw)
+    fast = cls(I, H, kernel="fast", **extra, **kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def run(layer, x, state, lengths, record=False):
+    """Outputs, final state, recordings and every gradient of a random projection of them."""
+    xx = x.clone().requires_grad_(True)
+    st_ = None if state is None else tuple(s.clone().requires_grad_(True) for s in state)
+    arg = None if st_ is None else (st_ if len(st_) == 2 else st_[0])
+    recs = {}
+    if record:
+        with rnnkit.record(layer, detach=False) as rec:
+            out, fin = layer(xx, arg, lengths=lengths)
+        recs = {n: rec.only[n] for n in rec.only.names}
+    else:
+        out, fin = layer(xx, arg, lengths=lengths)
+    fin = fin if isinstance(fin, tuple) else (fin,)
+    g = torch.Generator().manual_seed(1)
+    loss = sum((v * torch.randn(v.shape, generator=g, dtype=v.dtype)).sum()
+               for v in (out, *fin, *recs.values()))
+    layer.zero_grad()
+    loss.backward()
+    grads = [xx.grad] + ([s.grad for s in st_] if st_ else [])
+    grads += [p.grad for p in layer.parameters()]
+    return [out, *fin, *recs.values()], grads, layer.last_kernel
+
+
+def check(family, layers, bidir, lengths, use_state, record=False, b=B, t=T, dtype=None):
+    ref, fast = pair(family, num_layers=layers, bidirectional=bidir)
+    if dtype is not None:
+        ref, fast = ref.to(dtype), fast.to(dtype)
+    D = 2 if bidir else 1
+    x = torch.randn(b, t, I, dtype=dtype)
+    n_state = 2 if family == "lstm" else 1
+    state = (tuple(torch.randn(layers * D, b, H, dtype=dtype) for _ in range(n_state))
+             if use_state else None)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    v1, g1, k1 = run(ref, x, state, lengths, record)
+    v2, g2, k2 = run(fast, x, state, lengths, record)
+    assert (k1, k2) == ("reference", "fast")
+    assert len(v1) == len(v2) and len(g1) == len(g2)
+    for a, c in zip(v2 + g2, v1 + g1, strict=True):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family,layers,bidir,lengths,use_state", list(itertools.product(
+    FAMILIES, [1, 2], [False, True], LENGTHS, [False, True])))
+def test_fast_equals_reference(family, layers, bidir, lengths, use_state):
+    check(family, layers, bidir, LENGTHS[lengths], use_state)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("lengths", ["none", "varied"])
+def test_recording_on_fast_equals_reference_with_gradients(family, lengths):
+    """Recorded states and gates, and gradients that flow through them (detach=False)."""
+    check(family, 2, True, LENGTHS[lengths], True, record=True)
+
+
+@settings(max_examples=12, deadline=None)
+@given(family=st.sampled_from(sorted(FAMILIES)), b=st.integers(1, 5), t=st.integers(1, 9),
+       layers=st.integers(1, 2), bidir=st.booleans(), use_lengths=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fast_equals_reference_hypothesis(family, b, t, layers, bidir, use_lengths, seed):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, t + 1, (b,), generator=g).tolist() if use_lengths else None
+    torch.manual_seed(seed)
+    check(family, layers, bidir, lengths, True, b=b, t=t)
+
+
+def test_fast_float64():
+    check("lstm", 1, True, LENGTHS["varied"], True, dtype=torch.float64)
+
+
+def test_auto_dispatch_prefers_fused_then_fast():
+    x = torch.randn(B, T, I)
+    assert kernels.select(rnnkit.LSTM(I, H), x, None, False) == "fused"
+    assert kernels.select(rnnkit.LSTM(I, H), x, None, True) == "fast"  # recording
+    assert kernels.select(rnnkit.GRU(I, H, reset_after=False), x, None, False) == "fast"
+    half = rnnkit.LSTM(I, H, kernel="fast").to(torch.bfloat16)
+    with pytest.raises(ValueError, match="float32/float64"):
+        half(x.to(torch.bfloat16))
+
+
+def test_fast_dropout_between_layers_only_in_training():
+    ref, fast = pair("lstm", num_layers=2, dropout=0.5)
+    x = torch.randn(B, T, I)
+    ref.eval(), fast.eval()
+    torch.testing.assert_close(fast(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
+    fast.train()
+    torch.manual_seed(0)
+    a = fast(x)[0]
+    torch.manual_seed(1)
+    assert not torch.allclose(a, fast(x)[0])
