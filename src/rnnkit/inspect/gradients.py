@@ -149,14 +149,15 @@ def plot_flows(curves: dict[str, Tensor], out: str, title: str) -> None:
 
 def run_gradients(args: argparse.Namespace) -> None:
     """``rnnkit inspect gradients``: the vanishing-gradient picture on the adding problem."""
-    from rnnkit.tasks.longrange import make_task
+    from rnnkit.tasks.longrange import make_task, parse_init
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     curves: dict[str, Tensor] = {}
     print(f"‖∂L/∂h_t‖ on the adding problem, T={args.length}, first layer, batch "
           f"{args.batch}; ratio = ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖")
     for cell in cells:
-        task = make_task("adding", args.length, cell, seed=args.seed, hidden=args.hidden)
+        task = make_task("adding", args.length, cell, seed=args.seed, hidden=args.hidden,
+                         init=parse_init(args.init))
         torch.manual_seed(args.seed)
         model = task.build_model()
         batch = task.test_batch(args.batch)
@@ -186,6 +187,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--train-steps", type=int, default=0,
                    help="also train each model this many steps on the adding problem")
+    p.add_argument("--init", default="chrono", help="keep-gate bias of LSTM/GRU: chrono "
+                   "(default, as in rnnkit longrange), torch (plain torch.nn init) or a number")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="gradient_flow.png")
     p.add_argument("--out-dir", default="runs/gradients", help="run folders when training")

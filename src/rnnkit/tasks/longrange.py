@@ -120,27 +120,57 @@ def digits_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
 
 
 # -- model --------------------------------------------------------------------------------------
-class LongRangeModel(nn.Module):
-    """One recurrent layer and a linear readout: ``x`` ``(B, T, I)`` -> ``(B, T, O)``.
+def init_keep_gate(layer: nn.Module, how: str | float, t_max: int) -> None:
+    """Initialise the bias of the gate that keeps the state — LSTM's forget gate, GRU's update
+    gate — so that at initialisation the cell remembers rather than forgets:
 
-    ``keep_bias`` initialises the bias of the gate that keeps the state — LSTM's forget gate,
-    GRU's update gate — to this value (Gers et al. 2000; Jozefowicz et al. 2015), so at
-    initialisation the cell remembers rather than forgets (σ(1) ≈ 0.73 per step)."""
+    * ``"chrono"`` (Tallec & Ollivier 2018): ``b ~ log U(1, t_max - 1)``, so unit k starts
+      with a memory of about ``e^b`` steps, spread over the range the task needs (LSTM: input
+      gate bias ``-b``);
+    * a number: that constant bias (1.0: Gers et al. 2000; Jozefowicz et al. 2015);
+    * ``"torch"``: leave torch.nn's initialisation (every bias ~ U(-1/√H, 1/√H)).
+
+    The bias sits in ``bias_ih`` (``bias_hh`` of that block set to 0). RNN layers have no gate
+    and are left alone."""
+    if how == "torch" or getattr(layer, "mode", "").startswith("rnn"):
+        return
+    H = layer.hidden_size
+    with torch.no_grad():
+        for c in layer.cells:  # gate blocks: LSTM i, f, g, o; GRU r, z, n
+            if how == "chrono":
+                b = torch.log(torch.empty(H).uniform_(1.0, max(float(t_max) - 1, 2.0)))
+            else:
+                b = torch.full((H,), float(how))
+            c.bias_ih[H:2 * H] = b
+            c.bias_hh[H:2 * H] = 0.0
+            if how == "chrono" and layer.mode == "lstm":
+                c.bias_ih[:H] = -b
+                c.bias_hh[:H] = 0.0
+
+
+def parse_init(v: str) -> str | float:
+    """``--init`` value: ``chrono``, ``torch`` or a number."""
+    if v in ("chrono", "torch"):
+        return v
+    try:
+        return float(v)
+    except ValueError:
+        raise ValueError(f"--init must be 'chrono', 'torch' or a number, got {v!r}") from None
+
+
+class LongRangeModel(nn.Module):
+    """One recurrent layer and a linear readout: ``x`` ``(B, T, I)`` -> ``(B, T, O)``; the
+    keep gate initialised by :func:`init_keep_gate` (``init``, ``t_max``)."""
 
     def __init__(self, cell: str, n_in: int, hidden: int, n_out: int,
-                 keep_bias: float = 1.0) -> None:
+                 init: str | float = "chrono", t_max: int = 100) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
         self.rnn = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU}[cell](
             n_in, hidden)
         self.head = nn.Linear(hidden, n_out)
-        if cell != "rnn":
-            H = hidden
-            with torch.no_grad():
-                for c in self.rnn.cells:  # gate blocks: LSTM i, f, g, o; GRU r, z, n
-                    c.bias_ih[H:2 * H] = keep_bias
-                    c.bias_hh[H:2 * H] = 0.0
+        init_keep_gate(self.rnn, init, t_max)
 
     def forward(self, x: Tensor) -> Tensor:
         y, _ = self.rnn(x)
@@ -176,7 +206,7 @@ class LongRangeTask:
 
     def __init__(self, task: str, length: int, cell: str, *, hidden: int | None = None,
                  batch: int | None = None, seed: int = 0, permute: bool = False,
-                 keep_bias: float = 1.0) -> None:
+                 init: str | float = "chrono") -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
         if cell not in CELLS:
@@ -189,7 +219,7 @@ class LongRangeTask:
         h, b, _ = DEFAULTS[task]
         self.task, self.cell, self.seed, self.permute = task, cell, seed, permute
         self.length = 64 if task == "digits" else length
-        self.hidden, self.batch, self.keep_bias = hidden or h, batch or b, keep_bias
+        self.hidden, self.batch, self.init = hidden or h, batch or b, init
         self.name = f"{task}{'-permuted' if permute else ''}-T{self.length}-{cell}"
         self.n_in, self.n_out = {"adding": (2, 1), "copy": (COPY_SYMBOLS + 2, COPY_SYMBOLS + 1),
                                  "digits": (1, 10)}[task]
@@ -213,7 +243,8 @@ class LongRangeTask:
 
     # the trainer's protocol
     def build_model(self) -> LongRangeModel:
-        return LongRangeModel(self.cell, self.n_in, self.hidden, self.n_out, self.keep_bias)
+        t_max = self.length + (2 * N_COPY if self.task == "copy" else 0)
+        return LongRangeModel(self.cell, self.n_in, self.hidden, self.n_out, self.init, t_max)
 
     def batches(self, rank: int, world_size: int) -> Stream:
         return Stream(self, rank, world_size)
@@ -238,6 +269,7 @@ class LongRangeTask:
             loss = F.cross_entropy(p, y)
         return loss, None, x.shape[0]
 
+    @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         x, y = self.test
         p = torch.cat([self.predict(model, xb) for xb in x.split(500)]).float().cpu()
@@ -247,7 +279,7 @@ class LongRangeTask:
     def config(self) -> dict[str, Any]:
         return {"task": "longrange", "problem": self.task, "length": self.length,
                 "cell": self.cell, "hidden": self.hidden, "batch": self.batch,
-                "seed": self.seed, "permute": self.permute, "keep_bias": self.keep_bias}
+                "seed": self.seed, "permute": self.permute, "init": self.init}
 
     @property
     def baseline(self) -> float:
@@ -346,7 +378,7 @@ def run_longrange(args: argparse.Namespace) -> None:
     rows = []
     for cell in cells:
         task = make_task(args.task, length, cell, hidden=args.hidden, batch=args.batch,
-                         seed=args.seed, permute=args.permute, keep_bias=args.keep_bias)
+                         seed=args.seed, permute=args.permute, init=parse_init(args.init))
         t0 = time.perf_counter()
         from rnnkit.train import TrainConfig, train
 
@@ -381,8 +413,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, default=None, help="units (default per task)")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--keep-bias", type=float, default=1.0,
-                   help="initial bias of LSTM's forget / GRU's update gate")
+    p.add_argument("--init", default="chrono", help="bias of LSTM's forget / GRU's update gate: "
+                   "chrono (default; Tallec & Ollivier 2018), torch, or a number")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--out", default=None, help="run folder (default runs/longrange/...)")
     p.add_argument("--plot", default=None, help="PNG path (default <out>/curves.png)")
