@@ -10,10 +10,12 @@ import sys
 COMMANDS = [
     "rnnkit.inspect.explain",
     "rnnkit.tasks",
+    "rnnkit.tasks.classify",
 ]
 # Task modules exposing ``register_train(subparsers)`` for ``rnnkit train <task>``.
 TRAIN_TASKS: list[str] = [
     "rnnkit.tasks.lm",
+    "rnnkit.tasks.classify",
 ]
 
 

@@ -15,6 +15,7 @@ from rnnkit import checkpoint as ckpt
 
 TASKS: dict[str, str] = {
     "lm": "rnnkit.tasks.lm",
+    "classify": "rnnkit.tasks.classify",
 }
 
 
