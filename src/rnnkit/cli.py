@@ -11,6 +11,8 @@ COMMANDS = [
     "rnnkit.inspect.explain",
     "rnnkit.tasks",
     "rnnkit.tasks.classify",
+    "rnnkit.tasks.longrange",
+    "rnnkit.inspect.cells_cli",
 ]
 # Task modules exposing ``register_train(subparsers)`` for ``rnnkit train <task>``.
 TRAIN_TASKS: list[str] = [
