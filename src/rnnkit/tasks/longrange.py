@@ -39,7 +39,7 @@ SOLVED_TOL = 0.04  # adding: a sequence is solved when |prediction - target| < 0
 N_COPY, COPY_SYMBOLS = 10, 8
 N_TEST = 1000
 # tuned defaults (per task): hidden units, batch, learning rate
-DEFAULTS = {"adding": (128, 64, 3e-3), "copy": (128, 64, 3e-3), "digits": (128, 64, 3e-3)}
+DEFAULTS = {"adding": (64, 64, 3e-3), "copy": (128, 64, 3e-3), "digits": (128, 64, 3e-3)}
 
 
 # -- data, exactly as defined above -------------------------------------------------------------
