@@ -98,14 +98,17 @@ def test_nll_is_cross_entropy_over_the_whole_text():
         logits, _ = model(ids[None, :-1])
         ref = float(nn.functional.cross_entropy(logits[0], ids[1:]))
         assert model.nll(ids, rows=1, chunk=37) == pytest.approx(ref, rel=1e-5)
-        # 3 slices, each from a zero state: the sum of three separate cross-entropies
-        L = -(-202 // 3)
-        tot = 0.0
-        for r in range(3):
-            seg = ids[r * L: min(202, (r + 1) * L) + 1]
+        # 3 slices of 50 scored tokens; slices 1, 2 first read 52 unscored warm-up tokens,
+        # slice 0 scores its first 52 + 50: each of the 202 predictions scored exactly once
+        tot, scored = 0.0, 0
+        for a, b, first in [(0, 102, 0), (50, 152, 52), (100, 202, 52)]:
+            seg = ids[a: b + 1]
             lg, _ = model(seg[None, :-1])
-            tot += float(nn.functional.cross_entropy(lg[0], seg[1:], reduction="sum"))
-        assert model.nll(ids, rows=3, chunk=10) == pytest.approx(tot / 202, rel=1e-5)
+            tot += float(nn.functional.cross_entropy(lg[0, first:], seg[1 + first:],
+                                                     reduction="sum"))
+            scored += len(seg) - 1 - first
+        assert scored == 202
+        assert model.nll(ids, rows=3, chunk=10, warmup=52) == pytest.approx(tot / 202, rel=1e-5)
 
 
 def test_stream_rows_are_contiguous_and_ranks_split_them():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -74,19 +75,26 @@ class CharLM(nn.Module):
         return logits[:, 0], state
 
     @torch.no_grad()
-    def nll(self, ids: Tensor, rows: int = 16, chunk: int = 1000) -> float:
-        """Mean nats per token of ``ids[1:]``: the text is cut into ``rows`` contiguous slices
-        read in parallel, each carrying its state through chunks of ``chunk`` tokens."""
+    def nll(self, ids: Tensor, rows: int = 16, chunk: int = 1000, warmup: int = 200) -> float:
+        """Mean nats per token of ``ids[1:]``, every token scored once with its whole history
+        carried in the state, read as ``rows`` parallel contiguous slices (in chunks of
+        ``chunk`` tokens). Slice r >= 1 first reads the ``warmup`` tokens before it, unscored,
+        so its state is warm when scoring starts; slice 0 starts at the start of the text.
+        ``rows=1`` is the plain sequential pass."""
         dev = next(self.parameters()).device
-        n = len(ids) - 1
-        rows = max(1, min(rows, n))
-        L = -(-n // rows)
-        x = torch.full((rows * L,), Tokenizer.pad_id, dtype=torch.long)
-        y = torch.full((rows * L,), -100, dtype=torch.long)
-        x[:n], y[:n] = ids[:-1], ids[1:]
-        x, y = x.view(rows, L).to(dev), y.view(rows, L).to(dev)
+        n = len(ids) - 1  # predictions
+        W = warmup if n > warmup + 2 * rows else 0
+        rows = max(1, min(rows, n - W))
+        L = -(-(n - W) // rows)  # scored tokens per slice r >= 1; slice 0 scores W + L
+        padded = torch.full((W + rows * L + 1,), Tokenizer.pad_id, dtype=torch.long)
+        padded[: n + 1] = ids
+        idx = torch.arange(rows)[:, None] * L + torch.arange(W + L)[None]  # (rows, W+L)
+        x, y = padded[idx], padded[idx + 1].clone()
+        y[idx >= n] = -100  # past the end
+        y[1:, :W] = -100  # warm-up of slices r >= 1
+        x, y = x.to(dev), y.to(dev)
         total, state = 0.0, None
-        for s in range(0, L, chunk):
+        for s in range(0, W + L, chunk):
             logits, state = self(x[:, s: s + chunk], state)
             total += float(nn.functional.cross_entropy(
                 logits.flatten(0, 1).float(), y[:, s: s + chunk].flatten(), ignore_index=-100,
@@ -395,6 +403,9 @@ def run_train(args: argparse.Namespace) -> int:
           f"{len(data.train):,} training / {len(data.valid):,} validation tokens, "
           f"vocabulary {data.tokenizer.vocab_size} ({time.perf_counter() - t:.1f} s)",
           file=sys.stderr)
+    if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("under torchrun give --out, so that every process names the same run "
+                         "folder")
     out = args.out or f"runs/lm-{model_cfg['cell']}-{time.strftime('%Y%m%d-%H%M%S')}"
     if model_cfg["cell"] == "ngram":
         return _fit_ngram(data, model_cfg["order"], out)
@@ -412,7 +423,9 @@ def run_train(args: argparse.Namespace) -> int:
     return _fit_and_report(task, tcfg, args, baseline=args.baseline_order)
 
 
-def _fit_ngram(data: LMData, order: int, out: str, quiet: bool = False) -> int:
+def _fit_ngram(data: LMData, order: int, out: str) -> int:
+    if (Path(out) / "best" / ckpt.MODEL).is_file():
+        raise ValueError(f"{out} already holds a run; choose another output folder")
     t = time.perf_counter()
     model = NGramLM.fit(data.train, data.tokenizer.vocab_size, order)
     nats = model.nll(data.valid)
@@ -424,17 +437,17 @@ def _fit_ngram(data: LMData, order: int, out: str, quiet: bool = False) -> int:
     metrics = {"loss": nats, "bpc": nats / LN2}
     ckpt.save(Path(out) / "best", model, config, {"step": 0, "metrics": metrics})
     ckpt.atomic_write(Path(out) / ckpt.CONFIG, json.dumps(config, indent=1))
-    if not quiet:
-        print(f"n-gram (order {order}, interpolated Kneser–Ney): validation "
-              f"{nats:.4f} nats/char = {nats / LN2:.4f} bits/char "
-              f"({time.perf_counter() - t:.1f} s); saved in {out}")
+    print(f"n-gram (order {order}, interpolated Kneser–Ney): validation "
+          f"{nats:.4f} nats/char = {nats / LN2:.4f} bits/char "
+          f"({time.perf_counter() - t:.1f} s); saved in {out}")
     return 0
 
 
 def _fit_and_report(task: LMTask, tcfg: TrainConfig, args: argparse.Namespace,
                     baseline: int) -> int:
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     base = None
-    if baseline:
+    if baseline and main:
         t = time.perf_counter()
         ng = NGramLM.fit(task.data.train, task.data.tokenizer.vocab_size, baseline)
         base = ng.nll(task.data.valid) / LN2
@@ -446,10 +459,13 @@ def _fit_and_report(task: LMTask, tcfg: TrainConfig, args: argparse.Namespace,
           f"{' / ' if tcfg.steps and tcfg.minutes else ''}"
           f"{f'{tcfg.minutes:g} minutes' if tcfg.minutes else ''} → {tcfg.out}", file=sys.stderr)
     res = train(task, tcfg)
+    if not main:
+        return 0
     model, tok, _ = load_run(res.run_dir, device=str(pick_device()))
     if args.sample_length:
+        prime = "def " if task.data.source.get("data") is None else ""
         print(f"\n--- sample (temperature 0.8) from {res.run_dir} ---")
-        for piece in generate(model, tok, prime="def ", length=args.sample_length, seed=0):
+        for piece in generate(model, tok, prime=prime, length=args.sample_length, seed=0):
             print(piece, end="", flush=True)
         print("\n---")
     best = res.best or res.metrics
