@@ -612,23 +612,24 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"{i}\t" + _fmt(clf.labels, session.label(p), p), flush=True)
         return 0
     if args.file:
-        texts = read_text_lines(args.file)
+        from rnnkit.data import read_text_file
+
+        lines = read_text_file(args.file).split("\n")
     elif args.text in (None, "-"):
-        texts = [t.rstrip("\n") for t in sys.stdin]
+        lines = [t.rstrip("\n") for t in sys.stdin]
     else:
-        texts = [args.text]
+        lines = [args.text]
+    if len(lines) > 1 and lines[-1] == "":  # the final newline ends a line, adds none
+        lines.pop()
+    texts = [t for t in lines if t.strip()]
+    if len(texts) < len(lines):
+        print(f"rnnkit: skipped {len(lines) - len(texts)} empty line(s)", file=sys.stderr)
     if not texts:
         raise ValueError("no text to classify: give TEXT, --file FILE or '-' for stdin")
     probs = clf.predict_proba(texts)
     for p, k in zip(probs, clf.decide(probs), strict=True):
         print(_fmt(clf.labels, clf.labels[k], p))
     return 0
-
-
-def read_text_lines(path: str) -> list[str]:
-    from rnnkit.data import read_text_file
-
-    return [t for t in read_text_file(path).split("\n") if t.strip()]
 
 
 # -- CLI registration ----------------------------------------------------------------------------
