@@ -134,9 +134,11 @@ def plot_flows(curves: dict[str, Tensor], out: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for label, n in curves.items():
+    families = list(dict.fromkeys(label.split(" (")[0] for label in curves))
+    for label, n in curves.items():  # one colour per cell; dashed at initialisation
         ls = "--" if "init" in label else "-"
-        ax.semilogy(range(len(n)), n.clamp_min(1e-45).numpy(), ls, label=label, lw=1.6)
+        ax.semilogy(range(len(n)), n.clamp_min(1e-45).numpy(), ls, label=label, lw=1.6,
+                    color=f"C{families.index(label.split(' (')[0])}")
     ax.set_xlabel("time step t (the loss reads the last step)")
     ax.set_ylabel("‖∂L/∂h_t‖  (log scale)")
     ax.set_title(title, fontsize=10)
@@ -149,7 +151,7 @@ def plot_flows(curves: dict[str, Tensor], out: str, title: str) -> None:
 
 def run_gradients(args: argparse.Namespace) -> None:
     """``rnnkit inspect gradients``: the vanishing-gradient picture on the adding problem."""
-    from rnnkit.tasks.longrange import make_task, parse_init
+    from rnnkit.tasks.longrange import fresh_dir, make_task, parse_init
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     curves: dict[str, Tensor] = {}
@@ -163,8 +165,8 @@ def run_gradients(args: argparse.Namespace) -> None:
         batch = task.test_batch(args.batch)
         stages = [("init", model)]
         if args.train_steps:
-            trained = task.train_model(args.train_steps, out=f"{args.out_dir}/{cell}",
-                                       minutes=None)
+            trained = task.train_model(args.train_steps, minutes=None,
+                                       out=str(fresh_dir(f"{args.out_dir}/{cell}")))
             stages.append((f"after {args.train_steps} steps", trained))
         for stage, m in stages:  # float64: a tanh RNN's gradient underflows float32
             m64 = copy.deepcopy(m).double()

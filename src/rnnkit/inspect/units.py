@@ -319,7 +319,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a character LM run folder (rnnkit train lm)")
     p.add_argument("--text", help="UTF-8 Python source to read (default: the run's validation "
                    "text)")
-    p.add_argument("--max-chars", type=int, default=20000)
+    p.add_argument("--max-chars", type=int, default=10000)
     p.add_argument("--html", help="write a self-contained page here")
     p.add_argument("--html-units", type=int, default=32, help="units in the page's picker")
     p.set_defaults(func=run_cells)

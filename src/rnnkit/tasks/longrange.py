@@ -357,7 +357,8 @@ def format_table(rows: list[dict[str, Any]], task: LongRangeTask) -> str:
     lines = [f"| cell | parameters | {metric} | {solved} | wall time | steps |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['cell'].upper()} | {r['params']:,} | {r['loss']:.4f} | "
+        loss = f"{r['loss']:.4f}" if r["loss"] >= 1e-3 else f"{r['loss']:.1e}"
+        lines.append(f"| {r['cell'].upper()} | {r['params']:,} | {loss} | "
                      f"{100 * r['solved']:.1f}% | {r['seconds'] / 60:.1f} min | {r['steps']:,} |")
     lines.append(f"baseline (ignore the input): {metric} {task.baseline:.4f}")
     return "\n".join(lines)
