@@ -213,3 +213,18 @@ def test_class_weights_on_when_majority_over_80_percent(capsys, tmp_path) -> Non
     assert cfg["class_weights"] == pytest.approx([total / (2 * n["neg"]), total / (2 * n["pos"])])
     dec = json.loads((out / "decision.json").read_text())
     assert dec["positive"] == "pos"  # the minority class
+
+
+def test_resume_continues_with_the_runs_vocabulary(capsys, tmp_path) -> None:
+    p = write_csv(tmp_path / "d.csv", rows(48))
+    out = tmp_path / "r"
+    args = ["train", "classify", "--data", str(p), "--out", str(out), "--tokenizer", "bpe",
+            "--vocab-size", "300", *TINY]
+    assert main(args) == 0
+    first = json.loads((out / "last" / "trainer.json").read_text())["step"]
+    tok1 = json.loads((out / "config.json").read_text())["tokenizer"]
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert json.loads((out / "last" / "trainer.json").read_text())["step"] == 2 * first
+    assert json.loads((out / "config.json").read_text())["tokenizer"] == tok1
+    rc, _, err = run(args, capsys)  # a second run into the same folder is refused
+    assert rc == 2 and "already holds a run" in err

@@ -486,8 +486,11 @@ def train_main(args: argparse.Namespace) -> int:
     use_w = args.class_weights == "on" or (args.class_weights == "auto" and majority > 0.8)
     weights = [len(train_y) / (len(labels) * counts[c]) for c in labels] if use_w else None
 
-    tok = build_tokenizer(args.tokenizer, train_t, vocab_size=args.vocab_size,
-                          min_freq=args.min_freq)
+    if args.resume and (out / ckpt.CONFIG).is_file():  # the run's own vocabulary
+        tok = tokenizer_from_json(ckpt.read_json(out / ckpt.CONFIG)["tokenizer"])
+    else:
+        tok = build_tokenizer(args.tokenizer, train_t, vocab_size=args.vocab_size,
+                              min_freq=args.min_freq)
     enc = lambda ts: [truncate(tok.encode(t), args.max_len, args.truncate) for t in ts]  # noqa
     y_of = lambda ys: [labels.index(v) for v in ys]  # noqa: E731
     tr_ids, va_ids = enc(train_t), enc(valid[0])
