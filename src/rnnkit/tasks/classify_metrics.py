@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 
 def decide(probs: np.ndarray, positive: int | None = None, threshold: float | None = None
@@ -51,6 +50,8 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, labels: Sequence[st
     """All metrics as a JSON-able dict: ``n``, ``accuracy``, ``macro_f1``, ``per_class``
     (precision, recall, f1, support per label), ``confusion`` (rows = true, cols = predicted),
     and with two classes ``positive``, ``threshold``, ``roc_auc`` (None if y has one class)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
     y = np.asarray(y)
     probs = np.asarray(probs)
     C = len(labels)
