@@ -161,3 +161,29 @@ def test_html_page_renders_in_headless_chromium_and_the_picker_changes_colours(t
     dom = dump_dom(f"file://{page}#unit={rep.names[shown[3]]}")
     assert re.findall(r"rgb\((\d+), (\d+), (\d+)\)", dom.split('id="text"')[1]) == \
         [tuple(str(v) for v in c) for c in colours["3"]]
+
+
+def test_inspect_cells_command_on_a_saved_run(tmp_path, capsys):
+    from rnnkit import checkpoint as ckpt
+    from rnnkit.cli import main
+    from rnnkit.data import build_tokenizer
+
+    text = CODE * 4
+    tok = build_tokenizer("char", [text])
+    torch.manual_seed(0)
+    model = CharLM(tok.vocab_size, "lstm", 8, layers=1, emb=4)
+    cfg = {"task": "lm", "tokenizer": tok.to_json(),
+           "model": {"cell": "lstm", "hidden": 8, "layers": 1, "emb": 4, "dropout": 0.0,
+                     "tie": False, "vocab_size": tok.vocab_size}}
+    ckpt.save(tmp_path / "run" / "best", model, cfg)
+    src = tmp_path / "code.py"
+    src.write_text(text)
+    rc = main(["inspect", "cells", str(tmp_path / "run"), "--text", str(src),
+               "--html", str(tmp_path / "p.html")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    rep = analyse(model.eval(), torch.tensor(tok.encode(text)), text)
+    for feat, (unit, r) in rep.best().items():
+        assert f"| {feat} | {unit} | {r:+.3f} |" in out
+    assert "| 0 | forget |" in out and (tmp_path / "p.html").stat().st_size > len(text)
+    assert main(["inspect", "cells", str(tmp_path / "nope")]) == 2
