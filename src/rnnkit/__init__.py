@@ -5,7 +5,7 @@ from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.inspect.params import ParamFormula, count_params, param_formula
 from rnnkit.inspect.record import record
 from rnnkit.inspect.summary import summary
-from rnnkit.layers import GRU, LSTM, RNN, Recurrent
+from rnnkit.layers import GRU, LSTM, RNN, LayerNormLSTM, MinGRU, MinLSTM, Recurrent
 
 __version__ = "0.1.0"
 
@@ -15,6 +15,9 @@ __all__ = [
     "RNN",
     "GRUCell",
     "LSTMCell",
+    "LayerNormLSTM",
+    "MinGRU",
+    "MinLSTM",
     "ParamFormula",
     "RNNCell",
     "Recurrent",

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from rnnkit import kernels
 from rnnkit.cells import Cell, GRUCell, LSTMCell, RNNCell
+from rnnkit.cells.layernorm_lstm import LayerNormLSTMCell
+from rnnkit.cells.minrnn import MinGRUCell, MinLSTMCell
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -299,3 +301,62 @@ class GRU(Recurrent):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
+
+
+class LayerNormLSTM(Recurrent):
+    r"""LSTM with layer norm on the input and recurrent gate pre-activations and on the cell
+    state (custom_lstms.py / haste), optional ``recurrent_dropout`` and ``zoneout``; see
+    :class:`rnnkit.cells.layernorm_lstm.LayerNormLSTMCell`. Runs on rnnkit's fast path.
+
+    Input ``(B, T, I)``, output ``(B, T, D*H)``, state ``(h, c)``, each ``(L*D, B, H)``.
+    """
+
+    mode = "layernorm_lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, *, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0, **kwargs: Any) -> None:
+        self.recurrent_dropout, self.zoneout = recurrent_dropout, zoneout
+        super().__init__(input_size, hidden_size, **kwargs)
+
+    def make_cell(self, input_size: int) -> Cell:
+        return LayerNormLSTMCell(input_size, self.hidden_size, bias=self.bias,
+                                 recurrent_dropout=self.recurrent_dropout, zoneout=self.zoneout)
+
+
+class _MinRNN(Recurrent):
+    """Base of minGRU/minLSTM: ``scan`` picks the parallel algorithm (``"chunked"`` or
+    ``"log"``, see :mod:`rnnkit.kernels.scan`); state ``h`` ``(L*D, B, H)``."""
+
+    cell_class: ClassVar[type[Cell]]
+
+    def __init__(self, input_size: int, hidden_size: int, *, scan: str = "chunked",
+                 **kwargs: Any) -> None:
+        if scan not in ("chunked", "log"):
+            raise ValueError(f"scan must be 'chunked' or 'log', got {scan!r}")
+        self.scan = scan
+        super().__init__(input_size, hidden_size, **kwargs)
+
+    def make_cell(self, input_size: int) -> Cell:
+        return self.cell_class(input_size, self.hidden_size, bias=self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.scan == "chunked" else f", scan={self.scan!r}")
+
+
+class MinGRU(_MinRNN):
+    r"""minGRU stack (Feng et al. 2024): ``h_t = (1 - z_t) ⊙ h_{t-1} + z_t ⊙ g(W_h x_t + b_h)``,
+    ``z_t = σ(W_z x_t + b_z)``; trains with a parallel scan over time (``kernel="auto"`` picks
+    ``"scan"``), ``kernel="reference"`` runs it step by step. Input ``(B, T, I)``, output
+    ``(B, T, D*H)``, state ``h`` ``(L*D, B, H)``.
+    """
+
+    mode = "mingru"
+    cell_class = MinGRUCell
+
+
+class MinLSTM(_MinRNN):
+    r"""minLSTM stack (Feng et al. 2024): ``h_t = f'_t ⊙ h_{t-1} + i'_t ⊙ g(W_h x_t + b_h)`` with
+    ``f' = f / (f + i)``, ``i' = i / (f + i)``; see :class:`MinGRU` for kernels and shapes."""
+
+    mode = "minlstm"
+    cell_class = MinLSTMCell

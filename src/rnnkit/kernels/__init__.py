@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from rnnkit.kernels import fast, fused, reference
+from rnnkit.kernels import fast, fused, reference, scan
 
 if TYPE_CHECKING:
     from rnnkit.layers import Recurrent
@@ -36,6 +36,7 @@ KernelFn = Callable[..., tuple[Tensor, tuple[Tensor, ...], list | None]]
 KERNELS: dict[str, KernelFn] = {
     "fused": fused.run,
     "fast": fast.run,
+    "scan": scan.run,
     "reference": reference.run,
 }
 CHOICES = ("auto", *KERNELS)
@@ -47,6 +48,8 @@ def why_not(name: str, layer: Recurrent, x: Tensor, record: bool) -> str | None:
         return fused.why_not(layer, x, record)
     if name == "fast":
         return fast.why_not(layer, x, record)
+    if name == "scan":
+        return scan.why_not(layer, x, record)
     return None
 
 
@@ -55,7 +58,8 @@ def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) ->
 
     ``kernel="auto"``: torch.nn's fused vendor kernel (oneDNN on CPU, cuDNN on GPU) whenever it
     can serve the configuration, else rnnkit's own fast path (:mod:`rnnkit.kernels.fast`)
-    where it supports the cell, else the reference loop over the cells. An explicit
+    where it supports the cell, else the parallel scan (:mod:`rnnkit.kernels.scan`) for cells
+    linear in their state (minGRU, minLSTM), else the reference loop over the cells. An explicit
     choice that cannot serve the call is an error, never a silent fallback.
     """
     wanted = layer.kernel
@@ -64,7 +68,7 @@ def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) ->
         if reason is not None:
             raise ValueError(f"kernel={wanted!r} cannot run this call: {reason}")
         return wanted
-    for name in ("fused", "fast", "reference"):
+    for name in ("fused", "fast", "scan", "reference"):
         if why_not(name, layer, x, record) is None:
             return name
     raise AssertionError("the reference kernel serves every configuration")

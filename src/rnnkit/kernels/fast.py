@@ -1,8 +1,8 @@
 """rnnkit's own fast path: one matmul for the input projection, one ``addmm`` and a few
 in-place elementwise ops per time step, and a hand-written backward over the whole sequence.
 
-Serves RNN (tanh/relu), LSTM and GRU in both forms, every stacking, direction, ``lengths`` and
-gate recording. Per layer and direction:
+Serves RNN (tanh/relu), LSTM, GRU in both forms and LayerNormLSTM, every stacking, direction,
+``lengths`` and gate recording. Per layer and direction:
 
 * the input projection of all steps is ONE matmul over the packed rows: ``X W_ih^T + b``;
 * a :class:`torch.autograd.Function` runs the recurrence: per step one ``addmm`` into a
@@ -32,7 +32,8 @@ from torch.nn import functional as F
 if TYPE_CHECKING:
     from rnnkit.layers import Recurrent
 
-MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before")
+MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before", "layernorm_lstm")
+EPS = 1e-5  # torch.nn.LayerNorm's, as in rnnkit.cells.layernorm_lstm
 
 
 def why_not(layer: Recurrent, x: Tensor, record: bool) -> str | None:
@@ -385,6 +386,134 @@ class _RNN(torch.autograd.Function):
         return dA, dw, run, None, None
 
 
+class _LNLSTM(torch.autograd.Function):
+    """LayerNormLSTM (see :mod:`rnnkit.cells.layernorm_lstm`). ``xp`` holds
+    ``LN(W_ih x; γ_ih, β_ih) + β_hh``; per step ``LN(W_hh h; γ_hh)`` is added, the cell state is
+    layer-normed, and recurrent dropout / zoneout masks are drawn from ``cell.draw``."""
+
+    @staticmethod
+    def forward(ctx: Any, xp: Tensor, w: Tensor, g_hh: Tensor, g_c: Tensor, b_c: Tensor,
+                h0: Tensor, c0: Tensor, plan: Plan, cell: Any):
+        B, N, H = plan.B, plan.N, h0.shape[1]
+        HH, CC = xp.new_empty(B + N, H), xp.new_empty(B + N, H)
+        HH[:B], CC[:B] = h0, c0
+        G = xp.new_empty(N, 4 * H)  # activated i, f, g, o
+        R = xp.new_empty(N, 4 * H)  # W_hh h_{t-1}, before its layer norm
+        CPRE, TC = xp.new_empty(N, H), xp.new_empty(N, H)  # f c + i g (before LN); tanh(ĉ)
+        stats_h, stats_c, drops, zones = [], [], [], []
+        wt, H4 = w.t(), (4 * H,)
+        p = 0
+        for b, s in zip(plan.sizes, plan.offs, strict=True):
+            e = s + b
+            hp, cp = HH[p:p + b], CC[p:p + b]
+            r = torch.mm(hp, wt, out=R[s:e])
+            ln, mu, rs = torch.native_layer_norm(r, H4, g_hh, None, EPS)
+            stats_h.append((mu, rs))
+            gt = torch.add(ln, xp[s:e], out=G[s:e])
+            gt[:, :2 * H].sigmoid_()
+            gt[:, 2 * H:3 * H].tanh_()
+            gt[:, 3 * H:].sigmoid_()
+            masks = cell.draw(b, xp)
+            upd = gt[:, 2 * H:3 * H]
+            if "drop" in masks:
+                drops.append(masks["drop"])
+                upd = upd * masks["drop"]
+            cpre = torch.mul(gt[:, H:2 * H], cp, out=CPRE[s:e]).addcmul_(gt[:, :H], upd)
+            cn, mu, rs = torch.native_layer_norm(cpre, (H,), g_c, b_c, EPS)
+            stats_c.append((mu, rs))
+            tc = torch.tanh(cn, out=TC[s:e])
+            q = B + s
+            if "zone" in masks:
+                d = masks["zone"]
+                zones.append(d)
+                torch.lerp(cn, cp, d, out=CC[q:q + b])
+                torch.lerp(gt[:, 3 * H:] * tc, hp, d, out=HH[q:q + b])
+            else:
+                CC[q:q + b] = cn
+                torch.mul(gt[:, 3 * H:], tc, out=HH[q:q + b])
+            p = q
+        ctx.plan, ctx.stats, ctx.drops, ctx.zones = plan, (stats_h, stats_c), drops, zones
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(w, g_hh, g_c, b_c, HH, CC, G, R, CPRE, TC)
+        return HH[B:], plan.final(HH), plan.final(CC), G, CC[B:]
+
+    @staticmethod
+    def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None,
+                 dG: Tensor | None, dC: Tensor | None):
+        plan: Plan = ctx.plan
+        w, g_hh, g_c, b_c, HH, CC, G, R, CPRE, TC = ctx.saved_tensors
+        N, H = plan.N, w.shape[1]
+        stats_h, stats_c = ctx.stats
+        dY = _grad_or_zeros(dY, TC)
+        i, f, g, o = G.split(H, dim=1)
+        DM = torch.cat(ctx.drops) if ctx.drops else None
+        Z = None
+        if ctx.zones:
+            Z = torch.cat(ctx.zones) if isinstance(ctx.zones[0], Tensor) else ctx.zones[0]
+        # dA_i = dĉpre g' i(1-i), dA_f = dĉpre c_prev f(1-f), dA_g = dĉpre i m (1-g^2),
+        # dA_o = dh (1-Z) tanh(ĉ) o(1-o); dĉ = dc (1-Z) + dh (1-Z) o (1 - tanh(ĉ)^2)
+        gm = g if DM is None else g * DM
+        K = o * (1 - TC * TC)
+        P = torch.empty_like(G)
+        torch.mul(gm, i * (1 - i), out=P[:, :H])
+        torch.mul(plan.previous(CC), f * (1 - f), out=P[:, H:2 * H])
+        torch.mul(i if DM is None else i * DM, 1 - g * g, out=P[:, 2 * H:3 * H])
+        torch.mul(TC, o * (1 - o), out=P[:, 3 * H:])
+        if Z is not None:
+            K = K * (1 - Z)
+            P[:, 3 * H:].mul_(1 - Z)
+        P3 = P[:, :3 * H].view(N, 3, H)
+        E = None
+        if dG is not None:
+            E = dG * torch.cat([i * (1 - i), f * (1 - f), 1 - g * g, o * (1 - o)], 1)
+        dA, DR, DCN = torch.empty_like(G), torch.empty_like(G), torch.empty_like(TC)
+        dA3 = dA[:, :3 * H].view(N, 3, H)
+        run_h = plan.scatter_final(dhN, H, TC)
+        run_c = plan.scatter_final(dcN, H, TC)
+        dh_buf = torch.empty_like(run_h)
+        H4, mask = (4 * H,), [True, False, False]
+        t = len(plan.sizes)
+        for b, s in zip(reversed(plan.sizes), reversed(plan.offs), strict=True):
+            t -= 1
+            e = s + b
+            dh = torch.add(run_h[:b], dY[s:e], out=dh_buf[:b])
+            dc = run_c[:b]
+            if dC is not None:
+                dc.add_(dC[s:e])
+            if Z is None:
+                dcn = torch.addcmul(dc, dh, K[s:e], out=DCN[s:e])
+                keep_c = keep_h = None
+            else:
+                Zt = Z[s:e] if isinstance(Z, Tensor) else Z
+                keep_c, keep_h = dc * Zt, dh * Zt
+                dcn = torch.mul(dc, 1 - Zt, out=DCN[s:e]).addcmul_(dh, K[s:e])
+            mu, rs = stats_c[t]
+            dcp = torch.ops.aten.native_layer_norm_backward(
+                dcn, CPRE[s:e], (H,), mu, rs, g_c, b_c, mask)[0]
+            torch.mul(dcp.unsqueeze(1), P3[s:e], out=dA3[s:e])
+            torch.mul(dh, P[s:e, 3 * H:], out=dA[s:e, 3 * H:])
+            if E is not None:
+                dA[s:e].add_(E[s:e])
+            mu, rs = stats_h[t]
+            dr = torch.ops.aten.native_layer_norm_backward(
+                dA[s:e], R[s:e], H4, mu, rs, g_hh, None, mask)[0]
+            DR[s:e] = dr
+            if keep_c is None:
+                torch.mul(dcp, f[s:e], out=run_c[:b])
+                torch.mm(dr, w, out=run_h[:b])
+            else:
+                torch.addcmul(keep_c, dcp, f[s:e], out=run_c[:b])
+                torch.addmm(keep_h, dr, w, out=run_h[:b])
+        dw = DR.t().mm(plan.previous(HH))
+        mu_h = torch.cat([m for m, _ in stats_h])
+        rs_h = torch.cat([r for _, r in stats_h])
+        mu_c = torch.cat([m for m, _ in stats_c])
+        rs_c = torch.cat([r for _, r in stats_c])
+        d_ghh = (dA * (R - mu_h) * rs_h).sum(0)
+        d_gc = (DCN * (CPRE - mu_c) * rs_c).sum(0)
+        return dA, dw, d_ghh, d_gc, DCN.sum(0), run_h, run_c, None, None
+
+
 # ---------------------------------------------------------------------------------------------
 def _bias_sum(cell: Any) -> Tensor | None:
     if cell.bias_ih is None:
@@ -405,6 +534,17 @@ def run_direction(
     if mode == "lstm":
         xp = F.linear(X, cell.weight_ih, _bias_sum(cell))
         Y, hN, cN, G, CC = _LSTM.apply(xp, cell.weight_hh, state[0], state[1], plan)
+        if record:
+            rec = {"h": Y, "c": CC}
+            rec.update(zip(cell.gate_names, G.split(H, 1), strict=True))
+        return Y, (hN, cN), rec
+    if mode == "layernorm_lstm":
+        H4 = (4 * H,)
+        xp = F.layer_norm(X @ cell.weight_ih.t(), H4, cell.ln_ih_weight, cell.bias_ih, EPS)
+        if cell.bias_hh is not None:
+            xp = xp + cell.bias_hh
+        Y, hN, cN, G, CC = _LNLSTM.apply(xp, cell.weight_hh, cell.ln_hh_weight, cell.ln_c_weight,
+                                         cell.ln_c_bias, state[0], state[1], plan, cell)
         if record:
             rec = {"h": Y, "c": CC}
             rec.update(zip(cell.gate_names, G.split(H, 1), strict=True))
