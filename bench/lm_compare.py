@@ -1,7 +1,8 @@
 """n-gram vs RNN vs GRU vs LSTM on one corpus and one split: the README's comparison table.
 
-    python bench/lm_compare.py                       # Python stdlib corpus, 3 min per network
-    python bench/lm_compare.py --data ../shared/data/tinyshakespeare.txt --minutes 10
+    python bench/lm_compare.py                       # Python stdlib corpus, 4.25 min per network
+    python bench/lm_compare.py --data ../shared/data/tinyshakespeare.txt --minutes 10 \
+        --hidden 512 --lr 3e-3
 
 Every network gets the same wall-clock budget, batch, BPTT length, optimizer and schedule (the
 `rnnkit train lm` defaults); the n-gram is fitted for each order in --orders and the best order
@@ -34,7 +35,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="text file or folder (default: the Python stdlib corpus)")
-    ap.add_argument("--minutes", type=float, default=3.0, help="budget per network")
+    ap.add_argument("--minutes", type=float, default=TRAIN_DEFAULTS["minutes"],
+                    help="budget per network")
+    ap.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
     ap.add_argument("--cells", default="rnn,gru,lstm")
     ap.add_argument("--hidden", type=int, default=MODEL_DEFAULTS["hidden"])
     ap.add_argument("--orders", default="3,4,5,6,7,8")
@@ -72,7 +75,7 @@ def main() -> None:
         task = LMTask(data, mcfg, TRAIN_DEFAULTS["batch"], TRAIN_DEFAULTS["seq"],
                       TRAIN_DEFAULTS["eval_rows"])
         run = out / f"{cell}-{time.strftime('%Y%m%d-%H%M%S')}"
-        res = train(task, TrainConfig(out=str(run), minutes=args.minutes,
+        res = train(task, TrainConfig(out=str(run), minutes=args.minutes, lr=args.lr,
                                       eval_every=TRAIN_DEFAULTS["eval_every"]))
         n_params = sum(p.numel() for p in task.build_model().parameters())
         best = res.best or res.metrics

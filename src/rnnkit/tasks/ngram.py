@@ -23,6 +23,11 @@ import torch
 from torch import Tensor, nn
 
 
+def max_order(vocab_size: int) -> int:
+    """Highest order whose n-gram keys fit in 64-bit integers."""
+    return int(62 / math.log2(max(vocab_size, 2)))
+
+
 def _keys(ids: np.ndarray, n: int, V: int) -> np.ndarray:
     """Keys of all n-grams of ``ids`` (length len(ids) - n + 1)."""
     k = np.zeros(len(ids) - n + 1, dtype=np.int64)
@@ -62,9 +67,9 @@ class NGramLM(nn.Module):
         super().__init__()
         if order < 1:
             raise ValueError(f"n-gram order must be >= 1, got {order}")
-        if order * math.log2(max(vocab_size, 2)) >= 63:
+        if order > max_order(vocab_size):
             raise ValueError(f"order {order} with {vocab_size} symbols does not fit 64-bit keys; "
-                             f"use order <= {int(62 / math.log2(vocab_size))}")
+                             f"use order <= {max_order(vocab_size)}")
         self.vocab_size, self.order = vocab_size, order
         for n in range(1, order + 1):
             for name, shape in ((f"keys_{n}", (0,)), (f"counts_{n}", (0,)), (f"ctx_{n}", (0,)),
