@@ -79,8 +79,22 @@ CASES = [c for c in itertools.product([1, 2], [False, True], [False, True], [0.0
          if not (c[2] and c[5])]  # with lengths, the packed fast path draws masks differently
 
 
+def float32_masks(monkeypatch):
+    """Masks drawn in float32 whatever the layer's dtype, so a float64 copy of a layer draws
+    the very same masks from the same seed."""
+    draw = LayerNormLSTMCell.draw
+
+    def draw32(self, batch_size, like):
+        out = draw(self, batch_size, like.float())
+        return {k: v.to(like.dtype) if torch.is_tensor(v) else v for k, v in out.items()}
+
+    monkeypatch.setattr(LayerNormLSTMCell, "draw", draw32)
+
+
 @pytest.mark.parametrize("layers,bidir,use_lengths,rec_dropout,zoneout,training", CASES)
-def test_fast_equals_reference(layers, bidir, use_lengths, rec_dropout, zoneout, training):
+def test_fast_equals_reference(layers, bidir, use_lengths, rec_dropout, zoneout, training,
+                               monkeypatch):
+    float32_masks(monkeypatch)
     kw = dict(num_layers=layers, bidirectional=bidir, recurrent_dropout=rec_dropout,
               zoneout=zoneout)
     torch.manual_seed(3)
@@ -96,10 +110,23 @@ def test_fast_equals_reference(layers, bidir, use_lengths, rec_dropout, zoneout,
     v1, k1 = run(ref, x, state, lengths, seed=5)
     v2, k2 = run(fast, x, state, lengths, seed=5)
     assert (k1, k2) == ("reference", "fast")
-    for a, b in zip(v2, v1, strict=True):
+    exact = None  # the reference loop in float64, drawing the same masks
+    for i, (a, b) in enumerate(zip(v2, v1, strict=True)):
         # layer-norm gain gradients reach ~10: compare relative to each tensor's scale
         scale = max(1.0, b.abs().max().item())
-        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-5)
+        if torch.allclose(a, b, atol=1e-5 * scale, rtol=1e-5):
+            continue
+        # Random gates + layer norm make some gradients ill-conditioned: then the float32
+        # reference itself is ~1e-5 off the exact value, and the fast path must be no
+        # further from it than the reference is.
+        if exact is None:
+            r64 = rnnkit.LayerNormLSTM(5, 6, kernel="reference", **kw).double()
+            r64.load_state_dict(ref.state_dict())
+            r64.train(training)
+            exact, _ = run(r64, x.double(), tuple(s.double() for s in state), lengths, seed=5)
+        err_fast = (a.double() - exact[i]).abs().max().item()
+        err_ref = (b.double() - exact[i]).abs().max().item()
+        assert err_fast <= max(1e-5 * scale, 1.5 * err_ref), (i, err_fast, err_ref, scale)
 
 
 def test_layer_api():

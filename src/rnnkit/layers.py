@@ -12,8 +12,9 @@
   that step: what ``pack_padded_sequence`` + torch.nn gives, without packing anything.
 
 Which code runs is chosen in one place, :func:`rnnkit.kernels.select`, from ``kernel=``:
-``"auto"`` (torch.nn's fused kernel whenever it can serve, else the reference loop),
-``"fused"`` or ``"reference"``. ``layer.last_kernel`` names the one that ran last.
+``"auto"`` (torch.nn's fused kernel whenever it can serve, else rnnkit's own fast path, the
+parallel scan or the reference loop), or one of them by name. ``layer.last_kernel`` names the
+one that ran last. ``layer.stepper()`` runs one time step at a time (generation, streaming).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rnnkit import kernels
 from rnnkit.cells import Cell, GRUCell, LSTMCell, RNNCell
 from rnnkit.cells.layernorm_lstm import LayerNormLSTMCell
 from rnnkit.cells.minrnn import MinGRUCell, MinLSTMCell
+from rnnkit.kernels.step import Stepper
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -108,6 +110,16 @@ class Recurrent(nn.Module):
         for rec in self._recorders:
             rec.add(self, records, name, lengths)
         return out, (new_state[0] if len(new_state) == 1 else new_state)
+
+    def stepper(self, batch: int = 1) -> Stepper:
+        """A :class:`rnnkit.kernels.step.Stepper` for ``batch`` rows: one time step per call,
+        ``(B, I)`` -> ``(B, H)``, inference only; built once and rebuilt when the weights
+        change (generation, streaming)."""
+        st = self.__dict__.get("_stepper")
+        if st is None or st.B != batch or not st.fresh():
+            st = Stepper(self, batch)
+            self.__dict__["_stepper"] = st
+        return st
 
     def _check_input(self, x: Tensor) -> Tensor:
         cls = type(self).__name__

@@ -57,23 +57,33 @@ class GRUCell(Cell):
                 self.register_parameter("bias_rzn", None)
 
     def step(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Gates]:
-        (h,) = state
-        H = self.hidden_size
         if self.reset_after:
-            xr, xz, xn = self.linear_ih(x).chunk(3, dim=-1)
-            hr, hz, hn = self.linear_hh(h).chunk(3, dim=-1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * hn)
-        else:
-            w_hr, w_hz, w_hn = self.weight_hh.split(H, dim=0)
-            xr, xz, xn = self.linear_ih(x).chunk(3, dim=-1)
-            if self.bias_rzn is not None:
-                b_r, b_z, b_n = self.bias_rzn.split(H)
-                xr, xz, xn = xr + b_r, xz + b_z, xn + b_n
-            r = torch.sigmoid(xr + h @ w_hr.T)
-            z = torch.sigmoid(xz + h @ w_hz.T)
-            n = torch.tanh(xn + (r * h) @ w_hn.T)
+            return self.combine(self.linear_ih(x), self.linear_hh(state[0]), state)
+        (h,) = state
+        w_hr, w_hz, w_hn = self.weight_hh.split(self.hidden_size, dim=0)
+        xr, xz, xn = self.linear_ih(x).chunk(3, dim=-1)
+        if self.bias_rzn is not None:
+            b_r, b_z, b_n = self.bias_rzn.split(self.hidden_size)
+            xr, xz, xn = xr + b_r, xz + b_z, xn + b_n
+        r = torch.sigmoid(xr + h @ w_hr.T)
+        z = torch.sigmoid(xz + h @ w_hz.T)
+        n = torch.tanh(xn + (r * h) @ w_hn.T)
+        h = (1 - z) * n + z * h
+        return (h,), {"reset": r, "update": z, "new": n}
+
+    def combine(self, xi: Tensor, hh: Tensor, state: tuple[Tensor, ...]
+                ) -> tuple[tuple[Tensor, ...], Gates]:
+        """``reset_after=True``'s step after its two products: ``xi = W_ih x + b_ih``,
+        ``hh = W_hh h + b_hh`` (``reset_after=False`` has no such split: its reset gate acts
+        before the recurrent product)."""
+        if not self.reset_after:
+            raise NotImplementedError("reset_after=False multiplies r ⊙ h before W_hn")
+        (h,) = state
+        xr, xz, xn = xi.chunk(3, dim=-1)
+        hr, hz, hn = hh.chunk(3, dim=-1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
         h = (1 - z) * n + z * h
         return (h,), {"reset": r, "update": z, "new": n}
 

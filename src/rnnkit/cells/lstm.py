@@ -28,8 +28,13 @@ class LSTMCell(Cell):
     gate_names = ("input", "forget", "cell", "output")
 
     def step(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Gates]:
-        h, c = state
-        i, f, g, o = (self.linear_ih(x) + self.linear_hh(h)).chunk(4, dim=-1)
+        return self.combine(self.linear_ih(x), self.linear_hh(state[0]), state)
+
+    def combine(self, xi: Tensor, hh: Tensor, state: tuple[Tensor, ...]
+                ) -> tuple[tuple[Tensor, ...], Gates]:
+        """The step after its two products: ``xi = W_ih x + b_ih``, ``hh = W_hh h + b_hh``."""
+        _, c = state
+        i, f, g, o = (xi + hh).chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         c = f * c + i * g
         h = o * torch.tanh(c)

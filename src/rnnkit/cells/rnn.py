@@ -41,8 +41,12 @@ class RNNCell(Cell):
         super().__init__(input_size, hidden_size, bias=bias)
 
     def step(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Gates]:
-        (h,) = state
-        a = self.linear_ih(x) + self.linear_hh(h)
+        return self.combine(self.linear_ih(x), self.linear_hh(state[0]), state)
+
+    def combine(self, xi: Tensor, hh: Tensor, state: tuple[Tensor, ...]
+                ) -> tuple[tuple[Tensor, ...], Gates]:
+        """The step after its two products: ``xi = W_ih x + b_ih``, ``hh = W_hh h + b_hh``."""
+        a = xi + hh
         h = torch.tanh(a) if self.nonlinearity == "tanh" else torch.relu(a)
         return (h,), {"preactivation": a}
 

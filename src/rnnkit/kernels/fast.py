@@ -1,16 +1,20 @@
-"""rnnkit's own fast path: one matmul for the input projection, one ``addmm`` and a few
-in-place elementwise ops per time step, and a hand-written backward over the whole sequence.
+"""rnnkit's own fast path: one matmul for the input projection, one product with the
+recurrent weight and one fused elementwise pass per time step, and a hand-written backward over
+the whole sequence.
 
 Serves RNN (tanh/relu), LSTM, GRU in both forms and LayerNormLSTM, every stacking, direction,
 ``lengths`` and gate recording. Per layer and direction:
 
-* the input projection of all steps is ONE matmul over the packed rows: ``X W_ih^T + b``;
-* a :class:`torch.autograd.Function` runs the recurrence: per step one ``addmm`` into a
-  preallocated gate buffer and in-place activations; it saves the activated gates;
-* its backward runs the reverse-time loop (per step one ``mm`` and three to six elementwise
-  ops, their factors precomputed for the whole sequence at once) and then the weight gradient
-  as ONE matmul over all steps, ``dW_hh = dA^T H_prev``; ``dW_ih`` and ``dx`` come from
-  autograd through the single input-projection matmul.
+* the input projection of all steps is ONE matmul over the packed rows: ``X W_ih^T + b``
+  (:func:`rnnkit.kernels.gemm.linear`, oneDNN on CPU like torch.nn's own kernel);
+* a :class:`torch.autograd.Function` runs the recurrence: per step one product with the
+  recurrent weight (reordered once per call, :class:`rnnkit.kernels.gemm.Fixed`) into a
+  preallocated gate buffer, then the step's elementwise math (for LSTM and LayerNormLSTM on
+  CPU float32 one C call, :mod:`rnnkit.kernels.native`; otherwise in-place torch ops); it
+  saves the activated gates;
+* its backward runs the reverse-time loop (per step one product and the elementwise gate
+  gradients) and then the weight gradient as ONE matmul over all steps,
+  ``dW_hh = dA^T H_prev``; ``dW_ih`` and ``dx`` come from the input projection's backward.
 
 Variable lengths cost nothing extra: sequences are sorted once by length and laid out *packed*
 (time-major, step ``t`` holds the ``b_t`` sequences longer than ``t``), so step ``t`` computes
@@ -28,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from rnnkit.kernels import gemm, native
 
 if TYPE_CHECKING:
     from rnnkit.layers import Recurrent
@@ -154,10 +160,17 @@ class _LSTM(torch.autograd.Function):
         CC[:B] = c0
         G = xp.new_empty(N, 4 * H)
         TC = xp.new_empty(N, H)
-        wt = w.t()
+        mat = gemm.Fixed(w.t(), B)
+        c_lib = native.lib() if native.usable(xp, w) else None
         p = 0
         for b, s in zip(plan.sizes, plan.offs, strict=True):
-            g = torch.addmm(xp[s:s + b], HH[p:p + b], wt, out=G[s:s + b])
+            g = mat(HH[p:p + b], G[s:s + b], xp[s:s + b])
+            if c_lib is not None:  # the elementwise rest of the step, one C call
+                q = B + s
+                c_lib.lstm_forward(_ptr(G, s), _ptr(CC, p), _ptr(CC, q), _ptr(TC, s),
+                                   _ptr(HH, q), b, H)
+                p = q
+                continue
             g[:, :2 * H].sigmoid_()
             g[:, 2 * H:3 * H].tanh_()
             g[:, 3 * H:].sigmoid_()
@@ -176,8 +189,11 @@ class _LSTM(torch.autograd.Function):
                  dG: Tensor | None, dC: Tensor | None):
         plan: Plan = ctx.plan
         w, HH, CC, G, TC = ctx.saved_tensors
+        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         N, H = plan.N, w.shape[1]
         dY = _grad_or_zeros(dY, TC)
+        if dG is None and dC is None and native.usable(G):
+            return _lstm_backward_native(plan, mat, w, HH, CC, G, TC, dY, dhN, dcN)
         i, f, g, o = G.split(H, dim=1)
         # Factors of the gate gradients, for all steps at once:
         # dA_i = dc g i(1-i), dA_f = dc c_prev f(1-f), dA_g = dc i (1-g^2), dA_o = dh tanh(c) o(1-o)
@@ -207,9 +223,33 @@ class _LSTM(torch.autograd.Function):
             if E is not None:
                 dA[s:e].add_(E[s:e])
             torch.mul(dc, f[s:e], out=run_c[:b])
-            torch.mm(dA[s:e], w, out=run_h[:b])
-        dw = dA.t().mm(plan.previous(HH))
+            mat(dA[s:e], run_h[:b])
+        dw = gemm.mm(dA.t(), plan.previous(HH))
         return dA, dw, run_h, run_c, None
+
+
+def _ptr(t: Tensor, row: int) -> int:
+    """Address of row ``row`` of a contiguous 2-d tensor (no slice op needed)."""
+    return t.data_ptr() + row * t.stride(0) * t.element_size()
+
+
+def _lstm_backward_native(plan: Plan, mat: gemm.Fixed, w: Tensor, HH: Tensor, CC: Tensor,
+                          G: Tensor, TC: Tensor, dY: Tensor, dhN: Tensor | None,
+                          dcN: Tensor | None) -> tuple:
+    """:class:`_LSTM`'s backward with each step's elementwise part in one C call."""
+    B, H = plan.B, w.shape[1]
+    c_lib = native.lib()
+    dY = dY.contiguous()
+    dA = torch.empty_like(G)
+    run_h = plan.scatter_final(dhN, H, TC)
+    run_c = plan.scatter_final(dcN, H, TC)
+    prev = [0] + [B + o for o in plan.offs[:-1]]  # where each step's c_{t-1} rows start in CC
+    for b, s, p in zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev), strict=True):
+        c_lib.lstm_backward(_ptr(G, s), _ptr(CC, p), _ptr(TC, s), _ptr(run_h, 0), _ptr(dY, s),
+                            _ptr(run_c, 0), _ptr(dA, s), b, H)
+        mat(dA[s:s + b], run_h[:b])
+    dw = gemm.mm(dA.t(), plan.previous(HH))
+    return dA, dw, run_h, run_c, None
 
 
 class _GRU(torch.autograd.Function):
@@ -222,12 +262,12 @@ class _GRU(torch.autograd.Function):
         HH[:B] = h0
         G = xp.new_empty(N, 3 * H)  # r, z, n (activated)
         R = xp.new_empty(N, 3 * H)  # recurrent products W_hh h + b_hh
-        wt = w.t()
+        mat = gemm.Fixed(w.t(), B)
         p = 0
         for b, s in zip(plan.sizes, plan.offs, strict=True):
             e = s + b
             hp = HH[p:p + b]
-            r = torch.addmm(bh, hp, wt, out=R[s:e])
+            r = mat(hp, R[s:e], bh)
             g = G[s:e]
             torch.add(xp[s:e, :2 * H], r[:, :2 * H], out=g[:, :2 * H]).sigmoid_()
             n = torch.addcmul(xp[s:e, 2 * H:], g[:, :H], r[:, 2 * H:], out=g[:, 2 * H:])
@@ -243,6 +283,7 @@ class _GRU(torch.autograd.Function):
     def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dG: Tensor | None):
         plan: Plan = ctx.plan
         w, HH, G, R = ctx.saved_tensors
+        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         B, N, H = plan.B, plan.N, w.shape[1]
         dY = _grad_or_zeros(dY, HH[B:])
         r, z, n = G.split(H, dim=1)
@@ -275,11 +316,11 @@ class _GRU(torch.autograd.Function):
             if Er is not None:
                 DR[s:e].add_(Er[s:e])
             torch.mul(dh, z[s:e], out=tmp[:b])
-            torch.addmm(tmp[:b], DR[s:e], w, out=run[:b])
+            mat(DR[s:e], run[:b], tmp[:b])
         dxp = (DH.unsqueeze(1) * P.view(N, 3, H)).view(N, 3 * H)
         if E is not None:
             dxp += E
-        dw = DR.t().mm(hp)
+        dw = gemm.mm(DR.t(), hp)
         return dxp, dw, DR.sum(0), run, None
 
 
@@ -293,15 +334,15 @@ class _GRUCho(torch.autograd.Function):
         HH[:B] = h0
         G = xp.new_empty(N, 3 * H)  # r, z, n (activated)
         RH = xp.new_empty(N, H)  # r * h_prev
-        w_rz, w_n = w[:2 * H].t(), w[2 * H:].t()
+        w_rz, w_n = gemm.Fixed(w[:2 * H].t(), B), gemm.Fixed(w[2 * H:].t(), B)
         p = 0
         for b, s in zip(plan.sizes, plan.offs, strict=True):
             e = s + b
             hp = HH[p:p + b]
             g = G[s:e]
-            torch.addmm(xp[s:e, :2 * H], hp, w_rz, out=g[:, :2 * H]).sigmoid_()
+            w_rz(hp, g[:, :2 * H], xp[s:e, :2 * H]).sigmoid_()
             rh = torch.mul(g[:, :H], hp, out=RH[s:e])
-            torch.addmm(xp[s:e, 2 * H:], rh, w_n, out=g[:, 2 * H:]).tanh_()
+            w_n(rh, g[:, 2 * H:], xp[s:e, 2 * H:]).tanh_()
             p = B + s
             torch.lerp(g[:, 2 * H:], hp, g[:, H:2 * H], out=HH[p:p + b])
         ctx.plan = plan
@@ -320,7 +361,7 @@ class _GRUCho(torch.autograd.Function):
         Pn = (1 - z) * (1 - n * n)
         Pz = (hp - n) * z * (1 - z)
         Pr = hp * r * (1 - r)
-        w_rz, w_n = w[:2 * H], w[2 * H:]
+        w_rz, w_n = gemm.Fixed(w[:2 * H], B), gemm.Fixed(w[2 * H:], B)
         dA = torch.empty_like(G)
         dRH = torch.empty_like(hp)
         run = plan.scatter_final(dhN, H, hp)
@@ -335,13 +376,13 @@ class _GRUCho(torch.autograd.Function):
             torch.mul(dh, Pz[s:e], out=dA[s:e, H:2 * H])
             if E is not None:
                 dA[s:e, H:].add_(E[s:e, H:])
-            drh = torch.mm(dn, w_n, out=dRH[s:e])
+            drh = w_n(dn, dRH[s:e])
             torch.mul(drh, Pr[s:e], out=dA[s:e, :H])
             if E is not None:
                 dA[s:e, :H].add_(E[s:e, :H])
             torch.mul(dh, z[s:e], out=tmp[:b]).addcmul_(drh, r[s:e])
-            torch.addmm(tmp[:b], dA[s:e, :2 * H], w_rz, out=run[:b])
-        dw = torch.cat([dA[:, :2 * H].t().mm(hp), dA[:, 2 * H:].t().mm(RH)])
+            w_rz(dA[s:e, :2 * H], run[:b], tmp[:b])
+        dw = torch.cat([gemm.mm(dA[:, :2 * H].t(), hp), gemm.mm(dA[:, 2 * H:].t(), RH)])
         return dA, dw, run, None
 
 
@@ -352,10 +393,10 @@ class _RNN(torch.autograd.Function):
         HH = xp.new_empty(B + N, H)
         HH[:B] = h0
         A = xp.new_empty(N, H)  # pre-activations
-        wt = w.t()
+        mat = gemm.Fixed(w.t(), B)
         p = 0
         for b, s in zip(plan.sizes, plan.offs, strict=True):
-            a = torch.addmm(xp[s:s + b], HH[p:p + b], wt, out=A[s:s + b])
+            a = mat(HH[p:p + b], A[s:s + b], xp[s:s + b])
             p = B + s
             if relu:
                 torch.clamp(a, min=0, out=HH[p:p + b])
@@ -370,6 +411,7 @@ class _RNN(torch.autograd.Function):
     def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dA_rec: Tensor | None):
         plan: Plan = ctx.plan
         w, HH = ctx.saved_tensors
+        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         B, H = plan.B, w.shape[1]
         Y = HH[B:]
         dY = _grad_or_zeros(dY, Y)
@@ -381,8 +423,8 @@ class _RNN(torch.autograd.Function):
             torch.add(run[:b], dY[s:e], out=dA[s:e]).mul_(D[s:e])
             if dA_rec is not None:
                 dA[s:e].add_(dA_rec[s:e])
-            torch.mm(dA[s:e], w, out=run[:b])
-        dw = dA.t().mm(plan.previous(HH))
+            mat(dA[s:e], run[:b])
+        dw = gemm.mm(dA.t(), plan.previous(HH))
         return dA, dw, run, None, None
 
 
@@ -401,37 +443,61 @@ class _LNLSTM(torch.autograd.Function):
         R = xp.new_empty(N, 4 * H)  # W_hh h_{t-1}, before its layer norm
         CPRE, TC = xp.new_empty(N, H), xp.new_empty(N, H)  # f c + i g (before LN); tanh(ĉ)
         stats_h, stats_c, drops, zones = [], [], [], []
-        wt, H4 = w.t(), (4 * H,)
-        p = 0
-        for b, s in zip(plan.sizes, plan.offs, strict=True):
-            e = s + b
-            hp, cp = HH[p:p + b], CC[p:p + b]
-            r = torch.mm(hp, wt, out=R[s:e])
-            ln, mu, rs = torch.native_layer_norm(r, H4, g_hh, None, EPS)
-            stats_h.append((mu, rs))
-            gt = torch.add(ln, xp[s:e], out=G[s:e])
-            gt[:, :2 * H].sigmoid_()
-            gt[:, 2 * H:3 * H].tanh_()
-            gt[:, 3 * H:].sigmoid_()
-            masks = cell.draw(b, xp)
-            upd = gt[:, 2 * H:3 * H]
-            if "drop" in masks:
-                drops.append(masks["drop"])
-                upd = upd * masks["drop"]
-            cpre = torch.mul(gt[:, H:2 * H], cp, out=CPRE[s:e]).addcmul_(gt[:, :H], upd)
-            cn, mu, rs = torch.native_layer_norm(cpre, (H,), g_c, b_c, EPS)
-            stats_c.append((mu, rs))
-            tc = torch.tanh(cn, out=TC[s:e])
-            q = B + s
-            if "zone" in masks:
-                d = masks["zone"]
-                zones.append(d)
-                torch.lerp(cn, cp, d, out=CC[q:q + b])
-                torch.lerp(gt[:, 3 * H:] * tc, hp, d, out=HH[q:q + b])
-            else:
-                CC[q:q + b] = cn
-                torch.mul(gt[:, 3 * H:], tc, out=HH[q:q + b])
-            p = q
+        mat, H4 = gemm.Fixed(w.t(), B), (4 * H,)
+        ctx.native = native.usable(xp, w) and xp.is_contiguous()
+        if ctx.native:  # the elementwise rest of each step in one C call
+            ST = xp.new_empty(N, 4)  # per row: mean, 1/std of W_hh h and of the cell update
+            c_lib = native.lib()
+            ctx.fill = (xp.new_ones(B, H), xp.new_full((B, H), cell.zoneout if cell.zoneout
+                                                       else 0.0))  # masks when none is drawn
+            p = 0
+            for b, s in zip(plan.sizes, plan.offs, strict=True):
+                mat(HH[p:p + b], R[s:s + b])
+                masks = cell.draw(b, xp)
+                drop, zone = masks.get("drop"), masks.get("zone", 0.0)
+                drops.append(drop)
+                zones.append(zone)
+                q = B + s
+                c_lib.lnlstm_forward(
+                    _ptr(R, s), _ptr(xp, s), g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(),
+                    _ptr(HH, p), _ptr(CC, p), _mask_ptr(drop, ctx.fill[0]),
+                    _mask_ptr(zone, ctx.fill[1]), _ptr(G, s), _ptr(ST, s), _ptr(CPRE, s),
+                    _ptr(TC, s), _ptr(CC, q), _ptr(HH, q), b, H, EPS)
+                p = q
+            ctx.ST = ST
+            stats_h = [(ST[:, 0:1], ST[:, 1:2])]
+            stats_c = [(ST[:, 2:3], ST[:, 3:4])]
+        else:
+            p = 0
+            for b, s in zip(plan.sizes, plan.offs, strict=True):
+                e = s + b
+                hp, cp = HH[p:p + b], CC[p:p + b]
+                r = mat(hp, R[s:e])
+                ln, mu, rs = torch.native_layer_norm(r, H4, g_hh, None, EPS)
+                stats_h.append((mu, rs))
+                gt = torch.add(ln, xp[s:e], out=G[s:e])
+                gt[:, :2 * H].sigmoid_()
+                gt[:, 2 * H:3 * H].tanh_()
+                gt[:, 3 * H:].sigmoid_()
+                masks = cell.draw(b, xp)
+                upd = gt[:, 2 * H:3 * H]
+                if "drop" in masks:
+                    drops.append(masks["drop"])
+                    upd = upd * masks["drop"]
+                cpre = torch.mul(gt[:, H:2 * H], cp, out=CPRE[s:e]).addcmul_(gt[:, :H], upd)
+                cn, mu, rs = torch.native_layer_norm(cpre, (H,), g_c, b_c, EPS)
+                stats_c.append((mu, rs))
+                tc = torch.tanh(cn, out=TC[s:e])
+                q = B + s
+                if "zone" in masks:
+                    d = masks["zone"]
+                    zones.append(d)
+                    torch.lerp(cn, cp, d, out=CC[q:q + b])
+                    torch.lerp(gt[:, 3 * H:] * tc, hp, d, out=HH[q:q + b])
+                else:
+                    CC[q:q + b] = cn
+                    torch.mul(gt[:, 3 * H:], tc, out=HH[q:q + b])
+                p = q
         ctx.plan, ctx.stats, ctx.drops, ctx.zones = plan, (stats_h, stats_c), drops, zones
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(w, g_hh, g_c, b_c, HH, CC, G, R, CPRE, TC)
@@ -442,9 +508,19 @@ class _LNLSTM(torch.autograd.Function):
                  dG: Tensor | None, dC: Tensor | None):
         plan: Plan = ctx.plan
         w, g_hh, g_c, b_c, HH, CC, G, R, CPRE, TC = ctx.saved_tensors
+        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         N, H = plan.N, w.shape[1]
         stats_h, stats_c = ctx.stats
         dY = _grad_or_zeros(dY, TC)
+        if ctx.native and dG is None and dC is None:
+            return _lnlstm_backward_native(ctx, mat, w, g_hh, g_c, HH, CC, G, R, CPRE, TC, dY,
+                                           dhN, dcN)
+        if ctx.native:  # per-step statistics (contiguous) for the torch loop below
+            cols = [ctx.ST[:, k:k + 1].contiguous().split(plan.sizes) for k in range(4)]
+            stats_h = list(zip(cols[0], cols[1], strict=True))
+            stats_c = list(zip(cols[2], cols[3], strict=True))
+            ctx.drops = [d for d in ctx.drops if d is not None]
+            ctx.zones = [z for z in ctx.zones if not isinstance(z, float) or z]
         i, f, g, o = G.split(H, dim=1)
         DM = torch.cat(ctx.drops) if ctx.drops else None
         Z = None
@@ -500,11 +576,11 @@ class _LNLSTM(torch.autograd.Function):
             DR[s:e] = dr
             if keep_c is None:
                 torch.mul(dcp, f[s:e], out=run_c[:b])
-                torch.mm(dr, w, out=run_h[:b])
+                mat(dr, run_h[:b])
             else:
                 torch.addcmul(keep_c, dcp, f[s:e], out=run_c[:b])
-                torch.addmm(keep_h, dr, w, out=run_h[:b])
-        dw = DR.t().mm(plan.previous(HH))
+                mat(dr, run_h[:b], keep_h)
+        dw = gemm.mm(DR.t(), plan.previous(HH))
         mu_h = torch.cat([m for m, _ in stats_h])
         rs_h = torch.cat([r for _, r in stats_h])
         mu_c = torch.cat([m for m, _ in stats_c])
@@ -512,6 +588,47 @@ class _LNLSTM(torch.autograd.Function):
         d_ghh = (dA * (R - mu_h) * rs_h).sum(0)
         d_gc = (DCN * (CPRE - mu_c) * rs_c).sum(0)
         return dA, dw, d_ghh, d_gc, DCN.sum(0), run_h, run_c, None, None
+
+
+def _mask_ptr(mask: Tensor | float | None, fill: Tensor) -> int:
+    """Address of this step's drawn mask, or of ``fill`` (ones, or the constant zoneout
+    probability) when none was drawn."""
+    return mask.data_ptr() if isinstance(mask, Tensor) else fill.data_ptr()
+
+
+def _lnlstm_backward_native(ctx: Any, mat: gemm.Fixed, w: Tensor, g_hh: Tensor, g_c: Tensor,
+                            HH: Tensor, CC: Tensor, G: Tensor, R: Tensor, CPRE: Tensor,
+                            TC: Tensor, dY: Tensor, dhN: Tensor | None,
+                            dcN: Tensor | None) -> tuple:
+    """:class:`_LNLSTM`'s backward with each step's elementwise part in one C call."""
+    plan: Plan = ctx.plan
+    B, H = plan.B, w.shape[1]
+    c_lib = native.lib()
+    (mu_h, rs_h), = ctx.stats[0]
+    (mu_c, rs_c), = ctx.stats[1]
+    ST = ctx.ST
+    dY = dY.contiguous()
+    dA, DR, DCN = torch.empty_like(G), torch.empty_like(G), torch.empty_like(TC)
+    run_h = plan.scatter_final(dhN, H, TC)
+    run_c = plan.scatter_final(dcN, H, TC)
+    keep_h = torch.empty_like(run_h)
+    prev = [0] + [B + o for o in plan.offs[:-1]]
+    steps = zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev),
+                reversed(ctx.drops), reversed(ctx.zones), strict=True)
+    for b, s, p, drop, zone in steps:
+        c_lib.lnlstm_backward(
+            _ptr(R, s), g_hh.data_ptr(), g_c.data_ptr(), _ptr(G, s), _ptr(ST, s), _ptr(CPRE, s),
+            _ptr(TC, s), _ptr(CC, p), _mask_ptr(drop, ctx.fill[0]), _mask_ptr(zone, ctx.fill[1]),
+            _ptr(run_h, 0), _ptr(dY, s), _ptr(run_c, 0), _ptr(dA, s), _ptr(DR, s), _ptr(DCN, s),
+            _ptr(keep_h, 0), b, H)
+        if isinstance(zone, Tensor) or zone:
+            mat(DR[s:s + b], run_h[:b], keep_h[:b])
+        else:
+            mat(DR[s:s + b], run_h[:b])
+    dw = gemm.mm(DR.t(), plan.previous(HH))
+    d_ghh = (dA * (R - mu_h) * rs_h).sum(0)
+    d_gc = (DCN * (CPRE - mu_c) * rs_c).sum(0)
+    return dA, dw, d_ghh, d_gc, DCN.sum(0), run_h, run_c, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,7 +649,7 @@ def run_direction(
     H = cell.hidden_size
     rec: dict[str, Tensor] | None = None
     if mode == "lstm":
-        xp = F.linear(X, cell.weight_ih, _bias_sum(cell))
+        xp = gemm.linear(X, cell.weight_ih, _bias_sum(cell))
         Y, hN, cN, G, CC = _LSTM.apply(xp, cell.weight_hh, state[0], state[1], plan)
         if record:
             rec = {"h": Y, "c": CC}
@@ -540,7 +657,8 @@ def run_direction(
         return Y, (hN, cN), rec
     if mode == "layernorm_lstm":
         H4 = (4 * H,)
-        xp = F.layer_norm(X @ cell.weight_ih.t(), H4, cell.ln_ih_weight, cell.bias_ih, EPS)
+        xp = F.layer_norm(gemm.linear(X, cell.weight_ih), H4, cell.ln_ih_weight, cell.bias_ih,
+                          EPS)
         if cell.bias_hh is not None:
             xp = xp + cell.bias_hh
         Y, hN, cN, G, CC = _LNLSTM.apply(xp, cell.weight_hh, cell.ln_hh_weight, cell.ln_c_weight,
@@ -550,14 +668,14 @@ def run_direction(
             rec.update(zip(cell.gate_names, G.split(H, 1), strict=True))
         return Y, (hN, cN), rec
     if mode == "gru":
-        xp = F.linear(X, cell.weight_ih, cell.bias_ih)
+        xp = gemm.linear(X, cell.weight_ih, cell.bias_ih)
         bh = cell.bias_hh if cell.bias_hh is not None else X.new_zeros(3 * H)
         Y, hN, G = _GRU.apply(xp, cell.weight_hh, bh, state[0], plan)
     elif mode == "gru_reset_before":
-        xp = F.linear(X, cell.weight_ih, cell.bias_rzn)
+        xp = gemm.linear(X, cell.weight_ih, cell.bias_rzn)
         Y, hN, G = _GRUCho.apply(xp, cell.weight_hh, state[0], plan)
     else:
-        xp = F.linear(X, cell.weight_ih, _bias_sum(cell))
+        xp = gemm.linear(X, cell.weight_ih, _bias_sum(cell))
         Y, hN, G = _RNN.apply(xp, cell.weight_hh, state[0], plan, mode == "rnn_relu")
     if record:
         rec = {"h": Y}

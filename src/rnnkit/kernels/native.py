@@ -1,0 +1,301 @@
+"""A few lines of C for the (LayerNorm)LSTM step's elementwise math, built at first use and cached.
+
+Small torch ops cost a few microseconds each in dispatch alone, and an LSTM step has six to
+eight of them between its two matrix products; fused into one C loop (with vectorised exp and tanh)
+they take about as long as one. :func:`lib` compiles the source below with the system C
+compiler (``$CC`` or ``cc``; ``-O3``, AVX2/FMA when
+torch reports them; no ``-ffast-math``) into
+``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit``) once per source/flags, in well under a second,
+and loads it with ctypes. Without a compiler, or with ``RNNKIT_NATIVE=0``, :func:`lib` returns
+``None`` and the fast path uses the same math in torch ops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = r"""
+/* rnnkit: one LSTM time step's elementwise math, forward and backward, in one pass over the
+ * rows; float32, rows contiguous, gate blocks in torch.nn's order i, f, g, o (4H per row). */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* exp and tanh as straight-line float code the compiler vectorises (Cephes' expf and tanhf:
+ * about 1 ulp, like the SLEEF functions torch uses), so the loops below run 8 lanes at a time
+ * without -ffast-math, which would reorder sums and set flush-to-zero process-wide. */
+static inline float exp_(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float sigm(float x) { return 1.0f / (1.0f + exp_(-x)); }
+
+static inline float tanh_(float x) {
+    float a = fabsf(x), z = x * x;
+    float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z
+                    + 1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+    float big = copysignf(1.0f - 2.0f / (exp_(2.0f * a) + 1.0f), x);
+    return a < 0.625f ? small : big;
+}
+
+static void fwd_row(float *restrict gi, float *restrict gf, float *restrict gg,
+                    float *restrict go, const float *restrict cp, float *restrict c,
+                    float *restrict tc, float *restrict h, long H) {
+    for (long j = 0; j < H; j++) {
+        float i = sigm(gi[j]), f = sigm(gf[j]), g = tanh_(gg[j]), o = sigm(go[j]);
+        gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
+        float cn = f * cp[j] + i * g, t = tanh_(cn);
+        c[j] = cn; tc[j] = t; h[j] = o * t;
+    }
+}
+
+/* gates (b, 4H): pre-activations in, activations out; c = f c_prev + i g; tc = tanh(c);
+ * h = o tc; c_prev, c, tc, h: (b, H). */
+void lstm_forward(float *gates, const float *c_prev, float *c, float *tc, float *h,
+                  long b, long H) {
+    for (long r = 0; r < b; r++) {
+        float *g = gates + r * 4 * H;
+        fwd_row(g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, c + r * H, tc + r * H,
+                h + r * H, H);
+    }
+}
+
+static void bwd_row(const float *restrict gi, const float *restrict gf,
+                    const float *restrict gg, const float *restrict go,
+                    const float *restrict cp, const float *restrict tc,
+                    const float *restrict run_h, const float *restrict dy,
+                    float *restrict run_c, float *restrict ai, float *restrict af,
+                    float *restrict ag, float *restrict ao, long H) {
+    for (long j = 0; j < H; j++) {
+        float i = gi[j], f = gf[j], g = gg[j], o = go[j], t = tc[j];
+        float dh = run_h[j] + dy[j];
+        float dc = run_c[j] + dh * o * (1.0f - t * t);
+        ai[j] = dc * g * i * (1.0f - i);
+        af[j] = dc * cp[j] * f * (1.0f - f);
+        ag[j] = dc * i * (1.0f - g * g);
+        ao[j] = dh * t * o * (1.0f - o);
+        run_c[j] = dc * f;
+    }
+}
+
+/* One step back: dh = run_h + dy reaches h_t, dc = run_c + dh o (1 - tc^2) reaches c_t;
+ * writes the pre-activation gradients dA (b, 4H) and run_c = dc f (reaching c_{t-1}). */
+void lstm_backward(const float *gates, const float *c_prev, const float *tc,
+                   const float *run_h, const float *dy, float *run_c, float *dA,
+                   long b, long H) {
+    for (long r = 0; r < b; r++) {
+        const float *g = gates + r * 4 * H;
+        float *a = dA + r * 4 * H;
+        bwd_row(g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, tc + r * H, run_h + r * H,
+                dy + r * H, run_c + r * H, a, a + H, a + 2 * H, a + 3 * H, H);
+    }
+}
+
+/* LayerNormLSTM step (rnnkit/cells/layernorm_lstm.py). Per row: r = W_hh h_{t-1} (given),
+ * a = LN(r) g_hh + xp, activations -> gates; cpre = f c_prev + i (m g); chat = LN(cpre) g_c + b_c;
+ * tc = tanh(chat); zoneout with d: c = d c_prev + (1-d) chat, h = d h_prev + (1-d) o tc.
+ * m (recurrent dropout) and d (zoneout) are (b, H): ones and zeros when unused. stats (b, 4):
+ * mean and 1/std of r and of cpre. */
+static void ln_stats(const float *restrict v, long n, float eps, float *mu, float *rs) {
+    float m = 0.0f, q = 0.0f;
+    for (long j = 0; j < n; j++) m += v[j];
+    m /= (float)n;
+    for (long j = 0; j < n; j++) q += (v[j] - m) * (v[j] - m);
+    *mu = m;
+    *rs = 1.0f / sqrtf(q / (float)n + eps);
+}
+
+static void ln_gates(float *restrict g, const float *restrict r, const float *restrict x,
+                     const float *restrict gam, float mu, float rs, long H) {
+    for (long j = 0; j < 4 * H; j++) g[j] = (r[j] - mu) * rs * gam[j] + x[j];
+    for (long j = 0; j < 2 * H; j++) g[j] = sigm(g[j]);
+    for (long j = 2 * H; j < 3 * H; j++) g[j] = tanh_(g[j]);
+    for (long j = 3 * H; j < 4 * H; j++) g[j] = sigm(g[j]);
+}
+
+static void ln_update(float *restrict cq, const float *restrict g, const float *restrict cp,
+                      const float *restrict m, long H) {
+    for (long j = 0; j < H; j++) cq[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j] * m[j];
+}
+
+static void ln_cell(float *restrict t, float *restrict c, float *restrict h,
+                    const float *restrict cq, const float *restrict gam,
+                    const float *restrict bet, const float *restrict d,
+                    const float *restrict cp, const float *restrict hp,
+                    const float *restrict o, float mu, float rs, long H) {
+    for (long j = 0; j < H; j++) {
+        float ch = (cq[j] - mu) * rs * gam[j] + bet[j], tt = tanh_(ch);
+        t[j] = tt;
+        c[j] = d[j] * cp[j] + (1.0f - d[j]) * ch;
+        h[j] = d[j] * hp[j] + (1.0f - d[j]) * o[j] * tt;
+    }
+}
+
+void lnlstm_forward(const float *r, const float *xp, const float *g_hh, const float *g_c,
+                    const float *b_c, const float *h_prev, const float *c_prev,
+                    const float *drop, const float *zone, float *gates, float *stats,
+                    float *cpre, float *tc, float *c, float *h, long b, long H, float eps) {
+    for (long row = 0; row < b; row++) {
+        long o1 = row * H, o4 = row * 4 * H;
+        float *st = stats + row * 4, *g = gates + o4;
+        ln_stats(r + o4, 4 * H, eps, st, st + 1);
+        ln_gates(g, r + o4, xp + o4, g_hh, st[0], st[1], H);
+        ln_update(cpre + o1, g, c_prev + o1, drop + o1, H);
+        ln_stats(cpre + o1, H, eps, st + 2, st + 3);
+        ln_cell(tc + o1, c + o1, h + o1, cpre + o1, g_c, b_c, zone + o1, c_prev + o1,
+                h_prev + o1, g + 3 * H, st[2], st[3], H);
+    }
+}
+
+/* The gradient reaching chat (dch), the o-gate's (ao), and what skips the step through
+ * zoneout (kh, rc); returns the two layer-norm sums of the c layer norm's backward. */
+static void lnb_cell(float *restrict dch, float *restrict ao, float *restrict kh,
+                     float *restrict rc, const float *restrict rh, const float *restrict dy,
+                     const float *restrict d, const float *restrict o,
+                     const float *restrict t, const float *restrict cq,
+                     const float *restrict gam, float mu, float rs, float *s1, float *s2,
+                     long H) {
+    float a1 = 0.0f, a2 = 0.0f;
+    for (long j = 0; j < H; j++) {
+        float dh = rh[j] + dy[j], dhn = dh * (1.0f - d[j]);
+        float dc = rc[j] * (1.0f - d[j]) + dhn * o[j] * (1.0f - t[j] * t[j]);
+        kh[j] = dh * d[j];
+        rc[j] = rc[j] * d[j];
+        ao[j] = dhn * t[j] * o[j] * (1.0f - o[j]);
+        dch[j] = dc;
+        float dx = dc * gam[j];
+        a1 += dx;
+        a2 += dx * (cq[j] - mu) * rs;
+    }
+    *s1 = a1 / (float)H;
+    *s2 = a2 / (float)H;
+}
+
+static void lnb_gates(float *restrict a, float *restrict rc, const float *restrict dch,
+                      const float *restrict g, const float *restrict cp,
+                      const float *restrict m, const float *restrict cq,
+                      const float *restrict gam, float mu, float rs, float s1, float s2,
+                      long H) {
+    for (long j = 0; j < H; j++) {
+        float dcp = rs * (dch[j] * gam[j] - s1 - (cq[j] - mu) * rs * s2);
+        float i = g[j], f = g[H + j], gg = g[2 * H + j];
+        a[j] = dcp * gg * m[j] * i * (1.0f - i);
+        a[H + j] = dcp * cp[j] * f * (1.0f - f);
+        a[2 * H + j] = dcp * i * m[j] * (1.0f - gg * gg);
+        rc[j] += dcp * f;
+    }
+}
+
+static void lnb_r(float *restrict dR, const float *restrict a, const float *restrict r,
+                  const float *restrict gam, float mu, float rs, long n) {
+    float q1 = 0.0f, q2 = 0.0f;
+    for (long j = 0; j < n; j++) {
+        q1 += a[j] * gam[j];
+        q2 += a[j] * gam[j] * (r[j] - mu) * rs;
+    }
+    q1 /= (float)n;
+    q2 /= (float)n;
+    for (long j = 0; j < n; j++) dR[j] = rs * (a[j] * gam[j] - q1 - (r[j] - mu) * rs * q2);
+}
+
+/* One step back. dh = run_h + dy, dc = run_c reach h_t, c_t; writes dA (b, 4H: gradient of
+ * xp), dr (b, 4H: of r = W_hh h_{t-1}), dchat (b, H), run_c (reaching c_{t-1} directly) and
+ * keep_h = dh d (reaching h_{t-1} through zoneout). */
+void lnlstm_backward(const float *r, const float *g_hh, const float *g_c, const float *gates,
+                     const float *stats, const float *cpre, const float *tc,
+                     const float *c_prev, const float *drop, const float *zone,
+                     const float *run_h, const float *dy, float *run_c, float *dA, float *dr,
+                     float *dchat, float *keep_h, long b, long H) {
+    for (long row = 0; row < b; row++) {
+        long o1 = row * H, o4 = row * 4 * H;
+        const float *st = stats + row * 4, *g = gates + o4;
+        float s1, s2;
+        lnb_cell(dchat + o1, dA + o4 + 3 * H, keep_h + o1, run_c + o1, run_h + o1, dy + o1,
+                 zone + o1, g + 3 * H, tc + o1, cpre + o1, g_c, st[2], st[3], &s1, &s2, H);
+        lnb_gates(dA + o4, run_c + o1, dchat + o1, g, c_prev + o1, drop + o1, cpre + o1, g_c,
+                  st[2], st[3], s1, s2, H);
+        lnb_r(dr + o4, dA + o4, r + o4, g_hh, st[0], st[1], 4 * H);
+    }
+}
+"""
+
+
+def _flag_sets() -> list[list[str]]:
+    """Compiler flags to try, best first: AVX2/FMA where torch reports them, then plain."""
+    base = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99"]
+    if platform.machine() in ("x86_64", "AMD64") and torch.backends.cpu.get_cpu_capability() in (
+            "AVX2", "AVX512"):
+        return [[*base, "-mavx2", "-mfma"], base]
+    return [base]
+
+
+def _build(cc: str, flags: list[str], cache_dir: Path) -> Path:
+    key = hashlib.sha256((SOURCE + cc + " ".join(flags)).encode()).hexdigest()[:16]
+    so = cache_dir / f"pointwise-{key}.so"
+    if not so.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            c_file, out = Path(tmp) / "pointwise.c", Path(tmp) / "pointwise.so"
+            c_file.write_text(SOURCE)
+            libs = [f for f in flags if f.startswith("-l")]
+            cflags = [f for f in flags if not f.startswith("-l")]
+            subprocess.run([cc, *cflags, str(c_file), "-o", str(out), *libs, "-lm"], check=True,
+                           capture_output=True, timeout=120)
+            os.replace(out, so)  # atomic: concurrent builds are harmless
+    return so
+
+
+@cache
+def lib() -> ctypes.CDLL | None:
+    """The compiled library, or ``None`` when it cannot be built (or ``RNNKIT_NATIVE=0``)."""
+    if os.environ.get("RNNKIT_NATIVE", "1") == "0":
+        return None
+    cc = os.environ.get("CC", "cc")
+    cache_dir = Path(os.environ.get("RNNKIT_CACHE", Path.home() / ".cache" / "rnnkit"))
+    lib = None
+    for flags in _flag_sets():
+        try:
+            lib = ctypes.CDLL(str(_build(cc, flags, cache_dir)))
+            break
+        except (OSError, subprocess.SubprocessError):
+            continue
+    if lib is None:
+        return None
+    ptr, n = ctypes.c_void_p, ctypes.c_long
+    lib.lstm_forward.argtypes = [ptr] * 5 + [n, n]
+    lib.lstm_backward.argtypes = [ptr] * 7 + [n, n]
+    f = ctypes.c_float
+    lib.lnlstm_forward.argtypes = [ptr] * 15 + [n, n, f]
+    lib.lnlstm_backward.argtypes = [ptr] * 17 + [n, n]
+    for fn in (lib.lstm_forward, lib.lstm_backward, lib.lnlstm_forward, lib.lnlstm_backward):
+        fn.restype = None
+    return lib
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the C kernels can run on these tensors (CPU float32) and are built."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and (
+        lib() is not None)
