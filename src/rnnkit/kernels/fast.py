@@ -163,22 +163,26 @@ class _LSTM(torch.autograd.Function):
         mat = gemm.Fixed(w.t(), B)
         c_lib = native.lib() if native.usable(xp, w) else None
         p = 0
-        for b, s in zip(plan.sizes, plan.offs, strict=True):
-            g = mat(HH[p:p + b], G[s:s + b], xp[s:s + b])
-            if c_lib is not None:  # the elementwise rest of the step, one C call
+        if c_lib is not None:  # the elementwise rest of each step in one C call
+            rh, rg = H * 4, 4 * H * 4  # bytes per row: address of row r = base + r * row bytes
+            g0, c0_, t0, h0_ = G.data_ptr(), CC.data_ptr(), TC.data_ptr(), HH.data_ptr()
+            for b, s in zip(plan.sizes, plan.offs, strict=True):
+                pre = mat.product(HH[p:p + b], xp[s:s + b])
                 q = B + s
-                c_lib.lstm_forward(_ptr(G, s), _ptr(CC, p), _ptr(CC, q), _ptr(TC, s),
-                                   _ptr(HH, q), b, H)
+                c_lib.lstm_forward(pre.data_ptr(), g0 + s * rg, c0_ + p * rh, c0_ + q * rh,
+                                   t0 + s * rh, h0_ + q * rh, b, H)
                 p = q
-                continue
-            g[:, :2 * H].sigmoid_()
-            g[:, 2 * H:3 * H].tanh_()
-            g[:, 3 * H:].sigmoid_()
-            c = torch.mul(g[:, H:2 * H], CC[p:p + b], out=CC[B + s:B + s + b])
-            c.addcmul_(g[:, :H], g[:, 2 * H:3 * H])
-            tc = torch.tanh(c, out=TC[s:s + b])
-            p = B + s
-            torch.mul(g[:, 3 * H:], tc, out=HH[p:p + b])
+        else:
+            for b, s in zip(plan.sizes, plan.offs, strict=True):
+                g = mat(HH[p:p + b], G[s:s + b], xp[s:s + b])
+                g[:, :2 * H].sigmoid_()
+                g[:, 2 * H:3 * H].tanh_()
+                g[:, 3 * H:].sigmoid_()
+                c = torch.mul(g[:, H:2 * H], CC[p:p + b], out=CC[B + s:B + s + b])
+                c.addcmul_(g[:, :H], g[:, 2 * H:3 * H])
+                tc = torch.tanh(c, out=TC[s:s + b])
+                p = B + s
+                torch.mul(g[:, 3 * H:], tc, out=HH[p:p + b])
         ctx.plan = plan
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(w, HH, CC, G, TC)
@@ -244,9 +248,12 @@ def _lstm_backward_native(plan: Plan, mat: gemm.Fixed, w: Tensor, HH: Tensor, CC
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
     prev = [0] + [B + o for o in plan.offs[:-1]]  # where each step's c_{t-1} rows start in CC
+    rh, rg = H * 4, 4 * H * 4  # bytes per row
+    g0, c0, t0, y0, a0 = G.data_ptr(), CC.data_ptr(), TC.data_ptr(), dY.data_ptr(), dA.data_ptr()
+    ph, pc = run_h.data_ptr(), run_c.data_ptr()
     for b, s, p in zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev), strict=True):
-        c_lib.lstm_backward(_ptr(G, s), _ptr(CC, p), _ptr(TC, s), _ptr(run_h, 0), _ptr(dY, s),
-                            _ptr(run_c, 0), _ptr(dA, s), b, H)
+        c_lib.lstm_backward(g0 + s * rg, c0 + p * rh, t0 + s * rh, ph, y0 + s * rh, pc,
+                            a0 + s * rg, b, H)
         mat(dA[s:s + b], run_h[:b])
     dw = gemm.mm(dA.t(), plan.previous(HH))
     return dA, dw, run_h, run_c, None

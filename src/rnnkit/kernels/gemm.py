@@ -49,17 +49,24 @@ class Fixed:
         self.m = m
         self.packed = _pack(m.t(), rows) if _ok(m) else None
 
+    def product(self, v: Tensor, add: Tensor | None = None) -> Tensor:
+        """``add + v @ m`` as a new ``(b, N)`` tensor."""
+        if self.packed is None:
+            return torch.mm(v, self.m) if add is None else torch.addmm(add, v, self.m)
+        v = v if v.is_contiguous() else v.contiguous()
+        if add is None or add.dim() == 1:
+            return _lin(v, self.packed, add, "none", [], "")
+        if add.is_contiguous():
+            return _lin.binary(v, add, self.packed, None, "add")
+        return _lin(v, self.packed, None, "none", [], "").add_(add)
+
     def __call__(self, v: Tensor, out: Tensor, add: Tensor | None = None) -> Tensor:
+        """``add + v @ m`` written into ``out``."""
         if self.packed is None:
             if add is None:
                 return torch.mm(v, self.m, out=out)
             return torch.addmm(add, v, self.m, out=out)
-        v = v if v.is_contiguous() else v.contiguous()
-        if add is None or add.dim() == 1:
-            return out.copy_(_lin(v, self.packed, add, "none", [], ""))
-        if add.is_contiguous():
-            return out.copy_(_lin.binary(v, add, self.packed, None, "add"))
-        return torch.add(add, _lin(v, self.packed, None, "none", [], ""), out=out)
+        return out.copy_(self.product(v, add))
 
 
 def mm(a: Tensor, b: Tensor) -> Tensor:

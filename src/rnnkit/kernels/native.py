@@ -61,25 +61,26 @@ static inline float tanh_(float x) {
     return a < 0.625f ? small : big;
 }
 
-static void fwd_row(float *restrict gi, float *restrict gf, float *restrict gg,
-                    float *restrict go, const float *restrict cp, float *restrict c,
-                    float *restrict tc, float *restrict h, long H) {
+static void fwd_row(const float *restrict pre, float *restrict gi, float *restrict gf,
+                    float *restrict gg, float *restrict go, const float *restrict cp,
+                    float *restrict c, float *restrict tc, float *restrict h, long H) {
     for (long j = 0; j < H; j++) {
-        float i = sigm(gi[j]), f = sigm(gf[j]), g = tanh_(gg[j]), o = sigm(go[j]);
+        float i = sigm(pre[j]), f = sigm(pre[H + j]), g = tanh_(pre[2 * H + j]);
+        float o = sigm(pre[3 * H + j]);
         gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
         float cn = f * cp[j] + i * g, t = tanh_(cn);
         c[j] = cn; tc[j] = t; h[j] = o * t;
     }
 }
 
-/* gates (b, 4H): pre-activations in, activations out; c = f c_prev + i g; tc = tanh(c);
- * h = o tc; c_prev, c, tc, h: (b, H). */
-void lstm_forward(float *gates, const float *c_prev, float *c, float *tc, float *h,
-                  long b, long H) {
+/* pre (b, 4H): gate pre-activations in; gates (b, 4H): activations out (may be pre itself);
+ * c = f c_prev + i g; tc = tanh(c); h = o tc; c_prev, c, tc, h: (b, H). */
+void lstm_forward(const float *pre, float *gates, const float *c_prev, float *c, float *tc,
+                  float *h, long b, long H) {
     for (long r = 0; r < b; r++) {
         float *g = gates + r * 4 * H;
-        fwd_row(g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, c + r * H, tc + r * H,
-                h + r * H, H);
+        fwd_row(pre + r * 4 * H, g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, c + r * H,
+                tc + r * H, h + r * H, H);
     }
 }
 
@@ -285,7 +286,7 @@ def lib() -> ctypes.CDLL | None:
     if lib is None:
         return None
     ptr, n = ctypes.c_void_p, ctypes.c_long
-    lib.lstm_forward.argtypes = [ptr] * 5 + [n, n]
+    lib.lstm_forward.argtypes = [ptr] * 6 + [n, n]
     lib.lstm_backward.argtypes = [ptr] * 7 + [n, n]
     f = ctypes.c_float
     lib.lnlstm_forward.argtypes = [ptr] * 15 + [n, n, f]

@@ -81,7 +81,6 @@ class Stepper:
                                       gemm.Fixed(cell.weight_hh.detach().t(), batch)))
                     self.biases.append((cell.bias_ih, cell.bias_hh))
                     self.xh.append(None)
-        self.gates = torch.empty(batch, 4 * self.H, device=self.device, dtype=self.dtype)
         self.tc = torch.empty(batch, self.H, device=self.device, dtype=self.dtype)
 
     def fresh(self) -> bool:
@@ -108,10 +107,10 @@ class Stepper:
                 I = cell.input_size
                 xh[:, :I] = inp
                 xh[:, I:] = st[0]
-                g = self.mats[k](xh, self.gates, self.biases[k])
+                pre = self.mats[k].product(xh, self.biases[k])
                 c_prev = st[1].contiguous()
-                native.lib().lstm_forward(_ptr(g), _ptr(c_prev), _ptr(new[1][k]), _ptr(self.tc),
-                                          _ptr(new[0][k]), B, H)
+                native.lib().lstm_forward(_ptr(pre), _ptr(pre), _ptr(c_prev), _ptr(new[1][k]),
+                                          _ptr(self.tc), _ptr(new[0][k]), B, H)
             elif self.split[k]:
                 m_ih, m_hh = self.mats[k]
                 b_ih, b_hh = self.biases[k]
