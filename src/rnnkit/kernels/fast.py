@@ -151,8 +151,15 @@ def _grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
 
 
 class _LSTM(torch.autograd.Function):
+    """LSTM over packed rows, its input projection included: ``X`` ``(N, I)``, ``w_ih``
+    ``(4H, I)``, ``bias`` ``(4H,)`` or None, ``w`` = ``W_hh`` ``(4H, H)``. Taking ``X`` (not
+    ``X W_ih^T + b``) lets the backward form ``dA^T`` once for both weight gradients:
+    ``[dW_ih | dW_hh] = dA^T [X | H_prev]`` is one product."""
+
     @staticmethod
-    def forward(ctx: Any, xp: Tensor, w: Tensor, h0: Tensor, c0: Tensor, plan: Plan):
+    def forward(ctx: Any, X: Tensor, w_ih: Tensor, bias: Tensor | None, w: Tensor, h0: Tensor,
+                c0: Tensor, plan: Plan):
+        xp = gemm.affine(X, w_ih, bias)
         B, N, H = plan.B, plan.N, h0.shape[1]
         HH = xp.new_empty(B + N, H)
         CC = xp.new_empty(B + N, H)
@@ -183,21 +190,36 @@ class _LSTM(torch.autograd.Function):
                 tc = torch.tanh(c, out=TC[s:s + b])
                 p = B + s
                 torch.mul(g[:, 3 * H:], tc, out=HH[p:p + b])
-        ctx.plan = plan
+        ctx.plan, ctx.has_bias = plan, bias is not None
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(w, HH, CC, G, TC)
+        ctx.save_for_backward(X, w_ih, w, HH, CC, G, TC)
         return HH[B:], plan.final(HH), plan.final(CC), G, CC[B:]
 
     @staticmethod
     def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None,
                  dG: Tensor | None, dC: Tensor | None):
         plan: Plan = ctx.plan
-        w, HH, CC, G, TC = ctx.saved_tensors
-        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
+        X, w_ih, w, HH, CC, G, TC = ctx.saved_tensors
+        if dG is None and dC is None and native.usable(G):
+            dA, run_h, run_c = _lstm_backward_native(plan, w, CC, G, TC, dY, dhN, dcN)
+        else:
+            dA, run_h, run_c = _LSTM.recurrence_backward(plan, w, CC, G, TC, dY, dhN, dcN, dG,
+                                                         dC)
+        need = ctx.needs_input_grad
+        dw_ih, dw = gemm.products_t(dA, [X, plan.previous(HH)])  # dA^T X, dA^T H_prev
+        dX = gemm.mm(dA, w_ih) if need[0] else None
+        db = dA.sum(0) if ctx.has_bias and need[2] else None
+        return dX, dw_ih, db, dw, run_h, run_c, None
+
+    @staticmethod
+    def recurrence_backward(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tensor,
+                            dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None,
+                            dG: Tensor | None, dC: Tensor | None) -> tuple[Tensor, ...]:
+        """The reverse-time loop in torch ops: gradients of the gate pre-activations ``dA``
+        ``(N, 4H)`` and of the initial state."""
+        mat = gemm.Fixed(w, plan.B)  # dh_prev = dA @ W_hh
         N, H = plan.N, w.shape[1]
         dY = _grad_or_zeros(dY, TC)
-        if dG is None and dC is None and native.usable(G):
-            return _lstm_backward_native(plan, mat, w, HH, CC, G, TC, dY, dhN, dcN)
         i, f, g, o = G.split(H, dim=1)
         # Factors of the gate gradients, for all steps at once:
         # dA_i = dc g i(1-i), dA_f = dc c_prev f(1-f), dA_g = dc i (1-g^2), dA_o = dh tanh(c) o(1-o)
@@ -228,8 +250,7 @@ class _LSTM(torch.autograd.Function):
                 dA[s:e].add_(E[s:e])
             torch.mul(dc, f[s:e], out=run_c[:b])
             mat(dA[s:e], run_h[:b])
-        dw = gemm.mm(dA.t(), plan.previous(HH))
-        return dA, dw, run_h, run_c, None
+        return dA, run_h, run_c
 
 
 def _ptr(t: Tensor, row: int) -> int:
@@ -237,13 +258,13 @@ def _ptr(t: Tensor, row: int) -> int:
     return t.data_ptr() + row * t.stride(0) * t.element_size()
 
 
-def _lstm_backward_native(plan: Plan, mat: gemm.Fixed, w: Tensor, HH: Tensor, CC: Tensor,
-                          G: Tensor, TC: Tensor, dY: Tensor, dhN: Tensor | None,
-                          dcN: Tensor | None) -> tuple:
-    """:class:`_LSTM`'s backward with each step's elementwise part in one C call."""
+def _lstm_backward_native(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tensor,
+                          dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None) -> tuple:
+    """:meth:`_LSTM.recurrence_backward` with each step's elementwise part in one C call."""
     B, H = plan.B, w.shape[1]
+    mat = gemm.Fixed(w, B)  # dh_prev = dA @ W_hh
     c_lib = native.lib()
-    dY = dY.contiguous()
+    dY = _grad_or_zeros(dY, TC).contiguous()
     dA = torch.empty_like(G)
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
@@ -255,8 +276,7 @@ def _lstm_backward_native(plan: Plan, mat: gemm.Fixed, w: Tensor, HH: Tensor, CC
         c_lib.lstm_backward(g0 + s * rg, c0 + p * rh, t0 + s * rh, ph, y0 + s * rh, pc,
                             a0 + s * rg, b, H)
         mat(dA[s:s + b], run_h[:b])
-    dw = gemm.mm(dA.t(), plan.previous(HH))
-    return dA, dw, run_h, run_c, None
+    return dA, run_h, run_c
 
 
 class _GRU(torch.autograd.Function):
@@ -656,8 +676,8 @@ def run_direction(
     H = cell.hidden_size
     rec: dict[str, Tensor] | None = None
     if mode == "lstm":
-        xp = gemm.linear(X, cell.weight_ih, _bias_sum(cell))
-        Y, hN, cN, G, CC = _LSTM.apply(xp, cell.weight_hh, state[0], state[1], plan)
+        Y, hN, cN, G, CC = _LSTM.apply(X, cell.weight_ih, _bias_sum(cell), cell.weight_hh,
+                                       state[0], state[1], plan)
         if record:
             rec = {"h": Y, "c": CC}
             rec.update(zip(cell.gate_names, G.split(H, 1), strict=True))

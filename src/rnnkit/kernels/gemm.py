@@ -11,8 +11,10 @@ for float64, or when oneDNN is unavailable; results agree to float32 rounding.
 * :class:`Fixed`: ``add + v @ m`` for one matrix ``m`` and many small ``v`` (the per-step
   recurrent product): ``m`` is reordered once per call of the kernel.
 * :func:`mm`: one large ``a @ b`` (weight gradients over a whole sequence).
+* :func:`products_t`: ``a^T b_1, a^T b_2, ...`` as one product (weight gradients sharing
+  ``dA^T``);
 * :func:`linear`: ``x W^T + b`` with autograd, forward and backward through :func:`mm` (the
-  input projection of all time steps).
+  input projection of all time steps); :func:`affine`, the same without autograd.
 """
 
 from __future__ import annotations
@@ -77,13 +79,32 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
     return _lin(a, _pack(b.t(), a.shape[0]), None, "none", [], "")
 
 
+def affine(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """``x W^T + b`` without autograd: ``x`` ``(N, I)``, ``w`` ``(O, I)`` -> ``(N, O)``."""
+    if not _ok(x, w) or x.shape[0] == 0 or (b is not None and not _ok(b)):
+        return torch.nn.functional.linear(x, w, b)
+    x = x if x.is_contiguous() else x.contiguous()
+    return _lin(x, _pack(w, x.shape[0]), b, "none", [], "")
+
+
+def products_t(a: Tensor, bs: list[Tensor]) -> list[Tensor]:
+    """``[a^T @ b for b in bs]`` for ``a`` ``(N, G)`` and each ``b`` ``(N, K_i)``, as ONE
+    product ``a^T [b_1 | b_2 | ...]`` (``a^T`` is formed once): weight gradients over a
+    whole sequence, ``(G, K_i)`` each."""
+    if not _ok(a, *bs) or a.shape[0] == 0:
+        return [a.t().mm(b) for b in bs]
+    at = a.t().contiguous()
+    w = torch.cat([b.t() for b in bs], 0)  # (sum K_i, N): the "weight" of the linear map
+    out = _lin(at, _reorder(w, at.shape[0]), None, "none", [], "")
+    return list(out.split([b.shape[1] for b in bs], dim=1))
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        x = x if x.is_contiguous() else x.contiguous()
-        return _lin(x, _pack(w, x.shape[0]), b, "none", [], "")
+        return affine(x, w, b)
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
