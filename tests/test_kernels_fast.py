@@ -104,6 +104,9 @@ def test_auto_dispatch_prefers_fused_then_fast():
     x = torch.randn(B, T, I)
     assert kernels.select(rnnkit.LSTM(I, H), x, None, False) == "fused"
     assert kernels.select(rnnkit.LSTM(I, H), x, None, True) == "fast"  # recording
+    ragged, full = torch.tensor([T, 3, 1, 5]), torch.full((B,), T)
+    assert kernels.select(rnnkit.LSTM(I, H), x, ragged, False) == "fast"  # no packing on CPU
+    assert kernels.select(rnnkit.LSTM(I, H), x, full, False) == "fused"
     assert kernels.select(rnnkit.GRU(I, H, reset_after=False), x, None, False) == "fast"
     half = rnnkit.LSTM(I, H, kernel="fast").to(torch.bfloat16)
     with pytest.raises(ValueError, match="float32/float64"):

@@ -59,8 +59,11 @@ def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) ->
     ``kernel="auto"``: torch.nn's fused vendor kernel (oneDNN on CPU, cuDNN on GPU) whenever it
     can serve the configuration, else rnnkit's own fast path (:mod:`rnnkit.kernels.fast`)
     where it supports the cell, else the parallel scan (:mod:`rnnkit.kernels.scan`) for cells
-    linear in their state (minGRU, minLSTM), else the reference loop over the cells. An explicit
-    choice that cannot serve the call is an error, never a silent fallback.
+    linear in their state (minGRU, minLSTM), else the reference loop over the cells. One
+    exception: sequences of different lengths on CPU go to the fast path, which shrinks the
+    active batch as sequences end, because torch.nn's CPU kernel runs a packed batch outside
+    oneDNN, in a slower loop (``python bench/kernels.py --only lengths`` measures both). An
+    explicit choice that cannot serve the call is an error, never a silent fallback.
     """
     wanted = layer.kernel
     if wanted != "auto":
@@ -68,7 +71,11 @@ def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) ->
         if reason is not None:
             raise ValueError(f"kernel={wanted!r} cannot run this call: {reason}")
         return wanted
+    ragged = lengths is not None and x.device.type == "cpu" and bool(
+        (lengths != x.shape[1]).any())
     for name in ("fused", "fast", "scan", "reference"):
+        if name == "fused" and ragged and why_not("fast", layer, x, record) is None:
+            continue
         if why_not(name, layer, x, record) is None:
             return name
     raise AssertionError("the reference kernel serves every configuration")
