@@ -1,6 +1,6 @@
 """rnnkit's kernels against their peers, measured in one run: the README's speed table.
 
-    python bench/kernels.py                  # CPU, 2 threads: about 6-8 minutes on 2 cores
+    python bench/kernels.py                  # CPU, 2 threads: about 2-3 minutes on 2 cores
     python bench/kernels.py --device cuda    # on a GPU (peer: cuDNN)
     python bench/kernels.py --quick          # tiny sizes, a minute: checks the script
 
@@ -326,7 +326,7 @@ def chart(path: Path, title: str) -> None:
     ax.set_yticks(list(ys), labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("speed vs peer (peer time / rnnkit time; log scale); black tick = target")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title.replace("; ", "\n", 1), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -356,7 +356,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    ap.add_argument("--reps", type=int, default=9, help="timed repetitions per program")
+    ap.add_argument("--reps", type=int, default=15, help="timed repetitions per program")
     ap.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}, flops")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     ap.add_argument("--out", default="bench/results", help="folder for the JSON and PNG")

@@ -74,9 +74,14 @@ class CharLM(nn.Module):
         return self.head(self.drop(out)), state
 
     def step(self, ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
-        """One token per row: ``ids`` ``(B,)`` -> logits ``(B, V)`` for the next one."""
-        logits, state = self(ids[:, None], state)
-        return logits[:, 0], state
+        """One token per row: ``ids`` ``(B,)`` -> logits ``(B, V)`` for the next one. In eval
+        mode without autograd it runs the layer's stepper (weights prepared once, no per-call
+        overhead: the generation fast path); otherwise the layer itself on ``(B, 1)``."""
+        if self.training or torch.is_grad_enabled():
+            logits, state = self(ids[:, None], state)
+            return logits[:, 0], state
+        h, state = self.rnn.stepper(len(ids))(self.emb(ids), state)
+        return self.head(h), state
 
     @torch.no_grad()
     def nll(self, ids: Tensor, rows: int = 16, chunk: int = 1000, warmup: int = 200) -> float:
