@@ -15,7 +15,8 @@ data = load_data(source, tokenizer="char")  # split by file (or last 10% of one 
 task = LMTask(data, {"cell": "lstm", "hidden": 256, "layers": 1, "emb": 64, "dropout": 0.0,
                      "tie": False}, batch=32, seq=100)
 out = f"runs/example-lm-{time.strftime('%Y%m%d-%H%M%S')}"
-result = train(task, TrainConfig(out=out, minutes=1.0, eval_every=100))
+# an evaluation reads every validation character (751k, a few seconds): not too often
+result = train(task, TrainConfig(out=out, minutes=1.0, eval_every=500))
 print(f"validation: {result.best['bpc']:.3f} bits/char")
 
 model, tokenizer, _ = load_run(out)  # best/ checkpoint: safetensors + JSON
