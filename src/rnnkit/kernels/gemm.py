@@ -79,9 +79,13 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
     return _lin(a, _pack(b.t(), a.shape[0]), None, "none", [], "")
 
 
+def _affine_ok(x: Tensor, w: Tensor, b: Tensor | None) -> bool:
+    return x.dim() == 2 and x.shape[0] > 0 and _ok(x, w) and (b is None or _ok(b))
+
+
 def affine(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     """``x W^T + b`` without autograd: ``x`` ``(N, I)``, ``w`` ``(O, I)`` -> ``(N, O)``."""
-    if not _ok(x, w) or x.shape[0] == 0 or (b is not None and not _ok(b)):
+    if not _affine_ok(x, w, b):
         return torch.nn.functional.linear(x, w, b)
     x = x if x.is_contiguous() else x.contiguous()
     return _lin(x, _pack(w, x.shape[0]), b, "none", [], "")
@@ -117,6 +121,6 @@ class _Linear(torch.autograd.Function):
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     """``x W^T + b`` for ``x`` ``(N, I)``, ``w`` ``(O, I)``, ``b`` ``(O,)`` -> ``(N, O)``."""
-    if x.dim() != 2 or not _ok(x, w) or x.shape[0] == 0 or (b is not None and not _ok(b)):
+    if not _affine_ok(x, w, b):
         return torch.nn.functional.linear(x, w, b)
     return _Linear.apply(x, w, b)

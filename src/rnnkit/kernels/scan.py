@@ -13,7 +13,7 @@ Two algorithms, both exact up to float rounding:
   ``log h_t = A_t + logcumsumexp(log b - A)_t`` with ``A_t = Σ_{s<=t} log a_s``; needs
   ``b > 0`` (the paper's ``g`` ensures it) and loses relative precision as ``|A_t|`` grows.
 
-Measured on 2 CPU cores (``bench/run.py``), the chunked scan is the faster one, so it is the
+Measured on 2 CPU cores (``bench/kernels.py``), the chunked scan is the faster one, so it is the
 default; ``layer.scan = "log"`` selects the other.
 """
 

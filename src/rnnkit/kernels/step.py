@@ -29,10 +29,6 @@ if TYPE_CHECKING:
     from rnnkit.layers import Recurrent
 
 
-def _ptr(t: Tensor) -> int:
-    return t.data_ptr()
-
-
 class Stepper:
     """``stepper(x, state) -> (h_top, state)`` for a unidirectional ``layer``.
 
@@ -109,15 +105,13 @@ class Stepper:
                 xh[:, I:] = st[0]
                 pre = self.mats[k].product(xh, self.biases[k])
                 c_prev = st[1].contiguous()
-                native.lib().lstm_forward(_ptr(pre), _ptr(pre), _ptr(c_prev), _ptr(new[1][k]),
-                                          _ptr(self.tc), _ptr(new[0][k]), B, H)
+                native.lib().lstm_forward(pre.data_ptr(), pre.data_ptr(), c_prev.data_ptr(),
+                                          new[1][k].data_ptr(), self.tc.data_ptr(),
+                                          new[0][k].data_ptr(), B, H)
             elif self.split[k]:
                 m_ih, m_hh = self.mats[k]
                 b_ih, b_hh = self.biases[k]
-                G = cell.num_gates * H
-                xi = m_ih(inp, x.new_empty(B, G), b_ih)
-                hh = m_hh(st[0], x.new_empty(B, G), b_hh)
-                out, _ = cell.combine(xi, hh, st)
+                out, _ = cell.combine(m_ih.product(inp, b_ih), m_hh.product(st[0], b_hh), st)
                 for s, v in zip(new, out, strict=True):
                     s[k] = v
             else:
