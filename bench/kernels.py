@@ -6,7 +6,9 @@
 
 Every row times two (or three) programs on the same inputs, interleaved (A, B, A, B, ...) so
 that both see the same machine load, and reports the median of each and their ratio
-``speed = peer time / rnnkit time`` (> 1: rnnkit is faster). Rows:
+``speed = peer time / rnnkit time`` (> 1: rnnkit is faster). Both run in this one process with
+glibc told to keep freed memory for reuse, as the ``rnnkit`` command does
+(:mod:`rnnkit.kernels.memory`; ``--glibc-default-malloc`` measures without it). Rows:
 
 * ``auto``: ``kernel="auto"`` (whatever it dispatches to) vs torch.nn RNN/LSTM/GRU, forward
   and forward+backward, 1x256 and 2x512;
@@ -49,6 +51,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
+from rnnkit.kernels import scan
+from rnnkit.kernels.memory import keep_freed_memory
 
 ROWS: list[dict] = []
 
@@ -198,12 +202,20 @@ def bench_minrnn(a: argparse.Namespace, dev: torch.device) -> None:
         x = torch.randn(B, T, a.E, device=dev, requires_grad=True)
         reps = max(2, a.reps // 3)
         for ours_cls, peer_cls in ((rnnkit.MinGRU, nn.GRU), (rnnkit.MinLSTM, nn.LSTM)):
-            ours = ours_cls(a.E, H).to(dev)
+            ours = ours_cls(a.E, H).to(dev)  # scan="auto": one C pass on CPU, else chunked
+            chunked = ours_cls(a.E, H, scan="chunked").to(dev)
+            chunked.load_state_dict(ours.state_dict())
             peer = peer_cls(a.E, H, batch_first=True).to(dev)
-            t = race([train_step(ours, x), train_step(peer, x)], reps, dev, warmup=1)
+            t = race([train_step(ours, x), train_step(chunked, x), train_step(peer, x)], reps,
+                     dev, warmup=1)
+            algo = scan.resolve(ours.scan, x)
             target = 5.0 if (ours_cls is rnnkit.MinGRU and T == max(a.min_lengths)) else None
-            row("minrnn", f"{ours_cls.__name__} 1x{H} B={B} T={T} fwd+bwd", t[0], t[1],
-                f"torch.nn.{peer_cls.__name__}", target, note=f"[{ours.last_kernel}]")
+            name = f"{ours_cls.__name__} 1x{H} B={B} T={T} fwd+bwd"
+            row("minrnn", f"{name} [{ours.last_kernel}: {algo}]", t[0], t[2],
+                f"torch.nn.{peer_cls.__name__}", target)
+            if algo != "chunked":
+                row("minrnn", f"{name} [{chunked.last_kernel}: chunked]", t[1], t[2],
+                    f"torch.nn.{peer_cls.__name__}", None)
 
 
 class CharLSTM(nn.Module):
@@ -360,7 +372,12 @@ def main() -> None:
     ap.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}, flops")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     ap.add_argument("--out", default="bench/results", help="folder for the JSON and PNG")
+    ap.add_argument("--glibc-default-malloc", action="store_true",
+                    help="leave glibc's malloc returning freed blocks to the system (then every "
+                         "step page-faults its large buffers anew, both programs alike)")
     a = ap.parse_args()
+    # both programs run in this process: as the rnnkit command does, keep freed memory for reuse
+    keep = False if a.glibc_default_malloc else keep_freed_memory()
     dev = torch.device(a.device)
     torch.set_num_threads(a.threads)
     a.batch, a.T, a.E = 32, 100, 64
@@ -376,7 +393,8 @@ def main() -> None:
     dev_name = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                 else f"{platform.processor() or platform.machine()} CPU, {a.threads} threads")
     header = (f"rnnkit kernels bench — torch {torch.__version__}, {dev_name}, "
-              f"{os.cpu_count()} cores; B={a.batch}, T={a.T}, E={a.E} unless noted")
+              f"{os.cpu_count()} cores; B={a.batch}, T={a.T}, E={a.E} unless noted; "
+              f"malloc keeps freed memory: {'yes' if keep else 'no'}")
     print(header, flush=True)
     wanted = a.only.split(",") if a.only else [*SECTIONS, "flops"]
     t0 = time.perf_counter()
@@ -398,6 +416,7 @@ def main() -> None:
     (out / f"kernels-{tag}.json").write_text(json.dumps(
         {"header": header, "torch": torch.__version__, "device": dev_name,
          "threads": a.threads, "python": sys.version.split()[0], "seconds": total,
+         "keep_freed_memory": keep,
          "shapes": {"batch": a.batch, "T": a.T, "E": a.E, "sizes": a.sizes},
          "rows": ROWS, "flops": flops}, indent=1))
     (out / f"kernels-{tag}.md").write_text(table + "\n")

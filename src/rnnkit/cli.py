@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from rnnkit.kernels.memory import keep_freed_memory
+
 # Modules exposing ``register(subparsers)``; add one line per command.
 COMMANDS = [
     "rnnkit.inspect.explain",
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # training steps reuse freed memory instead of page-faulting it anew
     try:
         rc = args.func(args)
     except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback

@@ -29,6 +29,7 @@ from rnnkit import kernels
 from rnnkit.cells import Cell, GRUCell, LSTMCell, RNNCell
 from rnnkit.cells.layernorm_lstm import LayerNormLSTMCell
 from rnnkit.cells.minrnn import MinGRUCell, MinLSTMCell
+from rnnkit.kernels.scan import SCANS
 from rnnkit.kernels.step import Stepper
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -336,15 +337,17 @@ class LayerNormLSTM(Recurrent):
 
 
 class _MinRNN(Recurrent):
-    """Base of minGRU/minLSTM: ``scan`` picks the parallel algorithm (``"chunked"`` or
-    ``"log"``, see :mod:`rnnkit.kernels.scan`); state ``h`` ``(L*D, B, H)``."""
+    """Base of minGRU/minLSTM: ``scan`` picks the algorithm over time (see
+    :mod:`rnnkit.kernels.scan`): ``"auto"`` (default) is ``"native"``, one C pass over time
+    per sequence, on CPU float32 where the C kernels build, else ``"chunked"``, the parallel
+    chunked scan; ``"log"`` is the paper's log-space scan. State ``h`` ``(L*D, B, H)``."""
 
     cell_class: ClassVar[type[Cell]]
 
-    def __init__(self, input_size: int, hidden_size: int, *, scan: str = "chunked",
+    def __init__(self, input_size: int, hidden_size: int, *, scan: str = "auto",
                  **kwargs: Any) -> None:
-        if scan not in ("chunked", "log"):
-            raise ValueError(f"scan must be 'chunked' or 'log', got {scan!r}")
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {', '.join(map(repr, SCANS))}, got {scan!r}")
         self.scan = scan
         super().__init__(input_size, hidden_size, **kwargs)
 
@@ -352,7 +355,7 @@ class _MinRNN(Recurrent):
         return self.cell_class(input_size, self.hidden_size, bias=self.bias)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.scan == "chunked" else f", scan={self.scan!r}")
+        return super().extra_repr() + ("" if self.scan == "auto" else f", scan={self.scan!r}")
 
 
 class MinGRU(_MinRNN):

@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from rnnkit import checkpoint as ckpt
+from rnnkit.kernels.memory import keep_freed_memory
 
 
 class Task(Protocol):
@@ -220,7 +221,10 @@ def train(task: Task, cfg: TrainConfig, *, on_step: Callable[[int], None] | None
     """Train ``task`` under ``cfg``; returns the final and best evaluations.
 
     ``on_step(step)`` (optional) is called after every optimizer step (tests use it to
-    simulate a crash)."""
+    simulate a crash). Makes the process keep freed memory for reuse
+    (:func:`rnnkit.kernels.memory.keep_freed_memory`): steps then reuse their buffers without
+    page faults."""
+    keep_freed_memory()
     rank, world, own_group = _init_distributed()
     try:
         return _train(task, cfg, rank, world, on_step)

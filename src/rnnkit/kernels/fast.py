@@ -253,11 +253,6 @@ class _LSTM(torch.autograd.Function):
         return dA, run_h, run_c
 
 
-def _ptr(t: Tensor, row: int) -> int:
-    """Address of row ``row`` of a contiguous 2-d tensor (no slice op needed)."""
-    return t.data_ptr() + row * t.stride(0) * t.element_size()
-
-
 def _lstm_backward_native(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tensor,
                           dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None) -> tuple:
     """:meth:`_LSTM.recurrence_backward` with each step's elementwise part in one C call."""
@@ -477,6 +472,11 @@ class _LNLSTM(torch.autograd.Function):
             c_lib = native.lib()
             ctx.fill = (xp.new_ones(B, H), xp.new_full((B, H), cell.zoneout if cell.zoneout
                                                        else 0.0))  # masks when none is drawn
+            r1, r4 = H * 4, 4 * H * 4  # bytes per row of (., H) and (., 4H) buffers
+            bR, bX, bG, bC, bT = (R.data_ptr(), xp.data_ptr(), G.data_ptr(), CPRE.data_ptr(),
+                                  TC.data_ptr())
+            bS, bHH, bCC = ST.data_ptr(), HH.data_ptr(), CC.data_ptr()
+            ghh, gc, bc = g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr()
             p = 0
             for b, s in zip(plan.sizes, plan.offs, strict=True):
                 mat(HH[p:p + b], R[s:s + b])
@@ -486,10 +486,10 @@ class _LNLSTM(torch.autograd.Function):
                 zones.append(zone)
                 q = B + s
                 c_lib.lnlstm_forward(
-                    _ptr(R, s), _ptr(xp, s), g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(),
-                    _ptr(HH, p), _ptr(CC, p), _mask_ptr(drop, ctx.fill[0]),
-                    _mask_ptr(zone, ctx.fill[1]), _ptr(G, s), _ptr(ST, s), _ptr(CPRE, s),
-                    _ptr(TC, s), _ptr(CC, q), _ptr(HH, q), b, H, EPS)
+                    bR + s * r4, bX + s * r4, ghh, gc, bc, bHH + p * r1, bCC + p * r1,
+                    _mask_ptr(drop, ctx.fill[0]), _mask_ptr(zone, ctx.fill[1]), bG + s * r4,
+                    bS + s * 16, bC + s * r1, bT + s * r1, bCC + q * r1, bHH + q * r1, b, H,
+                    EPS)
                 p = q
             ctx.ST = ST
             stats_h = [(ST[:, 0:1], ST[:, 1:2])]
@@ -627,35 +627,39 @@ def _lnlstm_backward_native(ctx: Any, mat: gemm.Fixed, w: Tensor, g_hh: Tensor, 
                             HH: Tensor, CC: Tensor, G: Tensor, R: Tensor, CPRE: Tensor,
                             TC: Tensor, dY: Tensor, dhN: Tensor | None,
                             dcN: Tensor | None) -> tuple:
-    """:class:`_LNLSTM`'s backward with each step's elementwise part in one C call."""
+    """:class:`_LNLSTM`'s backward with each step's elementwise part in one C call, which also
+    sums the layer norms' parameter gradients (no ``(N, 4H)`` temporaries for them)."""
     plan: Plan = ctx.plan
     B, H = plan.B, w.shape[1]
     c_lib = native.lib()
-    (mu_h, rs_h), = ctx.stats[0]
-    (mu_c, rs_c), = ctx.stats[1]
-    ST = ctx.ST
     dY = dY.contiguous()
-    dA, DR, DCN = torch.empty_like(G), torch.empty_like(G), torch.empty_like(TC)
+    dA, DR = torch.empty_like(G), torch.empty_like(G)
+    acc = G.new_zeros(6 * H)  # d γ_hh (4H), d γ_c (H), d β_c (H)
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
-    keep_h = torch.empty_like(run_h)
+    keep_h, dchat = torch.empty_like(run_h), torch.empty_like(run_h)
     prev = [0] + [B + o for o in plan.offs[:-1]]
+    r1, r4 = H * 4, 4 * H * 4  # bytes per row of (., H) and (., 4H) buffers
+    bR, bG, bS, bC, bT = (R.data_ptr(), G.data_ptr(), ctx.ST.data_ptr(), CPRE.data_ptr(),
+                          TC.data_ptr())
+    bCC, bY, bA, bD = CC.data_ptr(), dY.data_ptr(), dA.data_ptr(), DR.data_ptr()
+    fixed = (g_hh.data_ptr(), g_c.data_ptr())
+    running = (run_h.data_ptr(), run_c.data_ptr(), dchat.data_ptr(), keep_h.data_ptr(),
+               acc.data_ptr())
     steps = zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev),
                 reversed(ctx.drops), reversed(ctx.zones), strict=True)
     for b, s, p, drop, zone in steps:
         c_lib.lnlstm_backward(
-            _ptr(R, s), g_hh.data_ptr(), g_c.data_ptr(), _ptr(G, s), _ptr(ST, s), _ptr(CPRE, s),
-            _ptr(TC, s), _ptr(CC, p), _mask_ptr(drop, ctx.fill[0]), _mask_ptr(zone, ctx.fill[1]),
-            _ptr(run_h, 0), _ptr(dY, s), _ptr(run_c, 0), _ptr(dA, s), _ptr(DR, s), _ptr(DCN, s),
-            _ptr(keep_h, 0), b, H)
+            bR + s * r4, *fixed, bG + s * r4, bS + s * 16, bC + s * r1, bT + s * r1,
+            bCC + p * r1, _mask_ptr(drop, ctx.fill[0]), _mask_ptr(zone, ctx.fill[1]),
+            running[0], bY + s * r1, running[1], bA + s * r4, bD + s * r4, *running[2:], b, H)
         if isinstance(zone, Tensor) or zone:
             mat(DR[s:s + b], run_h[:b], keep_h[:b])
         else:
             mat(DR[s:s + b], run_h[:b])
     dw = gemm.mm(DR.t(), plan.previous(HH))
-    d_ghh = (dA * (R - mu_h) * rs_h).sum(0)
-    d_gc = (DCN * (CPRE - mu_c) * rs_c).sum(0)
-    return dA, dw, d_ghh, d_gc, DCN.sum(0), run_h, run_c, None, None
+    d_ghh, d_gc, d_bc = acc.split([4 * H, H, H])
+    return dA, dw, d_ghh, d_gc, d_bc, run_h, run_c, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,10 +688,9 @@ def run_direction(
         return Y, (hN, cN), rec
     if mode == "layernorm_lstm":
         H4 = (4 * H,)
-        xp = F.layer_norm(gemm.linear(X, cell.weight_ih), H4, cell.ln_ih_weight, cell.bias_ih,
-                          EPS)
-        if cell.bias_hh is not None:
-            xp = xp + cell.bias_hh
+        # β_ih + β_hh as the input layer norm's shift: one pass over (N, 4H), not two
+        xp = F.layer_norm(gemm.linear(X, cell.weight_ih), H4, cell.ln_ih_weight,
+                          _bias_sum(cell), EPS)
         Y, hN, cN, G, CC = _LNLSTM.apply(xp, cell.weight_hh, cell.ln_hh_weight, cell.ln_c_weight,
                                          cell.ln_c_bias, state[0], state[1], plan, cell)
         if record:

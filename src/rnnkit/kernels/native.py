@@ -174,9 +174,11 @@ void lnlstm_forward(const float *r, const float *xp, const float *g_hh, const fl
 }
 
 /* The gradient reaching chat (dch), the o-gate's (ao), and what skips the step through
- * zoneout (kh, rc); returns the two layer-norm sums of the c layer norm's backward. */
+ * zoneout (kh, rc); adds this row's share of the c layer norm's parameter gradients to agc, abc;
+ * returns the two layer-norm sums of the c layer norm's backward. */
 static void lnb_cell(float *restrict dch, float *restrict ao, float *restrict kh,
-                     float *restrict rc, const float *restrict rh, const float *restrict dy,
+                     float *restrict rc, float *restrict agc, float *restrict abc,
+                     const float *restrict rh, const float *restrict dy,
                      const float *restrict d, const float *restrict o,
                      const float *restrict t, const float *restrict cq,
                      const float *restrict gam, float mu, float rs, float *s1, float *s2,
@@ -190,9 +192,11 @@ static void lnb_cell(float *restrict dch, float *restrict ao, float *restrict kh
         rc[j] = rc[j] * d[j];
         ao[j] = dhn * t[j] * o[j] * (1.0f - o[j]);
         dch[j] = dc;
-        float dx = dc * gam[j];
+        float xh = (cq[j] - mu) * rs, dx = dc * gam[j];
+        agc[j] += dc * xh;
+        abc[j] += dc;
         a1 += dx;
-        a2 += dx * (cq[j] - mu) * rs;
+        a2 += dx * xh;
     }
     *s1 = a1 / (float)H;
     *s2 = a2 / (float)H;
@@ -213,13 +217,16 @@ static void lnb_gates(float *restrict a, float *restrict rc, const float *restri
     }
 }
 
-static void lnb_r(float *restrict dR, const float *restrict a, const float *restrict r,
-                  const float *restrict gam, float mu, float rs, long n) {
+static void lnb_r(float *restrict dR, float *restrict agh, const float *restrict a,
+                  const float *restrict r, const float *restrict gam, float mu, float rs,
+                  long n) {
     float q1 = 0.0f, q2 = 0.0f;
 #pragma omp simd reduction(+:q1, q2)
     for (long j = 0; j < n; j++) {
+        float xh = (r[j] - mu) * rs;
+        agh[j] += a[j] * xh;
         q1 += a[j] * gam[j];
-        q2 += a[j] * gam[j] * (r[j] - mu) * rs;
+        q2 += a[j] * gam[j] * xh;
     }
     q1 /= (float)n;
     q2 /= (float)n;
@@ -227,22 +234,138 @@ static void lnb_r(float *restrict dR, const float *restrict a, const float *rest
 }
 
 /* One step back. dh = run_h + dy, dc = run_c reach h_t, c_t; writes dA (b, 4H: gradient of
- * xp), dr (b, 4H: of r = W_hh h_{t-1}), dchat (b, H), run_c (reaching c_{t-1} directly) and
- * keep_h = dh d (reaching h_{t-1} through zoneout). */
+ * xp), dr (b, 4H: of r = W_hh h_{t-1}), run_c (reaching c_{t-1} directly) and keep_h = dh d
+ * (reaching h_{t-1} through zoneout); dchat (b, H) is scratch. Adds the step's gradients of
+ * the layer norms' parameters to acc (6H: g_hh, g_c, b_c). */
 void lnlstm_backward(const float *r, const float *g_hh, const float *g_c, const float *gates,
                      const float *stats, const float *cpre, const float *tc,
                      const float *c_prev, const float *drop, const float *zone,
                      const float *run_h, const float *dy, float *run_c, float *dA, float *dr,
-                     float *dchat, float *keep_h, long b, long H) {
+                     float *dchat, float *keep_h, float *acc, long b, long H) {
     for (long row = 0; row < b; row++) {
         long o1 = row * H, o4 = row * 4 * H;
         const float *st = stats + row * 4, *g = gates + o4;
         float s1, s2;
-        lnb_cell(dchat + o1, dA + o4 + 3 * H, keep_h + o1, run_c + o1, run_h + o1, dy + o1,
-                 zone + o1, g + 3 * H, tc + o1, cpre + o1, g_c, st[2], st[3], &s1, &s2, H);
+        lnb_cell(dchat + o1, dA + o4 + 3 * H, keep_h + o1, run_c + o1, acc + 4 * H,
+                 acc + 5 * H, run_h + o1, dy + o1, zone + o1, g + 3 * H, tc + o1, cpre + o1,
+                 g_c, st[2], st[3], &s1, &s2, H);
         lnb_gates(dA + o4, run_c + o1, dchat + o1, g, c_prev + o1, drop + o1, cpre + o1, g_c,
                   st[2], st[3], s1, s2, H);
-        lnb_r(dr + o4, dA + o4, r + o4, g_hh, st[0], st[1], 4 * H);
+        lnb_r(dr + o4, acc, dA + o4, r + o4, g_hh, st[0], st[1], 4 * H);
+    }
+}
+
+/* minGRU / minLSTM (rnnkit/cells/minrnn.py) over whole sequences: h_t = a_t h_{t-1} + b_t
+ * with a, b from the input projection alone, so one pass in time per sequence, each step
+ * vectorised over H, reads the projection once and writes h once (memory bound: a
+ * parallel-over-time scan reads and writes every value several times). Layout batch first:
+ * pre (B, T, G H) holds the blocks z, v (minGRU, G = 2) or kf, ki, v (minLSTM, G = 3); h0
+ * (B, H); len (B,) the steps each sequence runs (its state is frozen after); h (B, T, H). */
+static inline float log_(float x) {  /* Cephes' logf, x > 0 and normal */
+    int32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    float e = (float)(((bits >> 23) & 0xff) - 126);
+    bits = (bits & 0x807fffff) | 0x3f000000;  /* mantissa in [0.5, 1) */
+    float m;
+    memcpy(&m, &bits, sizeof m);
+    int lo = m < 0.707106781186547524f;
+    e = lo ? e - 1.0f : e;
+    m = lo ? m + m - 1.0f : m - 1.0f;
+    float z = m * m;
+    float y = ((((((((7.0376836292e-2f * m - 1.1514610310e-1f) * m + 1.1676998740e-1f) * m
+                   - 1.2420140846e-1f) * m + 1.4249322787e-1f) * m - 1.6668057665e-1f) * m
+                 + 2.0000714765e-1f) * m - 2.4999993993e-1f) * m + 3.3333331174e-1f) * m * z;
+    y += -2.12194440e-4f * e - 0.5f * z;
+    return m + y + 0.693359375f * e;
+}
+
+static inline float softplus_(float x) {  /* log(1 + e^x) = max(x, 0) + log(1 + e^-|x|) */
+    return fmaxf(x, 0.0f) + log_(1.0f + exp_(-fabsf(x)));
+}
+
+static inline float gpos(float v) { return v >= 0.0f ? v + 0.5f : sigm(v); }
+
+static inline float dgpos(float v) {
+    float s = sigm(v);
+    return v >= 0.0f ? 1.0f : s * (1.0f - s);
+}
+
+/* a = 1 - z, b = z h~ (minGRU); a = f', b = (1 - f') h~ with f' = σ(sp(-ki) - sp(-kf)),
+ * the normalised forget gate f / (f + i) computed without dividing small numbers. */
+static void min_row(const float *restrict p, const float *restrict hp, float *restrict h,
+                    long H, int lstm) {
+    if (lstm) {
+        for (long j = 0; j < H; j++) {
+            float fn = sigm(softplus_(-p[H + j]) - softplus_(-p[j]));
+            h[j] = fn * hp[j] + (1.0f - fn) * gpos(p[2 * H + j]);
+        }
+    } else {
+        for (long j = 0; j < H; j++) {
+            float z = sigm(p[j]);
+            h[j] = (1.0f - z) * hp[j] + z * gpos(p[H + j]);
+        }
+    }
+}
+
+void minrnn_forward(const float *pre, const float *h0, const int64_t *len, float *h, long B,
+                    long T, long H, int lstm) {
+    long G = lstm ? 3 : 2;
+    for (long r = 0; r < B; r++) {
+        const float *hp = h0 + r * H;
+        for (long t = 0; t < T; t++) {
+            float *ht = h + (r * T + t) * H;
+            if (t < len[r])
+                min_row(pre + (r * T + t) * G * H, hp, ht, H, lstm);
+            else
+                memcpy(ht, hp, (size_t)H * sizeof(float));
+            hp = ht;
+        }
+    }
+}
+
+/* Backward in time per sequence: g_t = dh_t + a_{t+1} g_{t+1} reaches h_t; writes the
+ * projection's gradient dpre (B, T, G H) and dh0 (B, H). */
+static void min_row_back(const float *restrict p, const float *restrict hp,
+                         const float *restrict dh, float *restrict run, float *restrict d,
+                         long H, int lstm) {
+    if (lstm) {
+        for (long j = 0; j < H; j++) {
+            float kf = p[j], ki = p[H + j], v = p[2 * H + j];
+            float fn = sigm(softplus_(-ki) - softplus_(-kf)), ht = gpos(v);
+            float g = dh[j] + run[j];
+            float du = g * (hp[j] - ht) * fn * (1.0f - fn);  /* through f' = σ(u) */
+            d[j] = du * sigm(-kf);  /* du/dkf = σ(-kf) */
+            d[H + j] = -du * sigm(-ki);  /* du/dki = -σ(-ki) */
+            d[2 * H + j] = g * (1.0f - fn) * dgpos(v);
+            run[j] = g * fn;
+        }
+    } else {
+        for (long j = 0; j < H; j++) {
+            float z = sigm(p[j]), v = p[H + j], g = dh[j] + run[j];
+            d[j] = g * (gpos(v) - hp[j]) * z * (1.0f - z);
+            d[H + j] = g * z * dgpos(v);
+            run[j] = g * (1.0f - z);
+        }
+    }
+}
+
+void minrnn_backward(const float *pre, const float *h0, const float *h, const int64_t *len,
+                     const float *dh, float *dpre, float *dh0, long B, long T, long H,
+                     int lstm) {
+    long G = lstm ? 3 : 2;
+    for (long r = 0; r < B; r++) {
+        float *run = dh0 + r * H;
+        memset(run, 0, (size_t)H * sizeof(float));
+        for (long t = T - 1; t >= 0; t--) {
+            long o = r * T + t;
+            if (t < len[r]) {
+                const float *hp = t ? h + (o - 1) * H : h0 + r * H;
+                min_row_back(pre + o * G * H, hp, dh + o * H, run, dpre + o * G * H, H, lstm);
+            } else {  /* frozen: h_t = h_{t-1} */
+                for (long j = 0; j < H; j++) run[j] += dh[o * H + j];
+                memset(dpre + o * G * H, 0, (size_t)(G * H) * sizeof(float));
+            }
+        }
     }
 }
 """
@@ -301,8 +424,11 @@ def lib() -> ctypes.CDLL | None:
     lib.lstm_backward.argtypes = [ptr] * 7 + [n, n]
     f = ctypes.c_float
     lib.lnlstm_forward.argtypes = [ptr] * 15 + [n, n, f]
-    lib.lnlstm_backward.argtypes = [ptr] * 17 + [n, n]
-    for fn in (lib.lstm_forward, lib.lstm_backward, lib.lnlstm_forward, lib.lnlstm_backward):
+    lib.lnlstm_backward.argtypes = [ptr] * 18 + [n, n]
+    lib.minrnn_forward.argtypes = [ptr] * 4 + [n, n, n, ctypes.c_int]
+    lib.minrnn_backward.argtypes = [ptr] * 7 + [n, n, n, ctypes.c_int]
+    for fn in (lib.lstm_forward, lib.lstm_backward, lib.lnlstm_forward, lib.lnlstm_backward,
+               lib.minrnn_forward, lib.minrnn_backward):
         fn.restype = None
     return lib
 

@@ -19,20 +19,24 @@ default; ``layer.scan = "log"`` selects the other.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from rnnkit.kernels import gemm, native
 from rnnkit.kernels.reference import gather_time, reverse_index
 
 if TYPE_CHECKING:
     from rnnkit.layers import Recurrent
 
 MODES = ("mingru", "minlstm")
-SCANS = ("chunked", "log")
+SCANS = ("auto", "native", "chunked", "log")
 
 
 def why_not(layer: Recurrent, x: Tensor, record: bool) -> str | None:
@@ -100,13 +104,80 @@ def log_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     return h + torch.exp(A) * h0.unsqueeze(1)
 
 
+def _by_rows(fn: Any, B: int, arrays: list[tuple[int, int]], *rest: int) -> None:
+    """Call the C function ``fn`` on row blocks of the batch, one block per torch thread, in
+    parallel (ctypes releases the GIL; rows are independent). ``arrays``: (address, bytes per
+    batch row) of each array argument; ``rest`` follows them, after the row count."""
+    n = max(1, min(torch.get_num_threads(), B // 2))
+    if n == 1:
+        fn(*(a for a, _ in arrays), B, *rest)
+        return
+    cuts = [B * k // n for k in range(n + 1)]
+    jobs = list(itertools.pairwise(cuts))
+    list(_pool(n).map(lambda j: fn(*(a + j[0] * w for a, w in arrays), j[1] - j[0], *rest),
+                      jobs))
+
+
+@functools.cache
+def _pool(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(n, thread_name_prefix="rnnkit-scan")
+
+
+class _NativeScan(torch.autograd.Function):
+    """minGRU / minLSTM from the input projection ``pre`` ``(B, T, G*H)`` in one C pass over
+    time per sequence (:mod:`rnnkit.kernels.native`), batch rows split over torch's threads;
+    ``lens`` ``(B,)`` int64."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, h0: Tensor, lens: Tensor, lstm: bool) -> Tensor:
+        B, T, GH = pre.shape
+        H = h0.shape[1]
+        pre, h0 = pre.contiguous(), h0.contiguous()
+        h = pre.new_empty(B, T, H)
+        _by_rows(native.lib().minrnn_forward, B,
+                 [(pre.data_ptr(), T * GH * 4), (h0.data_ptr(), H * 4), (lens.data_ptr(), 8),
+                  (h.data_ptr(), T * H * 4)], T, H, int(lstm))
+        ctx.save_for_backward(pre, h0, h, lens)
+        ctx.lstm = lstm
+        return h
+
+    @staticmethod
+    def backward(ctx: Any, dh: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        pre, h0, h, lens = ctx.saved_tensors
+        B, T, H = h.shape
+        GH = pre.shape[2]
+        dh = dh.contiguous()
+        dpre, dh0 = torch.empty_like(pre), torch.empty_like(h0)
+        _by_rows(native.lib().minrnn_backward, B,
+                 [(pre.data_ptr(), T * GH * 4), (h0.data_ptr(), H * 4), (h.data_ptr(), T * H * 4),
+                  (lens.data_ptr(), 8), (dh.data_ptr(), T * H * 4), (dpre.data_ptr(), T * GH * 4),
+                  (dh0.data_ptr(), H * 4)], T, H, int(ctx.lstm))
+        return dpre, dh0, None, None
+
+
+def resolve(scan: str, x: Tensor) -> str:
+    """The algorithm ``scan="auto"`` means for ``x``: ``"native"`` where the C kernels are built
+    and ``x`` is CPU float32, else ``"chunked"``."""
+    if scan != "auto":
+        return scan
+    return "native" if native.usable(x) else "chunked"
+
+
 def run_direction(
-    cell: Any, seq: Tensor, h0: Tensor, mask: Tensor | None, scan: str, record: bool
+    cell: Any, seq: Tensor, h0: Tensor, mask: Tensor | None, scan: str, record: bool,
+    lens: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor] | None]:
     """One layer and direction: ``seq`` ``(B, T, I)`` -> ``h`` ``(B, T, H)`` (frozen past each
-    length) and, when ``record``, the gates ``(B, T, H)``."""
+    length) and, when ``record``, the gates ``(B, T, H)``. ``lens`` ``(B,)`` int64 (the
+    lengths, or ``T`` each) is needed by ``scan="native"``."""
     gates = None
-    if scan == "log":
+    if scan == "native":
+        B, T, I = seq.shape
+        pre = gemm.linear(seq.reshape(B * T, I), cell.weight_ih, cell.bias_ih)
+        h = _NativeScan.apply(pre.view(B, T, -1), h0, lens, cell.num_gates == 3)
+        if record:
+            gates = cell.coefficients(seq)[2]
+    elif scan == "log":
         la, lb = cell.log_coefficients(seq)
         if mask is not None:
             m = mask.unsqueeze(-1)
@@ -132,8 +203,11 @@ def run(
 ) -> tuple[Tensor, tuple[Tensor, ...], list | None]:
     B, T, _ = x.shape
     D = layer.num_directions
-    scan = getattr(layer, "scan", "chunked")
-    mask = None
+    scan = resolve(getattr(layer, "scan", "auto"), x)
+    mask, lens = None, None
+    if scan == "native":
+        lens = (torch.full((B,), T, dtype=torch.int64) if lengths is None
+                else lengths.to(device="cpu", dtype=torch.int64).contiguous())
     if lengths is not None:
         mask = torch.arange(T, device=x.device).view(1, T) < lengths.to(x.device).view(B, 1)
     rev = reverse_index(lengths, B, T, x.device) if D == 2 else None
@@ -145,7 +219,7 @@ def run(
         for d in range(D):
             k = layer_idx * D + d
             seq = inp if d == 0 else gather_time(inp, rev)
-            h, gates = run_direction(layer.cells[k], seq, state[0][k], mask, scan, record)
+            h, gates = run_direction(layer.cells[k], seq, state[0][k], mask, scan, record, lens)
             finals.append(h[:, -1])
             if mask is not None:
                 h = h * mask.unsqueeze(-1).to(h.dtype)
