@@ -207,3 +207,24 @@ def test_errors_and_torch_has_no_equivalent():
     with pytest.raises(ValueError, match="not linear in its state"):
         rnnkit.LSTM(3, 4, kernel="scan")(torch.randn(1, 2, 3))
     assert rnnkit.count_params(rnnkit.MinGRU(3, 4)) == 2 * 4 * (3 + 1)
+
+
+@needs_native
+@pytest.mark.parametrize("kind", CLASSES)
+def test_native_scan_split_over_threads_equals_one_thread(kind):
+    """Batch rows split over two threads (B = 9: blocks of 4 and 5) give the one-thread values,
+    lengths included (only the weight products' summation order may differ)."""
+    torch.manual_seed(0)
+    layer = CLASSES[kind](5, 6, scan="native")
+    x, h0 = torch.randn(9, 40, 5), torch.randn(1, 9, 6)
+    lengths = torch.randint(1, 41, (9,))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(run(layer, x, h0, lengths)[0])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
