@@ -12,7 +12,7 @@ import resource, sys
 import torch
 from rnnkit.kernels.memory import keep_freed_memory
 
-def faults_per_alloc(n=4):
+def faults_per_alloc(n=8):
     torch.empty(16 << 20).fill_(1.0)  # 64 MiB, touched, freed
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(n):
@@ -34,7 +34,9 @@ def test_freed_memory_is_reused_without_page_faults():
     assert ok
     pages = (64 << 20) // 4096
     assert before > 0.5 * pages  # each 64 MiB block mapped afresh: one fault per page
-    assert after < 0.01 * pages  # reused from the heap
+    # reused from the heap; at most one of the 8 re-faults now and then (when glibc's heap
+    # cannot grow in place it maps a new region once)
+    assert after < 0.2 * pages
 
 
 def test_can_be_turned_off():
