@@ -261,26 +261,24 @@ void lnlstm_backward(const float *r, const float *g_hh, const float *g_c, const 
  * parallel-over-time scan reads and writes every value several times). Layout batch first:
  * pre (B, T, G H) holds the blocks z, v (minGRU, G = 2) or kf, ki, v (minLSTM, G = 3); h0
  * (B, H); len (B,) the steps each sequence runs (its state is frozen after); h (B, T, H). */
-static inline float log_(float x) {  /* Cephes' logf, x > 0 and normal */
-    int32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    float e = (float)(((bits >> 23) & 0xff) - 126);
-    bits = (bits & 0x807fffff) | 0x3f000000;  /* mantissa in [0.5, 1) */
-    float m;
-    memcpy(&m, &bits, sizeof m);
-    int lo = m < 0.707106781186547524f;
-    e = lo ? e - 1.0f : e;
-    m = lo ? m + m - 1.0f : m - 1.0f;
-    float z = m * m;
-    float y = ((((((((7.0376836292e-2f * m - 1.1514610310e-1f) * m + 1.1676998740e-1f) * m
-                   - 1.2420140846e-1f) * m + 1.4249322787e-1f) * m - 1.6668057665e-1f) * m
-                 + 2.0000714765e-1f) * m - 2.4999993993e-1f) * m + 3.3333331174e-1f) * m * z;
-    y += -2.12194440e-4f * e - 0.5f * z;
-    return m + y + 0.693359375f * e;
+/* log(1 + y) for y in [0, 1]: 2 atanh(s) with s = y / (2 + y) <= 1/3, as its odd series to
+ * s^19 (the next term is below float rounding); plain arithmetic, so gcc vectorises it. */
+static inline float log1p01(float y) {
+    float s = y / (2.0f + y), z = s * s;
+    float q = 1.0f / 19.0f;
+    q = q * z + 1.0f / 17.0f;
+    q = q * z + 1.0f / 15.0f;
+    q = q * z + 1.0f / 13.0f;
+    q = q * z + 1.0f / 11.0f;
+    q = q * z + 1.0f / 9.0f;
+    q = q * z + 1.0f / 7.0f;
+    q = q * z + 1.0f / 5.0f;
+    q = q * z + 1.0f / 3.0f;
+    return 2.0f * s * (q * z + 1.0f);
 }
 
 static inline float softplus_(float x) {  /* log(1 + e^x) = max(x, 0) + log(1 + e^-|x|) */
-    return fmaxf(x, 0.0f) + log_(1.0f + exp_(-fabsf(x)));
+    return (x > 0.0f ? x : 0.0f) + log1p01(exp_(-fabsf(x)));  /* (fmaxf would not vectorise) */
 }
 
 static inline float gpos(float v) { return v >= 0.0f ? v + 0.5f : sigm(v); }
