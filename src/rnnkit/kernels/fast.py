@@ -253,6 +253,18 @@ class _LSTM(torch.autograd.Function):
         return dA, run_h, run_c
 
 
+def _step_back(mat: gemm.Fixed, dA: Tensor, run_h: Tensor, add: Tensor | None = None) -> Tensor:
+    """The gradient reaching ``h_{t-1}``: ``add + dA W_hh`` ``(b, H)``. Once every sequence is
+    active (``b = B``: from then on, going back in time, it stays so) the product's own result
+    is the new running buffer; before that it is copied into the ``b`` longest rows of
+    ``run_h`` ``(B, H)``, whose other rows still wait for their sequences' last steps."""
+    nxt = mat.product(dA, add)
+    if dA.shape[0] == run_h.shape[0]:
+        return nxt
+    run_h[: dA.shape[0]] = nxt
+    return run_h
+
+
 def _lstm_backward_native(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tensor,
                           dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None) -> tuple:
     """:meth:`_LSTM.recurrence_backward` with each step's elementwise part in one C call."""
@@ -266,11 +278,11 @@ def _lstm_backward_native(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tens
     prev = [0] + [B + o for o in plan.offs[:-1]]  # where each step's c_{t-1} rows start in CC
     rh, rg = H * 4, 4 * H * 4  # bytes per row
     g0, c0, t0, y0, a0 = G.data_ptr(), CC.data_ptr(), TC.data_ptr(), dY.data_ptr(), dA.data_ptr()
-    ph, pc = run_h.data_ptr(), run_c.data_ptr()
+    pc = run_c.data_ptr()
     for b, s, p in zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev), strict=True):
-        c_lib.lstm_backward(g0 + s * rg, c0 + p * rh, t0 + s * rh, ph, y0 + s * rh, pc,
-                            a0 + s * rg, b, H)
-        mat(dA[s:s + b], run_h[:b])
+        c_lib.lstm_backward(g0 + s * rg, c0 + p * rh, t0 + s * rh, run_h.data_ptr(),
+                            y0 + s * rh, pc, a0 + s * rg, b, H)
+        run_h = _step_back(mat, dA[s:s + b], run_h)
     return dA, run_h, run_c
 
 
@@ -462,36 +474,37 @@ class _LNLSTM(torch.autograd.Function):
         HH, CC = xp.new_empty(B + N, H), xp.new_empty(B + N, H)
         HH[:B], CC[:B] = h0, c0
         G = xp.new_empty(N, 4 * H)  # activated i, f, g, o
-        R = xp.new_empty(N, 4 * H)  # W_hh h_{t-1}, before its layer norm
         CPRE, TC = xp.new_empty(N, H), xp.new_empty(N, H)  # f c + i g (before LN); tanh(ĉ)
         stats_h, stats_c, drops, zones = [], [], [], []
         mat, H4 = gemm.Fixed(w.t(), B), (4 * H,)
         ctx.native = native.usable(xp, w) and xp.is_contiguous()
-        if ctx.native:  # the elementwise rest of each step in one C call
+        R = None if ctx.native else xp.new_empty(N, 4 * H)  # W_hh h_{t-1}, before its LN
+        if ctx.native:  # the elementwise rest of each step in one C call; each step's product
+            Rs = []  # W_hh h_{t-1} stays its own tensor (no copy into one buffer)
             ST = xp.new_empty(N, 4)  # per row: mean, 1/std of W_hh h and of the cell update
             c_lib = native.lib()
             ctx.fill = (xp.new_ones(B, H), xp.new_full((B, H), cell.zoneout if cell.zoneout
                                                        else 0.0))  # masks when none is drawn
             r1, r4 = H * 4, 4 * H * 4  # bytes per row of (., H) and (., 4H) buffers
-            bR, bX, bG, bC, bT = (R.data_ptr(), xp.data_ptr(), G.data_ptr(), CPRE.data_ptr(),
-                                  TC.data_ptr())
+            bX, bG, bC, bT = xp.data_ptr(), G.data_ptr(), CPRE.data_ptr(), TC.data_ptr()
             bS, bHH, bCC = ST.data_ptr(), HH.data_ptr(), CC.data_ptr()
             ghh, gc, bc = g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr()
             p = 0
             for b, s in zip(plan.sizes, plan.offs, strict=True):
-                mat(HH[p:p + b], R[s:s + b])
+                r = mat.product(HH[p:p + b])
+                Rs.append(r)
                 masks = cell.draw(b, xp)
                 drop, zone = masks.get("drop"), masks.get("zone", 0.0)
                 drops.append(drop)
                 zones.append(zone)
                 q = B + s
                 c_lib.lnlstm_forward(
-                    bR + s * r4, bX + s * r4, ghh, gc, bc, bHH + p * r1, bCC + p * r1,
+                    r.data_ptr(), bX + s * r4, ghh, gc, bc, bHH + p * r1, bCC + p * r1,
                     _mask_ptr(drop, ctx.fill[0]), _mask_ptr(zone, ctx.fill[1]), bG + s * r4,
                     bS + s * 16, bC + s * r1, bT + s * r1, bCC + q * r1, bHH + q * r1, b, H,
                     EPS)
                 p = q
-            ctx.ST = ST
+            ctx.ST, ctx.Rs = ST, Rs
             stats_h = [(ST[:, 0:1], ST[:, 1:2])]
             stats_c = [(ST[:, 2:3], ST[:, 3:4])]
         else:
@@ -542,7 +555,8 @@ class _LNLSTM(torch.autograd.Function):
         if ctx.native and dG is None and dC is None:
             return _lnlstm_backward_native(ctx, mat, w, g_hh, g_c, HH, CC, G, R, CPRE, TC, dY,
                                            dhN, dcN)
-        if ctx.native:  # per-step statistics (contiguous) for the torch loop below
+        if ctx.native:  # per-step statistics (contiguous) and products for the torch loop below
+            R = torch.cat(ctx.Rs)
             cols = [ctx.ST[:, k:k + 1].contiguous().split(plan.sizes) for k in range(4)]
             stats_h = list(zip(cols[0], cols[1], strict=True))
             stats_c = list(zip(cols[2], cols[3], strict=True))
@@ -640,23 +654,19 @@ def _lnlstm_backward_native(ctx: Any, mat: gemm.Fixed, w: Tensor, g_hh: Tensor, 
     keep_h, dchat = torch.empty_like(run_h), torch.empty_like(run_h)
     prev = [0] + [B + o for o in plan.offs[:-1]]
     r1, r4 = H * 4, 4 * H * 4  # bytes per row of (., H) and (., 4H) buffers
-    bR, bG, bS, bC, bT = (R.data_ptr(), G.data_ptr(), ctx.ST.data_ptr(), CPRE.data_ptr(),
-                          TC.data_ptr())
+    bG, bS, bC, bT = G.data_ptr(), ctx.ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr()
     bCC, bY, bA, bD = CC.data_ptr(), dY.data_ptr(), dA.data_ptr(), DR.data_ptr()
     fixed = (g_hh.data_ptr(), g_c.data_ptr())
-    running = (run_h.data_ptr(), run_c.data_ptr(), dchat.data_ptr(), keep_h.data_ptr(),
-               acc.data_ptr())
-    steps = zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev),
+    pc, scratch = run_c.data_ptr(), (dchat.data_ptr(), keep_h.data_ptr(), acc.data_ptr())
+    steps = zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev), reversed(ctx.Rs),
                 reversed(ctx.drops), reversed(ctx.zones), strict=True)
-    for b, s, p, drop, zone in steps:
+    for b, s, p, r, drop, zone in steps:
         c_lib.lnlstm_backward(
-            bR + s * r4, *fixed, bG + s * r4, bS + s * 16, bC + s * r1, bT + s * r1,
+            r.data_ptr(), *fixed, bG + s * r4, bS + s * 16, bC + s * r1, bT + s * r1,
             bCC + p * r1, _mask_ptr(drop, ctx.fill[0]), _mask_ptr(zone, ctx.fill[1]),
-            running[0], bY + s * r1, running[1], bA + s * r4, bD + s * r4, *running[2:], b, H)
-        if isinstance(zone, Tensor) or zone:
-            mat(DR[s:s + b], run_h[:b], keep_h[:b])
-        else:
-            mat(DR[s:s + b], run_h[:b])
+            run_h.data_ptr(), bY + s * r1, pc, bA + s * r4, bD + s * r4, *scratch, b, H)
+        zoned = isinstance(zone, Tensor) or bool(zone)
+        run_h = _step_back(mat, DR[s:s + b], run_h, keep_h[:b] if zoned else None)
     dw = gemm.mm(DR.t(), plan.previous(HH))
     d_ghh, d_gc, d_bc = acc.split([4 * H, H, H])
     return dA, dw, d_ghh, d_gc, d_bc, run_h, run_c, None, None
