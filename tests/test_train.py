@@ -224,8 +224,9 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_WORKER.format(tests=str(Path(__file__).parent), out=str(out)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                        "--master-port", str(29500 + os.getpid() % 1000), str(script)],
+    # --standalone: torchrun picks a free port itself (a fixed one can collide)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node", "2", str(script)],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "last/trainer.json").read_text())["step"] == 6
