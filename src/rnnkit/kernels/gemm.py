@@ -35,8 +35,9 @@ def _ok(*ts: Tensor) -> bool:
 
 def _pack(w: Tensor, rows: int) -> Tensor:
     """``w`` ``(N, K)`` (a linear layer's weight layout) reordered for products with ``rows``
-    rows."""
-    return _reorder(w if w.is_contiguous() else w.contiguous(), rows)
+    rows. ``w`` may be any strided view (a transpose): the reorder reads it in place, one pass
+    instead of a copy and a pass (bit-identical results)."""
+    return _reorder(w, rows)
 
 
 class Fixed:
@@ -98,8 +99,8 @@ def products_t(a: Tensor, bs: list[Tensor]) -> list[Tensor]:
     if not _ok(a, *bs) or a.shape[0] == 0:
         return [a.t().mm(b) for b in bs]
     at = a.t().contiguous()
-    w = torch.cat([b.t() for b in bs], 0)  # (sum K_i, N): the "weight" of the linear map
-    out = _lin(at, _reorder(w, at.shape[0]), None, "none", [], "")
+    z = bs[0] if len(bs) == 1 else torch.cat(bs, 1)  # (N, sum K_i), rows copied as rows
+    out = _lin(at, _pack(z.t(), at.shape[0]), None, "none", [], "")  # z^T: the linear's weight
     return list(out.split([b.shape[1] for b in bs], dim=1))
 
 
