@@ -1,20 +1,26 @@
 """Parallel scans for recurrences that are linear in the state: ``h_t = a_t ⊙ h_{t-1} + b_t``
 (minGRU, minLSTM; see :mod:`rnnkit.cells.minrnn`), over the whole sequence at once.
 
-Two algorithms, both exact up to float rounding:
+Three algorithms, all exact up to float rounding (``layer.scan``):
 
-* ``"chunked"`` (default): split time into ``K`` chunks of ``C ≈ √T`` steps; run the
-  recurrence inside every chunk at once from a zero start (``C`` vectorised steps over
-  ``(B, K, H)``), carry the chunk-end states across chunks (``K`` small steps), and add each
-  carry times the running product of ``a``. No division and no logarithm, so nothing can
-  overflow; ``2√T`` Python-level steps instead of ``T``. Backward is the same scan run
-  backwards in time (``∂L/∂h_t = ∂L/∂y_t + a_{t+1} ∂L/∂h_{t+1}``), hand-written.
+* ``"native"`` (what ``"auto"``, the default, picks on CPU float32 where the C kernels build):
+  one pass over time per sequence in C (:mod:`rnnkit.kernels.native`), vectorised over the
+  units, the batch rows split over torch's threads. The recurrence is memory bound: this pass
+  reads the input projection once and writes ``h`` once, where a parallel-over-time scan reads
+  and writes every value several times. Backward: the same pass reversed in time
+  (``∂L/∂h_t = ∂L/∂y_t + a_{t+1} ∂L/∂h_{t+1}``), writing the projection's gradient.
+* ``"chunked"`` (``"auto"`` elsewhere: float64, GPU): split time into ``K`` chunks of
+  ``C ≈ √T`` steps; run the recurrence inside every chunk at once from a zero start (``C``
+  vectorised steps over ``(B, K, H)``), carry the chunk-end states across chunks (``K`` small
+  steps), and add each carry times the running product of ``a``. No division and no
+  logarithm, so nothing can overflow; ``2√T`` Python-level steps instead of ``T``. Backward
+  is the same scan run backwards in time, hand-written.
 * ``"log"``: Heinsen's (2023) log-space scan used by the paper,
   ``log h_t = A_t + logcumsumexp(log b - A)_t`` with ``A_t = Σ_{s<=t} log a_s``; needs
   ``b > 0`` (the paper's ``g`` ensures it) and loses relative precision as ``|A_t|`` grows.
 
-Measured on 2 CPU cores (``bench/kernels.py``), the chunked scan is the faster one, so it is the
-default; ``layer.scan = "log"`` selects the other.
+Measured on 2 CPU cores (``python bench/kernels.py --only minrnn``, B=16, H=256, T=4096):
+MinGRU forward+backward 111 ms native, 333 ms chunked, 1,359 ms torch.nn.GRU.
 """
 
 from __future__ import annotations
