@@ -199,6 +199,12 @@ def test_auto_scan_resolves_by_device_and_dtype():
     assert scan.resolve("log", x) == "log"
 
 
+def test_explicit_native_scan_that_cannot_run_is_an_error():
+    layer = rnnkit.MinGRU(3, 4, scan="native").double()
+    with pytest.raises(ValueError, match=r"scan='native' runs on CPU float32"):
+        layer(torch.randn(2, 5, 3, dtype=torch.float64))
+
+
 def test_errors_and_torch_has_no_equivalent():
     with pytest.raises(ValueError, match="scan must be"):
         rnnkit.MinGRU(3, 4, scan="fft")

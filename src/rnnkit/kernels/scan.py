@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -120,12 +121,14 @@ def _by_rows(fn: Any, B: int, arrays: list[tuple[int, int]], *rest: int) -> None
         return
     cuts = [B * k // n for k in range(n + 1)]
     jobs = list(itertools.pairwise(cuts))
-    list(_pool(n).map(lambda j: fn(*(a + j[0] * w for a, w in arrays), j[1] - j[0], *rest),
-                      jobs))
+    list(_pool(n, os.getpid()).map(
+        lambda j: fn(*(a + j[0] * w for a, w in arrays), j[1] - j[0], *rest), jobs))
 
 
 @functools.cache
-def _pool(n: int) -> ThreadPoolExecutor:
+def _pool(n: int, pid: int) -> ThreadPoolExecutor:
+    """Worker threads, per process (``pid``: a forked child must not reuse its parent's pool,
+    whose threads did not survive the fork)."""
     return ThreadPoolExecutor(n, thread_name_prefix="rnnkit-scan")
 
 
@@ -162,8 +165,14 @@ class _NativeScan(torch.autograd.Function):
 
 
 def resolve(scan: str, x: Tensor) -> str:
-    """The algorithm ``scan="auto"`` means for ``x``: ``"native"`` where the C kernels are built
-    and ``x`` is CPU float32, else ``"chunked"``."""
+    """The algorithm that runs: ``scan="auto"`` means ``"native"`` where the C kernels are
+    built and ``x`` is CPU float32, else ``"chunked"``. An explicit ``"native"`` that cannot
+    run is an error, never a silent fallback."""
+    if scan == "native" and not native.usable(x):
+        why = ("the C kernels could not be built (no C compiler, or RNNKIT_NATIVE=0)"
+               if native.lib() is None else f"got a {x.device.type} {x.dtype} input")
+        raise ValueError(f"scan='native' runs on CPU float32 with rnnkit's C kernels: {why}; "
+                         "use scan='auto' or 'chunked'")
     if scan != "auto":
         return scan
     return "native" if native.usable(x) else "chunked"
