@@ -85,8 +85,22 @@ def test_recording_on_fast_equals_reference_with_gradients(family, lengths):
     check(family, 2, True, LENGTHS[lengths], True, record=True)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("lengths", ["none", "varied"])
+def test_lstm_rows_split_over_threads_equal_reference(threads, lengths):
+    """From 8 rows on, the C steps split the batch over torch's OpenMP threads (with ragged
+    lengths the active rows fall below 8 at the end: both regimes in one run)."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        check("lstm", 2, True, None if lengths == "none" else LENGTHS["varied"] * 4, True,
+              b=16)
+    finally:
+        torch.set_num_threads(old)
+
+
 @settings(max_examples=12, deadline=None)
-@given(family=st.sampled_from(sorted(FAMILIES)), b=st.integers(1, 5), t=st.integers(1, 9),
+@given(family=st.sampled_from(sorted(FAMILIES)), b=st.integers(1, 20), t=st.integers(1, 9),
        layers=st.integers(1, 2), bidir=st.booleans(), use_lengths=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_fast_equals_reference_hypothesis(family, b, t, layers, bidir, use_lengths, seed):
@@ -123,3 +137,24 @@ def test_fast_dropout_between_layers_only_in_training():
     a = fast(x)[0]
     torch.manual_seed(1)
     assert not torch.allclose(a, fast(x)[0])
+
+
+def test_c_kernels_share_torchs_openmp_runtime():
+    """Built with OpenMP, the C library must use the libgomp torch loaded (one thread team),
+    never a second runtime whose threads would spin against torch's. In a fresh interpreter:
+    other libraries (scikit-learn) bring their own."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/maps")
+    probe = ("import torch\nfrom rnnkit.kernels import native\nlib = native.lib()\n"
+             "maps = {l.split()[-1] for l in open('/proc/self/maps') if 'omp' in l}\n"
+             "print(lib is not None, len(maps), lib.rnnkit_threads() if lib else 0, "
+             "torch.get_num_threads())")
+    built, runtimes, ours, torchs = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    if built != "True":
+        pytest.skip("no C compiler for rnnkit's kernels")
+    assert int(runtimes) <= 1
+    assert ours == torchs

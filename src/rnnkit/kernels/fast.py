@@ -648,7 +648,8 @@ def _lnlstm_backward_native(ctx: Any, mat: gemm.Fixed, w: Tensor, g_hh: Tensor, 
     c_lib = native.lib()
     dY = dY.contiguous()
     dA, DR = torch.empty_like(G), torch.empty_like(G)
-    acc = G.new_zeros(6 * H)  # d γ_hh (4H), d γ_c (H), d β_c (H)
+    nacc = c_lib.rnnkit_threads()  # one row of sums per thread, added up at the end
+    acc = G.new_zeros(nacc, 6 * H)  # d γ_hh (4H), d γ_c (H), d β_c (H)
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
     keep_h, dchat = torch.empty_like(run_h), torch.empty_like(run_h)
@@ -664,11 +665,11 @@ def _lnlstm_backward_native(ctx: Any, mat: gemm.Fixed, w: Tensor, g_hh: Tensor, 
         c_lib.lnlstm_backward(
             r.data_ptr(), *fixed, bG + s * r4, bS + s * 16, bC + s * r1, bT + s * r1,
             bCC + p * r1, _mask_ptr(drop, ctx.fill[0]), _mask_ptr(zone, ctx.fill[1]),
-            run_h.data_ptr(), bY + s * r1, pc, bA + s * r4, bD + s * r4, *scratch, b, H)
+            run_h.data_ptr(), bY + s * r1, pc, bA + s * r4, bD + s * r4, *scratch, nacc, b, H)
         zoned = isinstance(zone, Tensor) or bool(zone)
         run_h = _step_back(mat, DR[s:s + b], run_h, keep_h[:b] if zoned else None)
     dw = gemm.mm(DR.t(), plan.previous(HH))
-    d_ghh, d_gc, d_bc = acc.split([4 * H, H, H])
+    d_ghh, d_gc, d_bc = acc.sum(0).split([4 * H, H, H])
     return dA, dw, d_ghh, d_gc, d_bc, run_h, run_c, None, None
 
 

@@ -30,6 +30,26 @@ SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP  /* built with -fopenmp: rows split over the threads of torch's own OpenMP team */
+#include <omp.h>
+#define ROWS_PARALLEL _Pragma("omp parallel for schedule(static) if (b >= 8)")
+#define MY_THREAD omp_get_thread_num()
+#define TEAM omp_get_num_threads()
+#else
+#define ROWS_PARALLEL
+#define MY_THREAD 0
+#define TEAM 1
+#endif
+
+/* How many threads a parallel loop here uses (torch.set_num_threads sets it), 1 without
+ * OpenMP. */
+int rnnkit_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
 
 /* exp and tanh as straight-line float code the compiler vectorises (Cephes' expf and tanhf:
  * about 1 ulp, like the SLEEF functions torch uses), so the loops below run 8 lanes at a time
@@ -77,6 +97,7 @@ static void fwd_row(const float *restrict pre, float *restrict gi, float *restri
  * c = f c_prev + i g; tc = tanh(c); h = o tc; c_prev, c, tc, h: (b, H). */
 void lstm_forward(const float *pre, float *gates, const float *c_prev, float *c, float *tc,
                   float *h, long b, long H) {
+    ROWS_PARALLEL
     for (long r = 0; r < b; r++) {
         float *g = gates + r * 4 * H;
         fwd_row(pre + r * 4 * H, g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, c + r * H,
@@ -107,6 +128,7 @@ static void bwd_row(const float *restrict gi, const float *restrict gf,
 void lstm_backward(const float *gates, const float *c_prev, const float *tc,
                    const float *run_h, const float *dy, float *run_c, float *dA,
                    long b, long H) {
+    ROWS_PARALLEL
     for (long r = 0; r < b; r++) {
         const float *g = gates + r * 4 * H;
         float *a = dA + r * 4 * H;
@@ -161,6 +183,7 @@ void lnlstm_forward(const float *r, const float *xp, const float *g_hh, const fl
                     const float *b_c, const float *h_prev, const float *c_prev,
                     const float *drop, const float *zone, float *gates, float *stats,
                     float *cpre, float *tc, float *c, float *h, long b, long H, float eps) {
+    ROWS_PARALLEL
     for (long row = 0; row < b; row++) {
         long o1 = row * H, o4 = row * 4 * H;
         float *st = stats + row * 4, *g = gates + o4;
@@ -236,22 +259,30 @@ static void lnb_r(float *restrict dR, float *restrict agh, const float *restrict
 /* One step back. dh = run_h + dy, dc = run_c reach h_t, c_t; writes dA (b, 4H: gradient of
  * xp), dr (b, 4H: of r = W_hh h_{t-1}), run_c (reaching c_{t-1} directly) and keep_h = dh d
  * (reaching h_{t-1} through zoneout); dchat (b, H) is scratch. Adds the step's gradients of
- * the layer norms' parameters to acc (6H: g_hh, g_c, b_c). */
+ * the layer norms' parameters to acc (nacc rows of 6H: g_hh, g_c, b_c; thread k adds to row k,
+ * so the sums do not depend on scheduling; the caller adds the rows up). */
 void lnlstm_backward(const float *r, const float *g_hh, const float *g_c, const float *gates,
                      const float *stats, const float *cpre, const float *tc,
                      const float *c_prev, const float *drop, const float *zone,
                      const float *run_h, const float *dy, float *run_c, float *dA, float *dr,
-                     float *dchat, float *keep_h, float *acc, long b, long H) {
-    for (long row = 0; row < b; row++) {
-        long o1 = row * H, o4 = row * 4 * H;
-        const float *st = stats + row * 4, *g = gates + o4;
-        float s1, s2;
-        lnb_cell(dchat + o1, dA + o4 + 3 * H, keep_h + o1, run_c + o1, acc + 4 * H,
-                 acc + 5 * H, run_h + o1, dy + o1, zone + o1, g + 3 * H, tc + o1, cpre + o1,
-                 g_c, st[2], st[3], &s1, &s2, H);
-        lnb_gates(dA + o4, run_c + o1, dchat + o1, g, c_prev + o1, drop + o1, cpre + o1, g_c,
-                  st[2], st[3], s1, s2, H);
-        lnb_r(dr + o4, acc, dA + o4, r + o4, g_hh, st[0], st[1], 4 * H);
+                     float *dchat, float *keep_h, float *acc, long nacc, long b, long H) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nacc) if (b >= 8 && nacc > 1)
+#endif
+    {
+        long k = MY_THREAD, n = TEAM;
+        float *my = acc + k * 6 * H;
+        for (long row = b * k / n; row < b * (k + 1) / n; row++) {
+            long o1 = row * H, o4 = row * 4 * H;
+            const float *st = stats + row * 4, *g = gates + o4;
+            float s1, s2;
+            lnb_cell(dchat + o1, dA + o4 + 3 * H, keep_h + o1, run_c + o1, my + 4 * H,
+                     my + 5 * H, run_h + o1, dy + o1, zone + o1, g + 3 * H, tc + o1,
+                     cpre + o1, g_c, st[2], st[3], &s1, &s2, H);
+            lnb_gates(dA + o4, run_c + o1, dchat + o1, g, c_prev + o1, drop + o1, cpre + o1,
+                      g_c, st[2], st[3], s1, s2, H);
+            lnb_r(dr + o4, my, dA + o4, r + o4, g_hh, st[0], st[1], 4 * H);
+        }
     }
 }
 
@@ -307,8 +338,9 @@ static void min_row(const float *restrict p, const float *restrict hp, float *re
 
 void minrnn_forward(const float *pre, const float *h0, const int64_t *len, float *h, long B,
                     long T, long H, int lstm) {
-    long G = lstm ? 3 : 2;
-    for (long r = 0; r < B; r++) {
+    long G = lstm ? 3 : 2, b = B;
+    ROWS_PARALLEL
+    for (long r = 0; r < b; r++) {
         const float *hp = h0 + r * H;
         for (long t = 0; t < T; t++) {
             float *ht = h + (r * T + t) * H;
@@ -350,8 +382,9 @@ static void min_row_back(const float *restrict p, const float *restrict hp,
 void minrnn_backward(const float *pre, const float *h0, const float *h, const int64_t *len,
                      const float *dh, float *dpre, float *dh0, long B, long T, long H,
                      int lstm) {
-    long G = lstm ? 3 : 2;
-    for (long r = 0; r < B; r++) {
+    long G = lstm ? 3 : 2, b = B;
+    ROWS_PARALLEL
+    for (long r = 0; r < b; r++) {
         float *run = dh0 + r * H;
         memset(run, 0, (size_t)H * sizeof(float));
         for (long t = T - 1; t >= 0; t--) {
@@ -370,8 +403,10 @@ void minrnn_backward(const float *pre, const float *h0, const float *h, const in
 
 
 def _flag_sets() -> list[list[str]]:
-    """Compiler flags to try, best first: AVX-512 or AVX2/FMA as torch reports this CPU,
-    then plain."""
+    """Compiler flags to try, best first: AVX-512 or AVX2/FMA as torch reports this CPU, then
+    plain; each first with OpenMP (``-fopenmp``: the library then needs ``libgomp.so.1``, which
+    resolves to the one torch has loaded, so the C loops share torch's thread team), then
+    without."""
     base = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared",
             "-std=c99"]  # -fopenmp-simd: the `omp simd` reductions only, no OpenMP runtime
     sets = []
@@ -382,7 +417,7 @@ def _flag_sets() -> list[list[str]]:
                          "-mprefer-vector-width=512"])
         if cap in ("AVX2", "AVX512"):
             sets.append([*base, "-mavx2", "-mfma"])
-    return [*sets, base]
+    return [s for isa in [*sets, base] for s in (["-fopenmp", *isa], isa)]
 
 
 def _build(cc: str, flags: list[str], cache_dir: Path) -> Path:
@@ -422,7 +457,8 @@ def lib() -> ctypes.CDLL | None:
     lib.lstm_backward.argtypes = [ptr] * 7 + [n, n]
     f = ctypes.c_float
     lib.lnlstm_forward.argtypes = [ptr] * 15 + [n, n, f]
-    lib.lnlstm_backward.argtypes = [ptr] * 18 + [n, n]
+    lib.lnlstm_backward.argtypes = [ptr] * 18 + [n, n, n]
+    lib.rnnkit_threads.argtypes, lib.rnnkit_threads.restype = [], ctypes.c_int
     lib.minrnn_forward.argtypes = [ptr] * 4 + [n, n, n, ctypes.c_int]
     lib.minrnn_backward.argtypes = [ptr] * 7 + [n, n, n, ctypes.c_int]
     for fn in (lib.lstm_forward, lib.lstm_backward, lib.lnlstm_forward, lib.lnlstm_backward,

@@ -25,11 +25,7 @@ MinGRU forward+backward 111 ms native, 333 ms chunked, 1,359 ms torch.nn.GRU.
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -111,41 +107,19 @@ def log_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
     return h + torch.exp(A) * h0.unsqueeze(1)
 
 
-def _by_rows(fn: Any, B: int, arrays: list[tuple[int, int]], *rest: int) -> None:
-    """Call the C function ``fn`` on row blocks of the batch, one block per torch thread, in
-    parallel (ctypes releases the GIL; rows are independent). ``arrays``: (address, bytes per
-    batch row) of each array argument; ``rest`` follows them, after the row count."""
-    n = max(1, min(torch.get_num_threads(), B // 2))
-    if n == 1:
-        fn(*(a for a, _ in arrays), B, *rest)
-        return
-    cuts = [B * k // n for k in range(n + 1)]
-    jobs = list(itertools.pairwise(cuts))
-    list(_pool(n, os.getpid()).map(
-        lambda j: fn(*(a + j[0] * w for a, w in arrays), j[1] - j[0], *rest), jobs))
-
-
-@functools.cache
-def _pool(n: int, pid: int) -> ThreadPoolExecutor:
-    """Worker threads, per process (``pid``: a forked child must not reuse its parent's pool,
-    whose threads did not survive the fork)."""
-    return ThreadPoolExecutor(n, thread_name_prefix="rnnkit-scan")
-
-
 class _NativeScan(torch.autograd.Function):
     """minGRU / minLSTM from the input projection ``pre`` ``(B, T, G*H)`` in one C pass over
-    time per sequence (:mod:`rnnkit.kernels.native`), batch rows split over torch's threads;
+    time per sequence (:mod:`rnnkit.kernels.native`), batch rows split over torch's OpenMP threads;
     ``lens`` ``(B,)`` int64."""
 
     @staticmethod
     def forward(ctx: Any, pre: Tensor, h0: Tensor, lens: Tensor, lstm: bool) -> Tensor:
-        B, T, GH = pre.shape
+        B, T, _ = pre.shape
         H = h0.shape[1]
         pre, h0 = pre.contiguous(), h0.contiguous()
         h = pre.new_empty(B, T, H)
-        _by_rows(native.lib().minrnn_forward, B,
-                 [(pre.data_ptr(), T * GH * 4), (h0.data_ptr(), H * 4), (lens.data_ptr(), 8),
-                  (h.data_ptr(), T * H * 4)], T, H, int(lstm))
+        native.lib().minrnn_forward(pre.data_ptr(), h0.data_ptr(), lens.data_ptr(),
+                                    h.data_ptr(), B, T, H, int(lstm))
         ctx.save_for_backward(pre, h0, h, lens)
         ctx.lstm = lstm
         return h
@@ -154,13 +128,11 @@ class _NativeScan(torch.autograd.Function):
     def backward(ctx: Any, dh: Tensor) -> tuple[Tensor, Tensor, None, None]:
         pre, h0, h, lens = ctx.saved_tensors
         B, T, H = h.shape
-        GH = pre.shape[2]
         dh = dh.contiguous()
         dpre, dh0 = torch.empty_like(pre), torch.empty_like(h0)
-        _by_rows(native.lib().minrnn_backward, B,
-                 [(pre.data_ptr(), T * GH * 4), (h0.data_ptr(), H * 4), (h.data_ptr(), T * H * 4),
-                  (lens.data_ptr(), 8), (dh.data_ptr(), T * H * 4), (dpre.data_ptr(), T * GH * 4),
-                  (dh0.data_ptr(), H * 4)], T, H, int(ctx.lstm))
+        native.lib().minrnn_backward(pre.data_ptr(), h0.data_ptr(), h.data_ptr(),
+                                     lens.data_ptr(), dh.data_ptr(), dpre.data_ptr(),
+                                     dh0.data_ptr(), B, T, H, int(ctx.lstm))
         return dpre, dh0, None, None
 
 
