@@ -1,13 +1,16 @@
-"""A few lines of C for the (LayerNorm)LSTM step's elementwise math, built at first use and cached.
+"""A few lines of C for the elementwise work of the fast paths, built at first use and cached:
+the (LayerNorm)LSTM step forward and backward, and minGRU/minLSTM's whole pass over time.
 
 Small torch ops cost a few microseconds each in dispatch alone, and an LSTM step has six to
-eight of them between its two matrix products; fused into one C loop (with vectorised exp and tanh)
-they take about as long as one. :func:`lib` compiles the source below with the system C
-compiler (``$CC`` or ``cc``; ``-O3``, AVX-512 or AVX2/FMA
-as torch reports them; no ``-ffast-math``) into
-``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit``) once per source/flags, in well under a second,
-and loads it with ctypes. Without a compiler, or with ``RNNKIT_NATIVE=0``, :func:`lib` returns
-``None`` and the fast path uses the same math in torch ops.
+eight of them between its two matrix products; fused into one C loop (with vectorised exp and
+tanh) they take about as long as one. :func:`lib` compiles the source below with the system C
+compiler (``$CC`` or ``cc``; ``-O3``, AVX-512 or AVX2/FMA as torch reports them; no
+``-ffast-math``) into ``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit``) once per source/flags,
+in about a second, and loads it with ctypes. Built with ``-fopenmp`` where that links, the
+loops over batch rows run on torch's own OpenMP thread team (``libgomp.so.1`` resolves to the
+copy torch has loaded: one runtime, the thread count torch.set_num_threads set). Without a
+compiler, or with ``RNNKIT_NATIVE=0``, :func:`lib` returns ``None`` and the fast path uses the
+same math in torch ops.
 """
 
 from __future__ import annotations
