@@ -200,15 +200,19 @@ class _LSTM(torch.autograd.Function):
                  dG: Tensor | None, dC: Tensor | None):
         plan: Plan = ctx.plan
         X, w_ih, w, HH, CC, G, TC = ctx.saved_tensors
+        db = None
         if dG is None and dC is None and native.usable(G):
-            dA, run_h, run_c = _lstm_backward_native(plan, w, CC, G, TC, dY, dhN, dcN)
+            dA, run_h, run_c, db = _lstm_backward_native(plan, w, CC, G, TC, dY, dhN, dcN)
         else:
             dA, run_h, run_c = _LSTM.recurrence_backward(plan, w, CC, G, TC, dY, dhN, dcN, dG,
                                                          dC)
         need = ctx.needs_input_grad
         dw_ih, dw = gemm.products_t(dA, [X, plan.previous(HH)])  # dA^T X, dA^T H_prev
         dX = gemm.mm(dA, w_ih) if need[0] else None
-        db = dA.sum(0) if ctx.has_bias and need[2] else None
+        if not (ctx.has_bias and need[2]):
+            db = None
+        elif db is None:
+            db = dA.sum(0)
         return dX, dw_ih, db, dw, run_h, run_c, None
 
     @staticmethod
@@ -267,7 +271,9 @@ def _step_back(mat: gemm.Fixed, dA: Tensor, run_h: Tensor, add: Tensor | None = 
 
 def _lstm_backward_native(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tensor,
                           dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None) -> tuple:
-    """:meth:`_LSTM.recurrence_backward` with each step's elementwise part in one C call."""
+    """:meth:`_LSTM.recurrence_backward` with each step's elementwise part in one C call, which
+    also sums ``dA`` over rows: returns ``dA``, the initial state's gradients and the bias
+    gradient ``(4H,)``."""
     B, H = plan.B, w.shape[1]
     mat = gemm.Fixed(w, B)  # dh_prev = dA @ W_hh
     c_lib = native.lib()
@@ -279,11 +285,14 @@ def _lstm_backward_native(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tens
     rh, rg = H * 4, 4 * H * 4  # bytes per row
     g0, c0, t0, y0, a0 = G.data_ptr(), CC.data_ptr(), TC.data_ptr(), dY.data_ptr(), dA.data_ptr()
     pc = run_c.data_ptr()
+    ndb = c_lib.rnnkit_threads()  # one row of bias sums per thread, added up at the end
+    db = G.new_zeros(ndb, 4 * H)
+    pdb = db.data_ptr()
     for b, s, p in zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev), strict=True):
         c_lib.lstm_backward(g0 + s * rg, c0 + p * rh, t0 + s * rh, run_h.data_ptr(),
-                            y0 + s * rh, pc, a0 + s * rg, b, H)
+                            y0 + s * rh, pc, a0 + s * rg, pdb, ndb, b, H)
         run_h = _step_back(mat, dA[s:s + b], run_h)
-    return dA, run_h, run_c
+    return dA, run_h, run_c, db.sum(0)
 
 
 class _GRU(torch.autograd.Function):

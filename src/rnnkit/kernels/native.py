@@ -113,30 +113,38 @@ static void bwd_row(const float *restrict gi, const float *restrict gf,
                     const float *restrict cp, const float *restrict tc,
                     const float *restrict run_h, const float *restrict dy,
                     float *restrict run_c, float *restrict ai, float *restrict af,
-                    float *restrict ag, float *restrict ao, long H) {
+                    float *restrict ag, float *restrict ao, float *restrict db, long H) {
     for (long j = 0; j < H; j++) {
         float i = gi[j], f = gf[j], g = gg[j], o = go[j], t = tc[j];
         float dh = run_h[j] + dy[j];
         float dc = run_c[j] + dh * o * (1.0f - t * t);
-        ai[j] = dc * g * i * (1.0f - i);
-        af[j] = dc * cp[j] * f * (1.0f - f);
-        ag[j] = dc * i * (1.0f - g * g);
-        ao[j] = dh * t * o * (1.0f - o);
+        float a_i = dc * g * i * (1.0f - i), a_f = dc * cp[j] * f * (1.0f - f);
+        float a_g = dc * i * (1.0f - g * g), a_o = dh * t * o * (1.0f - o);
+        ai[j] = a_i; af[j] = a_f; ag[j] = a_g; ao[j] = a_o;
+        db[j] += a_i; db[H + j] += a_f; db[2 * H + j] += a_g; db[3 * H + j] += a_o;
         run_c[j] = dc * f;
     }
 }
 
 /* One step back: dh = run_h + dy reaches h_t, dc = run_c + dh o (1 - tc^2) reaches c_t;
- * writes the pre-activation gradients dA (b, 4H) and run_c = dc f (reaching c_{t-1}). */
+ * writes the pre-activation gradients dA (b, 4H) and run_c = dc f (reaching c_{t-1}), and adds
+ * dA's column sums (the bias gradient) to db (ndb rows of 4H, one per thread, as in
+ * lnlstm_backward). */
 void lstm_backward(const float *gates, const float *c_prev, const float *tc,
                    const float *run_h, const float *dy, float *run_c, float *dA,
-                   long b, long H) {
-    ROWS_PARALLEL
-    for (long r = 0; r < b; r++) {
-        const float *g = gates + r * 4 * H;
-        float *a = dA + r * 4 * H;
-        bwd_row(g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, tc + r * H, run_h + r * H,
-                dy + r * H, run_c + r * H, a, a + H, a + 2 * H, a + 3 * H, H);
+                   float *db, long ndb, long b, long H) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(ndb) if (b >= 8 && ndb > 1)
+#endif
+    {
+        long k = MY_THREAD, n = TEAM;
+        for (long r = b * k / n; r < b * (k + 1) / n; r++) {
+            const float *g = gates + r * 4 * H;
+            float *a = dA + r * 4 * H;
+            bwd_row(g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, tc + r * H, run_h + r * H,
+                    dy + r * H, run_c + r * H, a, a + H, a + 2 * H, a + 3 * H, db + k * 4 * H,
+                    H);
+        }
     }
 }
 
@@ -457,7 +465,7 @@ def lib() -> ctypes.CDLL | None:
         return None
     ptr, n = ctypes.c_void_p, ctypes.c_long
     lib.lstm_forward.argtypes = [ptr] * 6 + [n, n]
-    lib.lstm_backward.argtypes = [ptr] * 7 + [n, n]
+    lib.lstm_backward.argtypes = [ptr] * 8 + [n, n, n]
     f = ctypes.c_float
     lib.lnlstm_forward.argtypes = [ptr] * 15 + [n, n, f]
     lib.lnlstm_backward.argtypes = [ptr] * 18 + [n, n, n]
