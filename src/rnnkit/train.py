@@ -227,7 +227,10 @@ def train(task: Task, cfg: TrainConfig, *, on_step: Callable[[int], None] | None
     keep_freed_memory()
     rank, world, own_group = _init_distributed()
     try:
-        return _train(task, cfg, rank, world, on_step)
+        result = _train(task, cfg, rank, world, on_step)
+        if own_group:  # every rank done (rank 0 writes the last checkpoint) before teardown:
+            dist.barrier()  # a rank that tore down early aborted its peer now and then
+        return result
     finally:
         if own_group:
             dist.destroy_process_group()
