@@ -562,8 +562,8 @@ class _LNLSTM(torch.autograd.Function):
         stats_h, stats_c = ctx.stats
         dY = _grad_or_zeros(dY, TC)
         if ctx.native and dG is None and dC is None:
-            return _lnlstm_backward_native(ctx, mat, w, g_hh, g_c, HH, CC, G, R, CPRE, TC, dY,
-                                           dhN, dcN)
+            return _lnlstm_backward_native(ctx, mat, w, g_hh, g_c, HH, CC, G, CPRE, TC, dY, dhN,
+                                           dcN)
         if ctx.native:  # per-step statistics (contiguous) and products for the torch loop below
             R = torch.cat(ctx.Rs)
             cols = [ctx.ST[:, k:k + 1].contiguous().split(plan.sizes) for k in range(4)]
@@ -647,9 +647,8 @@ def _mask_ptr(mask: Tensor | float | None, fill: Tensor) -> int:
 
 
 def _lnlstm_backward_native(ctx: Any, mat: gemm.Fixed, w: Tensor, g_hh: Tensor, g_c: Tensor,
-                            HH: Tensor, CC: Tensor, G: Tensor, R: Tensor, CPRE: Tensor,
-                            TC: Tensor, dY: Tensor, dhN: Tensor | None,
-                            dcN: Tensor | None) -> tuple:
+                            HH: Tensor, CC: Tensor, G: Tensor, CPRE: Tensor, TC: Tensor,
+                            dY: Tensor, dhN: Tensor | None, dcN: Tensor | None) -> tuple:
     """:class:`_LNLSTM`'s backward with each step's elementwise part in one C call, which also
     sums the layer norms' parameter gradients (no ``(N, 4H)`` temporaries for them)."""
     plan: Plan = ctx.plan

@@ -33,16 +33,25 @@ SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP  /* built with -fopenmp: rows split over the threads of torch's own OpenMP team */
+/* Built with -fopenmp, rows are split over the threads of torch's own OpenMP team, from 8 rows
+ * on. ROWS_PARALLEL(n): the loop over n rows that follows. THREAD_BLOCKS(n, t): the block that
+ * follows runs once per thread (at most t threads), each on its rows ROW0(n)..ROW1(n), adding
+ * its sums to its own row MY_THREAD of an accumulator (deterministic, whatever the schedule). */
+#define PRAGMA(x) _Pragma(#x)
+#ifdef _OPENMP
 #include <omp.h>
-#define ROWS_PARALLEL _Pragma("omp parallel for schedule(static) if (b >= 8)")
+#define ROWS_PARALLEL(n) PRAGMA(omp parallel for schedule(static) if ((n) >= 8))
+#define THREAD_BLOCKS(n, t) PRAGMA(omp parallel num_threads(t) if ((n) >= 8 && (t) > 1))
 #define MY_THREAD omp_get_thread_num()
 #define TEAM omp_get_num_threads()
 #else
-#define ROWS_PARALLEL
+#define ROWS_PARALLEL(n)
+#define THREAD_BLOCKS(n, t)
 #define MY_THREAD 0
 #define TEAM 1
 #endif
+#define ROW0(n) ((n) * MY_THREAD / TEAM)
+#define ROW1(n) ((n) * (MY_THREAD + 1) / TEAM)
 
 /* How many threads a parallel loop here uses (torch.set_num_threads sets it), 1 without
  * OpenMP. */
@@ -100,7 +109,7 @@ static void fwd_row(const float *restrict pre, float *restrict gi, float *restri
  * c = f c_prev + i g; tc = tanh(c); h = o tc; c_prev, c, tc, h: (b, H). */
 void lstm_forward(const float *pre, float *gates, const float *c_prev, float *c, float *tc,
                   float *h, long b, long H) {
-    ROWS_PARALLEL
+    ROWS_PARALLEL(b)
     for (long r = 0; r < b; r++) {
         float *g = gates + r * 4 * H;
         fwd_row(pre + r * 4 * H, g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, c + r * H,
@@ -133,17 +142,14 @@ static void bwd_row(const float *restrict gi, const float *restrict gf,
 void lstm_backward(const float *gates, const float *c_prev, const float *tc,
                    const float *run_h, const float *dy, float *run_c, float *dA,
                    float *db, long ndb, long b, long H) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(ndb) if (b >= 8 && ndb > 1)
-#endif
+    THREAD_BLOCKS(b, ndb)
     {
-        long k = MY_THREAD, n = TEAM;
-        for (long r = b * k / n; r < b * (k + 1) / n; r++) {
+        float *my = db + MY_THREAD * 4 * H;
+        for (long r = ROW0(b), end = ROW1(b); r < end; r++) {
             const float *g = gates + r * 4 * H;
             float *a = dA + r * 4 * H;
             bwd_row(g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, tc + r * H, run_h + r * H,
-                    dy + r * H, run_c + r * H, a, a + H, a + 2 * H, a + 3 * H, db + k * 4 * H,
-                    H);
+                    dy + r * H, run_c + r * H, a, a + H, a + 2 * H, a + 3 * H, my, H);
         }
     }
 }
@@ -194,7 +200,7 @@ void lnlstm_forward(const float *r, const float *xp, const float *g_hh, const fl
                     const float *b_c, const float *h_prev, const float *c_prev,
                     const float *drop, const float *zone, float *gates, float *stats,
                     float *cpre, float *tc, float *c, float *h, long b, long H, float eps) {
-    ROWS_PARALLEL
+    ROWS_PARALLEL(b)
     for (long row = 0; row < b; row++) {
         long o1 = row * H, o4 = row * 4 * H;
         float *st = stats + row * 4, *g = gates + o4;
@@ -277,13 +283,10 @@ void lnlstm_backward(const float *r, const float *g_hh, const float *g_c, const 
                      const float *c_prev, const float *drop, const float *zone,
                      const float *run_h, const float *dy, float *run_c, float *dA, float *dr,
                      float *dchat, float *keep_h, float *acc, long nacc, long b, long H) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nacc) if (b >= 8 && nacc > 1)
-#endif
+    THREAD_BLOCKS(b, nacc)
     {
-        long k = MY_THREAD, n = TEAM;
-        float *my = acc + k * 6 * H;
-        for (long row = b * k / n; row < b * (k + 1) / n; row++) {
+        float *my = acc + MY_THREAD * 6 * H;
+        for (long row = ROW0(b), end = ROW1(b); row < end; row++) {
             long o1 = row * H, o4 = row * 4 * H;
             const float *st = stats + row * 4, *g = gates + o4;
             float s1, s2;
@@ -349,9 +352,9 @@ static void min_row(const float *restrict p, const float *restrict hp, float *re
 
 void minrnn_forward(const float *pre, const float *h0, const int64_t *len, float *h, long B,
                     long T, long H, int lstm) {
-    long G = lstm ? 3 : 2, b = B;
-    ROWS_PARALLEL
-    for (long r = 0; r < b; r++) {
+    long G = lstm ? 3 : 2;
+    ROWS_PARALLEL(B)
+    for (long r = 0; r < B; r++) {
         const float *hp = h0 + r * H;
         for (long t = 0; t < T; t++) {
             float *ht = h + (r * T + t) * H;
@@ -393,9 +396,9 @@ static void min_row_back(const float *restrict p, const float *restrict hp,
 void minrnn_backward(const float *pre, const float *h0, const float *h, const int64_t *len,
                      const float *dh, float *dpre, float *dh0, long B, long T, long H,
                      int lstm) {
-    long G = lstm ? 3 : 2, b = B;
-    ROWS_PARALLEL
-    for (long r = 0; r < b; r++) {
+    long G = lstm ? 3 : 2;
+    ROWS_PARALLEL(B)
+    for (long r = 0; r < B; r++) {
         float *run = dh0 + r * H;
         memset(run, 0, (size_t)H * sizeof(float));
         for (long t = T - 1; t >= 0; t--) {

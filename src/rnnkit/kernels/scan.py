@@ -140,14 +140,16 @@ def resolve(scan: str, x: Tensor) -> str:
     """The algorithm that runs: ``scan="auto"`` means ``"native"`` where the C kernels are
     built and ``x`` is CPU float32, else ``"chunked"``. An explicit ``"native"`` that cannot
     run is an error, never a silent fallback."""
-    if scan == "native" and not native.usable(x):
-        why = ("the C kernels could not be built (no C compiler, or RNNKIT_NATIVE=0)"
-               if native.lib() is None else f"got a {x.device.type} {x.dtype} input")
-        raise ValueError(f"scan='native' runs on CPU float32 with rnnkit's C kernels: {why}; "
-                         "use scan='auto' or 'chunked'")
-    if scan != "auto":
+    if scan not in ("auto", "native"):
         return scan
-    return "native" if native.usable(x) else "chunked"
+    if native.usable(x):
+        return "native"
+    if scan == "auto":
+        return "chunked"
+    why = ("the C kernels could not be built (no C compiler, or RNNKIT_NATIVE=0)"
+           if native.lib() is None else f"got a {x.device.type} {x.dtype} input")
+    raise ValueError(f"scan='native' runs on CPU float32 with rnnkit's C kernels: {why}; "
+                     "use scan='auto' or 'chunked'")
 
 
 def run_direction(
