@@ -158,3 +158,29 @@ def test_c_kernels_share_torchs_openmp_runtime():
         pytest.skip("no C compiler for rnnkit's kernels")
     assert int(runtimes) <= 1
     assert ours == torchs
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_whole_sequence_c_products_equal_reference(threads):
+    """The C recurrence multiplies 8 rows at a time against 32-column panels of W_hh: 27 rows
+    (three full groups and a partial one, ragged so groups shrink mid-sequence) and H = 40
+    (4H = 160: five panels; backward, 40 columns: a padded second panel), against the
+    reference loop (outputs, final states, every gradient)."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        ref = rnnkit.LSTM(7, 40, kernel="reference", bidirectional=True)
+        fast = rnnkit.LSTM(7, 40, kernel="fast", bidirectional=True)
+        fast.load_state_dict(ref.state_dict())
+        x = torch.randn(27, 11, 7)
+        state = (torch.randn(2, 27, 40), torch.randn(2, 27, 40))
+        lengths = torch.randint(1, 12, (27,), generator=torch.Generator().manual_seed(3))
+        lengths[0] = 11
+        v1, g1, k1 = run(ref, x, state, lengths)
+        v2, g2, k2 = run(fast, x, state, lengths)
+        assert (k1, k2) == ("reference", "fast")
+        for a, c in zip(v2 + g2, v1 + g1, strict=True):
+            torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(old)

@@ -98,6 +98,10 @@ class Plan:
         last = offs_d[slen - 1] + torch.arange(B, device=device)
         return Plan(B, T, N, sizes, offs, order, unorder, flat, rev, prev, last)
 
+    def steps(self) -> tuple[Tensor, Tensor]:
+        """``sizes`` and ``offs`` as int64 CPU tensors (for the C kernels)."""
+        return torch.tensor(self.sizes), torch.tensor(self.offs)
+
     def pack(self, x: Tensor) -> Tensor:
         """``(B, T, F)`` -> ``(N, F)``."""
         if self.flat is None:
@@ -167,19 +171,15 @@ class _LSTM(torch.autograd.Function):
         CC[:B] = c0
         G = xp.new_empty(N, 4 * H)
         TC = xp.new_empty(N, H)
-        mat = gemm.Fixed(w.t(), B)
-        c_lib = native.lib() if native.usable(xp, w) else None
-        p = 0
-        if c_lib is not None:  # the elementwise rest of each step in one C call
-            rh, rg = H * 4, 4 * H * 4  # bytes per row: address of row r = base + r * row bytes
-            g0, c0_, t0, h0_ = G.data_ptr(), CC.data_ptr(), TC.data_ptr(), HH.data_ptr()
-            for b, s in zip(plan.sizes, plan.offs, strict=True):
-                pre = mat.product(HH[p:p + b], xp[s:s + b])
-                q = B + s
-                c_lib.lstm_forward(pre.data_ptr(), g0 + s * rg, c0_ + p * rh, c0_ + q * rh,
-                                   t0 + s * rh, h0_ + q * rh, b, H)
-                p = q
+        if native.usable(xp, w):  # the whole recurrence in one C call
+            sizes, offs = plan.steps()
+            wp = native.pack(w.t())  # (kept referenced while C reads it)
+            native.lib().lstm_seq_forward(
+                xp.data_ptr(), wp.data_ptr(), HH.data_ptr(), CC.data_ptr(), G.data_ptr(),
+                TC.data_ptr(), sizes.data_ptr(), offs.data_ptr(), plan.T, B, H)
         else:
+            mat = gemm.Fixed(w.t(), B)
+            p = 0
             for b, s in zip(plan.sizes, plan.offs, strict=True):
                 g = mat(HH[p:p + b], G[s:s + b], xp[s:s + b])
                 g[:, :2 * H].sigmoid_()
@@ -271,27 +271,23 @@ def _step_back(mat: gemm.Fixed, dA: Tensor, run_h: Tensor, add: Tensor | None = 
 
 def _lstm_backward_native(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tensor,
                           dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None) -> tuple:
-    """:meth:`_LSTM.recurrence_backward` with each step's elementwise part in one C call, which
-    also sums ``dA`` over rows: returns ``dA``, the initial state's gradients and the bias
-    gradient ``(4H,)``."""
-    B, H = plan.B, w.shape[1]
-    mat = gemm.Fixed(w, B)  # dh_prev = dA @ W_hh
+    """:meth:`_LSTM.recurrence_backward` as one C call over the whole sequence, which also
+    sums ``dA`` over rows: returns ``dA``, the initial state's gradients and the bias gradient
+    ``(4H,)``."""
+    H = w.shape[1]
     c_lib = native.lib()
     dY = _grad_or_zeros(dY, TC).contiguous()
     dA = torch.empty_like(G)
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
-    prev = [0] + [B + o for o in plan.offs[:-1]]  # where each step's c_{t-1} rows start in CC
-    rh, rg = H * 4, 4 * H * 4  # bytes per row
-    g0, c0, t0, y0, a0 = G.data_ptr(), CC.data_ptr(), TC.data_ptr(), dY.data_ptr(), dA.data_ptr()
-    pc = run_c.data_ptr()
     ndb = c_lib.rnnkit_threads()  # one row of bias sums per thread, added up at the end
     db = G.new_zeros(ndb, 4 * H)
-    pdb = db.data_ptr()
-    for b, s, p in zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev), strict=True):
-        c_lib.lstm_backward(g0 + s * rg, c0 + p * rh, t0 + s * rh, run_h.data_ptr(),
-                            y0 + s * rh, pc, a0 + s * rg, pdb, ndb, b, H)
-        run_h = _step_back(mat, dA[s:s + b], run_h)
+    sizes, offs = plan.steps()
+    wp = native.pack(w)
+    c_lib.lstm_seq_backward(G.data_ptr(), CC.data_ptr(), TC.data_ptr(), dY.data_ptr(),
+                            wp.data_ptr(), run_h.data_ptr(), run_c.data_ptr(),
+                            dA.data_ptr(), db.data_ptr(), ndb, sizes.data_ptr(), offs.data_ptr(),
+                            plan.T, plan.B, H)
     return dA, run_h, run_c, db.sum(0)
 
 

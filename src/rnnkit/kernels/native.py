@@ -32,6 +32,7 @@ SOURCE = r"""
  * rows; float32, rows contiguous, gate blocks in torch.nn's order i, f, g, o (4H per row). */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 /* Built with -fopenmp, rows are split over the threads of torch's own OpenMP team, from 8 rows
  * on. ROWS_PARALLEL(n): the loop over n rows that follows. THREAD_BLOCKS(n, t): the block that
@@ -117,6 +118,9 @@ void lstm_forward(const float *pre, float *gates, const float *c_prev, float *c,
     }
 }
 
+/* One row's step back: dh = run_h + dy reaches h_t, dc = run_c + dh o (1 - tc^2) reaches c_t;
+ * writes the pre-activation gradients ai..ao, run_c = dc f (reaching c_{t-1}) and adds them to
+ * the bias gradient db (4H). */
 static void bwd_row(const float *restrict gi, const float *restrict gf,
                     const float *restrict gg, const float *restrict go,
                     const float *restrict cp, const float *restrict tc,
@@ -135,22 +139,149 @@ static void bwd_row(const float *restrict gi, const float *restrict gf,
     }
 }
 
-/* One step back: dh = run_h + dy reaches h_t, dc = run_c + dh o (1 - tc^2) reaches c_t;
- * writes the pre-activation gradients dA (b, 4H) and run_c = dc f (reaching c_{t-1}), and adds
- * dA's column sums (the bias gradient) to db (ndb rows of 4H, one per thread, as in
- * lnlstm_backward). */
-void lstm_backward(const float *gates, const float *c_prev, const float *tc,
-                   const float *run_h, const float *dy, float *run_c, float *dA,
-                   float *db, long ndb, long b, long H) {
-    THREAD_BLOCKS(b, ndb)
-    {
-        float *my = db + MY_THREAD * 4 * H;
-        for (long r = ROW0(b), end = ROW1(b); r < end; r++) {
-            const float *g = gates + r * 4 * H;
-            float *a = dA + r * 4 * H;
-            bwd_row(g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, tc + r * H, run_h + r * H,
-                    dy + r * H, run_c + r * H, a, a + H, a + 2 * H, a + 3 * H, my, H);
+/* ---- Whole sequences in one call: the recurrent product in C too ----------------------------
+ * Per step the recurrent product is small ((b, H) @ (H, 4H)); called through a library it
+ * costs more in per-call overhead than in arithmetic, and the step's rows would wait for every
+ * thread at each call. Here each thread owns fixed groups of MR rows (group g: thread
+ * g % threads) for the whole sequence: a row's state at t depends only on its own state at
+ * t - 1, so the threads run through time without ever waiting for each other. The product
+ * multiplies MR rows at a time against a weight packed once into panels of PW columns
+ * ((np, K, PW): panel j holds columns j PW .. j PW + PW - 1, zero padded), panel-outer so a
+ * panel is read from memory once per step and reused by all of the thread's groups. */
+#define MR 8
+#define PW 32
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+/* c[r][0:PW] (rows ldc apart) += sum_k a[r][k] w[k][0:PW], r < nr <= MR; zero: c starts at 0 */
+static inline __attribute__((always_inline)) void kern(const float *const *a, const float *w,
+                                                       float *c, long ldc, long K, int nr,
+                                                       int zero) {
+#ifdef __AVX512F__
+    __m512 c0[MR], c1[MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < nr; r++) {
+        c0[r] = zero ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc);
+        c1[r] = zero ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + 16);
+    }
+    for (long k = 0; k < K; k++) {
+        __m512 w0 = _mm512_loadu_ps(w + k * PW), w1 = _mm512_loadu_ps(w + k * PW + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < nr; r++) {
+            __m512 x = _mm512_set1_ps(a[r][k]);
+            c0[r] = _mm512_fmadd_ps(x, w0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(x, w1, c1[r]);
         }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < nr; r++) {
+        _mm512_storeu_ps(c + r * ldc, c0[r]);
+        _mm512_storeu_ps(c + r * ldc + 16, c1[r]);
+    }
+#else
+    for (int r = 0; r < nr; r++) {
+        float acc[PW];
+        for (int j = 0; j < PW; j++) acc[j] = zero ? 0.0f : c[r * ldc + j];
+        for (long k = 0; k < K; k++) {
+            float x = a[r][k];
+            for (int j = 0; j < PW; j++) acc[j] += x * w[k * PW + j];
+        }
+        for (int j = 0; j < PW; j++) c[r * ldc + j] = acc[j];
+    }
+#endif
+}
+
+/* out (n rows, np PW wide) (+)= rows a[0..n) (K each) @ the packed weight wp (np, K, PW). */
+static void rows_mm(const float *const *a, long n, const float *wp, long K, long np,
+                    float *out, int zero) {
+    long ld = np * PW;
+    for (long j = 0; j < np; j++) {
+        const float *w = wp + j * K * PW;
+        for (long i = 0; i < n; i += MR) {
+            const float *const *ai = a + i;
+            float *c = out + i * ld + j * PW;
+            switch (n - i < MR ? n - i : MR) {
+#define KERN_CASE(m) case m: kern(ai, w, c, ld, K, m, zero); break;
+                KERN_CASE(8) KERN_CASE(7) KERN_CASE(6) KERN_CASE(5)
+                KERN_CASE(4) KERN_CASE(3) KERN_CASE(2) KERN_CASE(1)
+#undef KERN_CASE
+            }
+        }
+    }
+}
+
+/* The rows of step t (the first b of B, sorted by length) this thread owns, into rows. */
+static long my_rows(long b, long *rows) {
+    long n = 0;
+    for (long g = MY_THREAD; g * MR < b; g += TEAM)
+        for (long r = g * MR; r < b && r < g * MR + MR; r++) rows[n++] = r;
+    return n;
+}
+
+/* Packed rows (rnnkit.kernels.fast.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1;
+ * HH, CC (B + N, H) hold h0, c0 then every step's h, c; xp (N, 4H) = x W_ih^T + b;
+ * wp = W_hh^T packed (np = ceil(4H / PW) panels of (H, PW)); writes gates G (N, 4H), TC. */
+void lstm_seq_forward(const float *xp, const float *wp, float *HH, float *CC, float *G,
+                      float *TC, const int64_t *sizes, const int64_t *offs, long T, long B,
+                      long H) {
+    long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW;
+    PRAGMA(omp parallel if (B > MR))
+    {
+        float *scr = calloc((size_t)(B * ld), sizeof(float));
+        const float **a = malloc((size_t)B * sizeof *a);
+        long *rows = malloc((size_t)B * sizeof *rows);
+        for (long t = 0; t < T; t++) {
+            long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
+            long n = my_rows(b, rows);
+            for (long i = 0; i < n; i++) {
+                a[i] = HH + (p + rows[i]) * H;
+                memcpy(scr + i * ld, xp + (s + rows[i]) * N4, (size_t)N4 * sizeof(float));
+            }
+            rows_mm(a, n, wp, H, np, scr, 0);
+            for (long i = 0; i < n; i++) {
+                long r = rows[i];
+                float *g = G + (s + r) * N4;
+                fwd_row(scr + i * ld, g, g + H, g + 2 * H, g + 3 * H, CC + (p + r) * H,
+                        CC + (q + r) * H, TC + (s + r) * H, HH + (q + r) * H, H);
+            }
+        }
+        free(scr); free(a); free(rows);
+    }
+}
+
+/* Back through the whole sequence: run_h, run_c (B, H) hold the gradients reaching the final
+ * states and end as those reaching h0, c0; dY (N, H) reaches each step's h; wp = W_hh packed
+ * (ceil(H / PW) panels of (4H, PW)); writes dA (N, 4H) and adds its column sums to db (ndb rows
+ * of 4H, one per thread). */
+void lstm_seq_backward(const float *G, const float *CC, const float *TC, const float *dY,
+                       const float *wp, float *run_h, float *run_c, float *dA, float *db,
+                       long ndb, const int64_t *sizes, const int64_t *offs, long T, long B,
+                       long H) {
+    long N4 = 4 * H, np = (H + PW - 1) / PW, ld = np * PW;
+    PRAGMA(omp parallel num_threads(ndb) if (B > MR && ndb > 1))
+    {
+        float *my = db + MY_THREAD * N4;
+        float *scr = malloc((size_t)(B * ld) * sizeof(float));
+        const float **a = malloc((size_t)B * sizeof *a);
+        long *rows = malloc((size_t)B * sizeof *rows);
+        for (long t = T - 1; t >= 0; t--) {
+            long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
+            long n = my_rows(b, rows);
+            for (long i = 0; i < n; i++) {
+                long r = rows[i], o = s + r;
+                const float *g = G + o * N4;
+                float *d = dA + o * N4;
+                bwd_row(g, g + H, g + 2 * H, g + 3 * H, CC + (p + r) * H, TC + o * H,
+                        run_h + r * H, dY + o * H, run_c + r * H, d, d + H, d + 2 * H,
+                        d + 3 * H, my, H);
+                a[i] = d;
+            }
+            rows_mm(a, n, wp, N4, np, scr, 1);
+            for (long i = 0; i < n; i++)
+                memcpy(run_h + rows[i] * H, scr + i * ld, (size_t)H * sizeof(float));
+        }
+        free(scr); free(a); free(rows);
     }
 }
 
@@ -468,17 +599,31 @@ def lib() -> ctypes.CDLL | None:
         return None
     ptr, n = ctypes.c_void_p, ctypes.c_long
     lib.lstm_forward.argtypes = [ptr] * 6 + [n, n]
-    lib.lstm_backward.argtypes = [ptr] * 8 + [n, n, n]
+    lib.lstm_seq_forward.argtypes = [ptr] * 8 + [n, n, n]
+    lib.lstm_seq_backward.argtypes = [ptr] * 9 + [n, ptr, ptr, n, n, n]
     f = ctypes.c_float
     lib.lnlstm_forward.argtypes = [ptr] * 15 + [n, n, f]
     lib.lnlstm_backward.argtypes = [ptr] * 18 + [n, n, n]
     lib.rnnkit_threads.argtypes, lib.rnnkit_threads.restype = [], ctypes.c_int
     lib.minrnn_forward.argtypes = [ptr] * 4 + [n, n, n, ctypes.c_int]
     lib.minrnn_backward.argtypes = [ptr] * 7 + [n, n, n, ctypes.c_int]
-    for fn in (lib.lstm_forward, lib.lstm_backward, lib.lnlstm_forward, lib.lnlstm_backward,
-               lib.minrnn_forward, lib.minrnn_backward):
+    for fn in (lib.lstm_forward, lib.lstm_seq_forward, lib.lstm_seq_backward,
+               lib.lnlstm_forward, lib.lnlstm_backward, lib.minrnn_forward, lib.minrnn_backward):
         fn.restype = None
     return lib
+
+
+PW = 32  # the C products' panel width
+
+
+def pack(m: Tensor) -> Tensor:
+    """``m`` ``(K, N)`` laid out as the C products read it: ``(ceil(N / PW), K, PW)``, panels of
+    ``PW`` columns, the last zero padded."""
+    K, N = m.shape
+    panels = -(-N // PW)
+    z = m.new_zeros(K, panels * PW)
+    z[:, :N] = m
+    return z.view(K, panels, PW).transpose(0, 1).contiguous()
 
 
 def usable(*tensors: Tensor) -> bool:
