@@ -163,21 +163,24 @@ class _LSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, X: Tensor, w_ih: Tensor, bias: Tensor | None, w: Tensor, h0: Tensor,
                 c0: Tensor, plan: Plan):
-        xp = gemm.affine(X, w_ih, bias)
         B, N, H = plan.B, plan.N, h0.shape[1]
-        HH = xp.new_empty(B + N, H)
-        CC = xp.new_empty(B + N, H)
+        HH = X.new_empty(B + N, H)
+        CC = X.new_empty(B + N, H)
         HH[:B] = h0
         CC[:B] = c0
-        G = xp.new_empty(N, 4 * H)
-        TC = xp.new_empty(N, H)
-        if native.usable(xp, w):  # the whole recurrence in one C call
+        G = X.new_empty(N, 4 * H)
+        TC = X.new_empty(N, H)
+        if native.usable(X, w_ih, w):  # the whole recurrence, input projection included, in C
+            X = X.contiguous()
             sizes, offs = plan.steps()
-            wp = native.pack(w.t())  # (kept referenced while C reads it)
+            wx, wh = native.pack(w_ih.t()), native.pack(w.t())  # (referenced while C runs)
+            b = X.new_zeros(4 * H) if bias is None else bias.contiguous()
             native.lib().lstm_seq_forward(
-                xp.data_ptr(), wp.data_ptr(), HH.data_ptr(), CC.data_ptr(), G.data_ptr(),
-                TC.data_ptr(), sizes.data_ptr(), offs.data_ptr(), plan.T, B, H)
+                X.data_ptr(), wx.data_ptr(), b.data_ptr(), wh.data_ptr(), HH.data_ptr(),
+                CC.data_ptr(), G.data_ptr(), TC.data_ptr(), sizes.data_ptr(), offs.data_ptr(),
+                plan.T, B, H, X.shape[1])
         else:
+            xp = gemm.affine(X, w_ih, bias)
             mat = gemm.Fixed(w.t(), B)
             p = 0
             for b, s in zip(plan.sizes, plan.offs, strict=True):
@@ -200,20 +203,17 @@ class _LSTM(torch.autograd.Function):
                  dG: Tensor | None, dC: Tensor | None):
         plan: Plan = ctx.plan
         X, w_ih, w, HH, CC, G, TC = ctx.saved_tensors
-        db = None
+        need = ctx.needs_input_grad
         if dG is None and dC is None and native.usable(G):
-            dA, run_h, run_c, db = _lstm_backward_native(plan, w, CC, G, TC, dY, dhN, dcN)
+            dAT, dX, run_h, run_c, db = _lstm_backward_native(
+                plan, w, w_ih if need[0] else None, CC, G, TC, dY, dhN, dcN)
         else:
             dA, run_h, run_c = _LSTM.recurrence_backward(plan, w, CC, G, TC, dY, dhN, dcN, dG,
                                                          dC)
-        need = ctx.needs_input_grad
-        dw_ih, dw = gemm.products_t(dA, [X, plan.previous(HH)])  # dA^T X, dA^T H_prev
-        dX = gemm.mm(dA, w_ih) if need[0] else None
-        if not (ctx.has_bias and need[2]):
-            db = None
-        elif db is None:
-            db = dA.sum(0)
-        return dX, dw_ih, db, dw, run_h, run_c, None
+            dAT, db = dA.t(), dA.sum(0)
+            dX = gemm.mm(dA, w_ih) if need[0] else None
+        dw_ih, dw = gemm.products_t(dAT, [X, plan.previous(HH)])  # dA^T X, dA^T H_prev
+        return dX, dw_ih, db if ctx.has_bias and need[2] else None, dw, run_h, run_c, None
 
     @staticmethod
     def recurrence_backward(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tensor,
@@ -269,26 +269,30 @@ def _step_back(mat: gemm.Fixed, dA: Tensor, run_h: Tensor, add: Tensor | None = 
     return run_h
 
 
-def _lstm_backward_native(plan: Plan, w: Tensor, CC: Tensor, G: Tensor, TC: Tensor,
-                          dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None) -> tuple:
+def _lstm_backward_native(plan: Plan, w: Tensor, w_ih: Tensor | None, CC: Tensor, G: Tensor,
+                          TC: Tensor, dY: Tensor | None, dhN: Tensor | None,
+                          dcN: Tensor | None) -> tuple:
     """:meth:`_LSTM.recurrence_backward` as one C call over the whole sequence, which also
-    sums ``dA`` over rows: returns ``dA``, the initial state's gradients and the bias gradient
-    ``(4H,)``."""
+    makes the input's gradient ``dA W_ih`` (when ``w_ih`` is given) and sums ``dA`` over rows:
+    returns ``dA^T`` ``(4H, N)``, ``dX`` ``(N, I)`` or None, the initial state's gradients and
+    the bias gradient ``(4H,)``."""
     H = w.shape[1]
     c_lib = native.lib()
     dY = _grad_or_zeros(dY, TC).contiguous()
-    dA = torch.empty_like(G)
+    dAT = G.new_empty(4 * H, plan.N)
+    I = 0 if w_ih is None else w_ih.shape[1]
+    dX = G.new_empty(plan.N, I) if I else None
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
     ndb = c_lib.rnnkit_threads()  # one row of bias sums per thread, added up at the end
     db = G.new_zeros(ndb, 4 * H)
     sizes, offs = plan.steps()
-    wp = native.pack(w)
+    wp = native.pack(w if w_ih is None else torch.cat([w, w_ih], 1))  # [W_hh | W_ih]
     c_lib.lstm_seq_backward(G.data_ptr(), CC.data_ptr(), TC.data_ptr(), dY.data_ptr(),
-                            wp.data_ptr(), run_h.data_ptr(), run_c.data_ptr(),
-                            dA.data_ptr(), db.data_ptr(), ndb, sizes.data_ptr(), offs.data_ptr(),
-                            plan.T, plan.B, H)
-    return dA, run_h, run_c, db.sum(0)
+                            wp.data_ptr(), run_h.data_ptr(), run_c.data_ptr(), dAT.data_ptr(),
+                            0 if dX is None else dX.data_ptr(), db.data_ptr(), ndb,
+                            sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H, I)
+    return dAT, dX, run_h, run_c, db.sum(0)
 
 
 class _GRU(torch.autograd.Function):

@@ -92,13 +92,13 @@ def affine(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     return _lin(x, _pack(w, x.shape[0]), b, "none", [], "")
 
 
-def products_t(a: Tensor, bs: list[Tensor]) -> list[Tensor]:
-    """``[a^T @ b for b in bs]`` for ``a`` ``(N, G)`` and each ``b`` ``(N, K_i)``, as ONE
-    product ``a^T [b_1 | b_2 | ...]`` (``a^T`` is formed once): weight gradients over a
-    whole sequence, ``(G, K_i)`` each."""
-    if not _ok(a, *bs) or a.shape[0] == 0:
-        return [a.t().mm(b) for b in bs]
-    at = a.t().contiguous()
+def products_t(at: Tensor, bs: list[Tensor]) -> list[Tensor]:
+    """``[at @ b for b in bs]`` for ``at`` ``(G, N)`` (best contiguous: ``a^T`` formed once,
+    or written so by a kernel) and each ``b`` ``(N, K_i)``, as ONE product
+    ``at [b_1 | b_2 | ...]``: weight gradients over a whole sequence, ``(G, K_i)`` each."""
+    if not _ok(at, *bs) or at.shape[1] == 0:
+        return [at.mm(b) for b in bs]
+    at = at if at.is_contiguous() else at.contiguous()
     z = bs[0] if len(bs) == 1 else torch.cat(bs, 1)  # (N, sum K_i), rows copied as rows
     out = _lin(at, _pack(z.t(), at.shape[0]), None, "none", [], "")  # z^T: the linear's weight
     return list(out.split([b.shape[1] for b in bs], dim=1))

@@ -142,9 +142,10 @@ static void bwd_row(const float *restrict gi, const float *restrict gf,
 /* ---- Whole sequences in one call: the recurrent product in C too ----------------------------
  * Per step the recurrent product is small ((b, H) @ (H, 4H)); called through a library it
  * costs more in per-call overhead than in arithmetic, and the step's rows would wait for every
- * thread at each call. Here each thread owns fixed groups of MR rows (group g: thread
- * g % threads) for the whole sequence: a row's state at t depends only on its own state at
- * t - 1, so the threads run through time without ever waiting for each other. The product
+ * thread at each call. Here each thread owns fixed blocks of rows (my_rows) for the whole
+ * sequence: a row's state at t depends only on its own state at t - 1, so the threads run
+ * through time without ever waiting for each other. The input projection (forward) and the
+ * input's gradient (backward) are products of the same rows, so they are made here too. The product
  * multiplies MR rows at a time against a weight packed once into panels of PW columns
  * ((np, K, PW): panel j holds columns j PW .. j PW + PW - 1, zero padded), panel-outer so a
  * panel is read from memory once per step and reused by all of the thread's groups. */
@@ -211,34 +212,39 @@ static void rows_mm(const float *const *a, long n, const float *wp, long K, long
     }
 }
 
-/* The rows of step t (the first b of B, sorted by length) this thread owns, into rows. */
-static long my_rows(long b, long *rows) {
-    long n = 0;
-    for (long g = MY_THREAD; g * MR < b; g += TEAM)
-        for (long r = g * MR; r < b && r < g * MR + MR; r++) rows[n++] = r;
+/* The rows of step t (the first b of B, sorted by length) this thread owns, into rows: blocks
+ * of MR rows, or of 2 MR once every thread gets that many (a thread's 16 floats of a row of
+ * dA^T are then a whole cache line: two threads writing halves of one line fight over it). */
+static long my_rows(long b, long B, long *rows) {
+    long n = 0, blk = B >= 2 * MR * TEAM ? 2 * MR : MR;
+    for (long g = MY_THREAD; g * blk < b; g += TEAM)
+        for (long r = g * blk; r < b && r < g * blk + blk; r++) rows[n++] = r;
     return n;
 }
 
-/* Packed rows (rnnkit.kernels.fast.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1;
- * HH, CC (B + N, H) hold h0, c0 then every step's h, c; xp (N, 4H) = x W_ih^T + b;
- * wp = W_hh^T packed (np = ceil(4H / PW) panels of (H, PW)); writes gates G (N, 4H), TC. */
-void lstm_seq_forward(const float *xp, const float *wp, float *HH, float *CC, float *G,
-                      float *TC, const int64_t *sizes, const int64_t *offs, long T, long B,
-                      long H) {
+/* Packed rows (rnnkit.kernels.fast.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1
+ * of X (N, I); HH, CC (B + N, H) hold h0, c0 then every step's h, c. Per step and row:
+ * pre = bias + x W_ih^T + h_prev W_hh^T (wx, wh: W_ih^T, W_hh^T packed into ceil(4H / PW)
+ * panels of (I, PW) and (H, PW); bias (4H)), then the cell; writes gates G (N, 4H) and TC. */
+void lstm_seq_forward(const float *X, const float *wx, const float *bias, const float *wh,
+                      float *HH, float *CC, float *G, float *TC, const int64_t *sizes,
+                      const int64_t *offs, long T, long B, long H, long I) {
     long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW;
     PRAGMA(omp parallel if (B > MR))
     {
         float *scr = calloc((size_t)(B * ld), sizeof(float));
-        const float **a = malloc((size_t)B * sizeof *a);
+        const float **a = malloc((size_t)B * sizeof *a), **ax = malloc((size_t)B * sizeof *ax);
         long *rows = malloc((size_t)B * sizeof *rows);
         for (long t = 0; t < T; t++) {
             long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
-            long n = my_rows(b, rows);
+            long n = my_rows(b, B, rows);
             for (long i = 0; i < n; i++) {
+                ax[i] = X + (s + rows[i]) * I;
                 a[i] = HH + (p + rows[i]) * H;
-                memcpy(scr + i * ld, xp + (s + rows[i]) * N4, (size_t)N4 * sizeof(float));
+                memcpy(scr + i * ld, bias, (size_t)N4 * sizeof(float));
             }
-            rows_mm(a, n, wp, H, np, scr, 0);
+            rows_mm(ax, n, wx, I, np, scr, 0);
+            rows_mm(a, n, wh, H, np, scr, 0);
             for (long i = 0; i < n; i++) {
                 long r = rows[i];
                 float *g = G + (s + r) * N4;
@@ -246,42 +252,49 @@ void lstm_seq_forward(const float *xp, const float *wp, float *HH, float *CC, fl
                         CC + (q + r) * H, TC + (s + r) * H, HH + (q + r) * H, H);
             }
         }
-        free(scr); free(a); free(rows);
+        free(scr); free(a); free(ax); free(rows);
     }
 }
 
 /* Back through the whole sequence: run_h, run_c (B, H) hold the gradients reaching the final
- * states and end as those reaching h0, c0; dY (N, H) reaches each step's h; wp = W_hh packed
- * (ceil(H / PW) panels of (4H, PW)); writes dA (N, 4H) and adds its column sums to db (ndb rows
- * of 4H, one per thread). */
+ * states and end as those reaching h0, c0; dY (N, H) reaches each step's h. Per step and row
+ * the gate pre-activations' gradient dA (4H) is formed, then [dh_prev | dx] = dA [W_hh | W_ih]
+ * (w: that (4H, H + I) matrix packed into ceil((H + I) / PW) panels of (4H, PW); I = 0: no
+ * dx). Writes dA transposed, dAT (4H, N) (the weight gradients' operand), dX (N, I), and adds
+ * dA's column sums to db (ndb rows of 4H, one per thread). */
 void lstm_seq_backward(const float *G, const float *CC, const float *TC, const float *dY,
-                       const float *wp, float *run_h, float *run_c, float *dA, float *db,
-                       long ndb, const int64_t *sizes, const int64_t *offs, long T, long B,
-                       long H) {
-    long N4 = 4 * H, np = (H + PW - 1) / PW, ld = np * PW;
+                       const float *w, float *run_h, float *run_c, float *dAT, float *dX,
+                       float *db, long ndb, const int64_t *sizes, const int64_t *offs, long T,
+                       long B, long H, long I) {
+    long N4 = 4 * H, np = (H + I + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
     PRAGMA(omp parallel num_threads(ndb) if (B > MR && ndb > 1))
     {
         float *my = db + MY_THREAD * N4;
         float *scr = malloc((size_t)(B * ld) * sizeof(float));
+        float *dA = malloc((size_t)(B * N4) * sizeof(float));
         const float **a = malloc((size_t)B * sizeof *a);
         long *rows = malloc((size_t)B * sizeof *rows);
         for (long t = T - 1; t >= 0; t--) {
             long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
-            long n = my_rows(b, rows);
+            long n = my_rows(b, B, rows);
             for (long i = 0; i < n; i++) {
                 long r = rows[i], o = s + r;
                 const float *g = G + o * N4;
-                float *d = dA + o * N4;
+                float *d = dA + i * N4;
                 bwd_row(g, g + H, g + 2 * H, g + 3 * H, CC + (p + r) * H, TC + o * H,
                         run_h + r * H, dY + o * H, run_c + r * H, d, d + H, d + 2 * H,
                         d + 3 * H, my, H);
                 a[i] = d;
             }
-            rows_mm(a, n, wp, N4, np, scr, 1);
-            for (long i = 0; i < n; i++)
+            for (long k = 0; k < N4; k++)  /* whole cache lines per thread: my_rows' blocks */
+                for (long i = 0; i < n; i++) dAT[k * N + s + rows[i]] = dA[i * N4 + k];
+            rows_mm(a, n, w, N4, np, scr, 1);
+            for (long i = 0; i < n; i++) {
                 memcpy(run_h + rows[i] * H, scr + i * ld, (size_t)H * sizeof(float));
+                if (I) memcpy(dX + (s + rows[i]) * I, scr + i * ld + H, (size_t)I * sizeof(float));
+            }
         }
-        free(scr); free(a); free(rows);
+        free(scr); free(dA); free(a); free(rows);
     }
 }
 
@@ -599,8 +612,8 @@ def lib() -> ctypes.CDLL | None:
         return None
     ptr, n = ctypes.c_void_p, ctypes.c_long
     lib.lstm_forward.argtypes = [ptr] * 6 + [n, n]
-    lib.lstm_seq_forward.argtypes = [ptr] * 8 + [n, n, n]
-    lib.lstm_seq_backward.argtypes = [ptr] * 9 + [n, ptr, ptr, n, n, n]
+    lib.lstm_seq_forward.argtypes = [ptr] * 10 + [n, n, n, n]
+    lib.lstm_seq_backward.argtypes = [ptr] * 10 + [n, ptr, ptr, n, n, n, n]
     f = ctypes.c_float
     lib.lnlstm_forward.argtypes = [ptr] * 15 + [n, n, f]
     lib.lnlstm_backward.argtypes = [ptr] * 18 + [n, n, n]
