@@ -59,19 +59,26 @@ def test_zoneout_in_eval_is_the_expectation_and_training_is_random():
     assert not torch.equal(h2, h3)
 
 
-def run(layer, x, state, lengths, seed):
+def run(layer, x, state, lengths, seed, record=True):
+    """Outputs, final states, recordings (``record``: with gradients flowing through them) and
+    every gradient of a random projection of them; and the kernel that ran."""
     xx = x.clone().requires_grad_(True)
     st = tuple(s.clone().requires_grad_(True) for s in state)
     torch.manual_seed(seed)
-    with rnnkit.record(layer, detach=False) as rec:
+    if record:
+        with rnnkit.record(layer, detach=False) as rec:
+            out, fin = layer(xx, st, lengths=lengths)
+        recs = [rec.only[n] for n in rec.only.names]
+    else:
         out, fin = layer(xx, st, lengths=lengths)
-    r = rec.only
-    vals = [out, *fin] + [r[n] for n in r.names]
+        recs = []
+    vals = [out, *fin, *recs]
     gen = torch.Generator().manual_seed(1)
     loss = sum((v * torch.randn(v.shape, generator=gen)).sum() for v in vals)
     layer.zero_grad()
     loss.backward()
-    return [*vals, xx.grad, *[s.grad for s in st], *[p.grad for p in layer.parameters()]], r.kernel
+    grads = [xx.grad, *[s.grad for s in st], *[p.grad for p in layer.parameters()]]
+    return [*vals, *grads], layer.last_kernel
 
 
 CASES = [c for c in itertools.product([1, 2], [False, True], [False, True], [0.0, 0.3],
@@ -94,21 +101,44 @@ def float32_masks(monkeypatch):
 @pytest.mark.parametrize("layers,bidir,use_lengths,rec_dropout,zoneout,training", CASES)
 def test_fast_equals_reference(layers, bidir, use_lengths, rec_dropout, zoneout, training,
                                monkeypatch):
+    """Recording every gate, gradients flowing through the recordings too."""
+    check(monkeypatch, layers, bidir, use_lengths, rec_dropout, zoneout, training, record=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("use_lengths,rec_dropout,zoneout,training", [
+    (False, 0.0, 0.0, True), (False, 0.3, 0.2, True), (True, 0.0, 0.2, False)])
+def test_fast_equals_reference_whole_sequence_c(use_lengths, rec_dropout, zoneout, training,
+                                                threads, monkeypatch):
+    """Not recording: forward and backward are each one C call over the whole sequence. 37
+    rows (blocks of 16 rows per thread and a partial block), H = 40 (several 32-column
+    panels, a padded one)."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        check(monkeypatch, 2, True, use_lengths, rec_dropout, zoneout, training, record=False,
+              B=37, H=40)
+    finally:
+        torch.set_num_threads(old)
+
+
+def check(monkeypatch, layers, bidir, use_lengths, rec_dropout, zoneout, training, record,
+          B=12, H=6):
     float32_masks(monkeypatch)
     kw = dict(num_layers=layers, bidirectional=bidir, recurrent_dropout=rec_dropout,
               zoneout=zoneout)
     torch.manual_seed(3)
-    ref = rnnkit.LayerNormLSTM(5, 6, kernel="reference", **kw)
+    ref = rnnkit.LayerNormLSTM(5, H, kernel="reference", **kw)
     randomise(ref)
-    fast = rnnkit.LayerNormLSTM(5, 6, **kw)
+    fast = rnnkit.LayerNormLSTM(5, H, **kw)
     fast.load_state_dict(ref.state_dict())
     ref.train(training), fast.train(training)
     D = 2 if bidir else 1
-    x = torch.randn(12, 7, 5)  # 12 rows: the C steps split them over OpenMP threads from 8
-    state = (torch.randn(layers * D, 12, 6), torch.randn(layers * D, 12, 6))
-    lengths = torch.tensor([7, 3, 1, 5] * 3) if use_lengths else None
-    v1, k1 = run(ref, x, state, lengths, seed=5)
-    v2, k2 = run(fast, x, state, lengths, seed=5)
+    x = torch.randn(B, 7, 5)  # from 8 rows on the C steps split them over OpenMP threads
+    state = (torch.randn(layers * D, B, H), torch.randn(layers * D, B, H))
+    lengths = torch.tensor(([7, 3, 1, 5] * B)[:B]) if use_lengths else None
+    v1, k1 = run(ref, x, state, lengths, seed=5, record=record)
+    v2, k2 = run(fast, x, state, lengths, seed=5, record=record)
     assert (k1, k2) == ("reference", "fast")
     exact = None  # the reference loop in float64, drawing the same masks
     for i, (a, b) in enumerate(zip(v2, v1, strict=True)):
@@ -120,10 +150,11 @@ def test_fast_equals_reference(layers, bidir, use_lengths, rec_dropout, zoneout,
         # reference itself is ~1e-5 off the exact value, and the fast path must be no
         # further from it than the reference is.
         if exact is None:
-            r64 = rnnkit.LayerNormLSTM(5, 6, kernel="reference", **kw).double()
+            r64 = rnnkit.LayerNormLSTM(5, H, kernel="reference", **kw).double()
             r64.load_state_dict(ref.state_dict())
             r64.train(training)
-            exact, _ = run(r64, x.double(), tuple(s.double() for s in state), lengths, seed=5)
+            exact, _ = run(r64, x.double(), tuple(s.double() for s in state), lengths, seed=5,
+                           record=record)
         err_fast = (a.double() - exact[i]).abs().max().item()
         err_ref = (b.double() - exact[i]).abs().max().item()
         assert err_fast <= max(1e-5 * scale, 1.5 * err_ref), (i, err_fast, err_ref, scale)

@@ -257,18 +257,6 @@ class _LSTM(torch.autograd.Function):
         return dA, run_h, run_c
 
 
-def _step_back(mat: gemm.Fixed, dA: Tensor, run_h: Tensor, add: Tensor | None = None) -> Tensor:
-    """The gradient reaching ``h_{t-1}``: ``add + dA W_hh`` ``(b, H)``. Once every sequence is
-    active (``b = B``: from then on, going back in time, it stays so) the product's own result
-    is the new running buffer; before that it is copied into the ``b`` longest rows of
-    ``run_h`` ``(B, H)``, whose other rows still wait for their sequences' last steps."""
-    nxt = mat.product(dA, add)
-    if dA.shape[0] == run_h.shape[0]:
-        return nxt
-    run_h[: dA.shape[0]] = nxt
-    return run_h
-
-
 def _lstm_backward_native(plan: Plan, w: Tensor, w_ih: Tensor | None, CC: Tensor, G: Tensor,
                           TC: Tensor, dY: Tensor | None, dhN: Tensor | None,
                           dcN: Tensor | None) -> tuple:
@@ -485,39 +473,33 @@ class _LNLSTM(torch.autograd.Function):
         G = xp.new_empty(N, 4 * H)  # activated i, f, g, o
         CPRE, TC = xp.new_empty(N, H), xp.new_empty(N, H)  # f c + i g (before LN); tanh(ĉ)
         stats_h, stats_c, drops, zones = [], [], [], []
-        mat, H4 = gemm.Fixed(w.t(), B), (4 * H,)
+        H4 = (4 * H,)
+        R = xp.new_empty(N, 4 * H)  # W_hh h_{t-1}, before its LN
         ctx.native = native.usable(xp, w) and xp.is_contiguous()
-        R = None if ctx.native else xp.new_empty(N, 4 * H)  # W_hh h_{t-1}, before its LN
-        if ctx.native:  # the elementwise rest of each step in one C call; each step's product
-            Rs = []  # W_hh h_{t-1} stays its own tensor (no copy into one buffer)
+        if ctx.native:  # the whole recurrence in one C call
+            # the masks first, step by step as the reference loop draws them (same numbers)
+            masks = [cell.draw(b, xp) for b in plan.sizes]
+            drop = torch.cat([m["drop"] for m in masks]) if "drop" in masks[0] else None
+            zc = masks[0].get("zone", 0.0)
+            zone = torch.cat([m["zone"] for m in masks]) if isinstance(zc, Tensor) else None
+            if drop is not None:
+                drops = list(drop.split(plan.sizes))
+            if zone is not None:
+                zones, zc = list(zone.split(plan.sizes)), 0.0
+            elif zc:
+                zones = [zc]
+            ctx.masks = (drop, zone, torch.cat([xp.new_ones(H), xp.new_full((H,), zc)]))
             ST = xp.new_empty(N, 4)  # per row: mean, 1/std of W_hh h and of the cell update
-            c_lib = native.lib()
-            ctx.fill = (xp.new_ones(B, H), xp.new_full((B, H), cell.zoneout if cell.zoneout
-                                                       else 0.0))  # masks when none is drawn
-            r1, r4 = H * 4, 4 * H * 4  # bytes per row of (., H) and (., 4H) buffers
-            bX, bG, bC, bT = xp.data_ptr(), G.data_ptr(), CPRE.data_ptr(), TC.data_ptr()
-            bS, bHH, bCC = ST.data_ptr(), HH.data_ptr(), CC.data_ptr()
-            ghh, gc, bc = g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr()
-            p = 0
-            for b, s in zip(plan.sizes, plan.offs, strict=True):
-                r = mat.product(HH[p:p + b])
-                Rs.append(r)
-                masks = cell.draw(b, xp)
-                drop, zone = masks.get("drop"), masks.get("zone", 0.0)
-                drops.append(drop)
-                zones.append(zone)
-                q = B + s
-                c_lib.lnlstm_forward(
-                    r.data_ptr(), bX + s * r4, ghh, gc, bc, bHH + p * r1, bCC + p * r1,
-                    _mask_ptr(drop, ctx.fill[0]), _mask_ptr(zone, ctx.fill[1]), bG + s * r4,
-                    bS + s * 16, bC + s * r1, bT + s * r1, bCC + q * r1, bHH + q * r1, b, H,
-                    EPS)
-                p = q
-            ctx.ST, ctx.Rs = ST, Rs
-            stats_h = [(ST[:, 0:1], ST[:, 1:2])]
-            stats_c = [(ST[:, 2:3], ST[:, 3:4])]
+            sizes, offs = plan.steps()
+            wh = native.pack(w.t())
+            native.lib().lnlstm_seq_forward(
+                xp.data_ptr(), wh.data_ptr(), g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(),
+                *_mask_ptrs(ctx.masks), R.data_ptr(), HH.data_ptr(), CC.data_ptr(),
+                G.data_ptr(), ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr(), sizes.data_ptr(),
+                offs.data_ptr(), plan.T, B, H, EPS)
+            ctx.ST = ST
         else:
-            p = 0
+            mat, p = gemm.Fixed(w.t(), B), 0
             for b, s in zip(plan.sizes, plan.offs, strict=True):
                 e = s + b
                 hp, cp = HH[p:p + b], CC[p:p + b]
@@ -557,20 +539,17 @@ class _LNLSTM(torch.autograd.Function):
                  dG: Tensor | None, dC: Tensor | None):
         plan: Plan = ctx.plan
         w, g_hh, g_c, b_c, HH, CC, G, R, CPRE, TC = ctx.saved_tensors
-        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         N, H = plan.N, w.shape[1]
         stats_h, stats_c = ctx.stats
         dY = _grad_or_zeros(dY, TC)
         if ctx.native and dG is None and dC is None:
-            return _lnlstm_backward_native(ctx, mat, w, g_hh, g_c, HH, CC, G, CPRE, TC, dY, dhN,
+            return _lnlstm_backward_native(ctx, w, g_hh, g_c, HH, CC, G, R, CPRE, TC, dY, dhN,
                                            dcN)
-        if ctx.native:  # per-step statistics (contiguous) and products for the torch loop below
-            R = torch.cat(ctx.Rs)
+        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
+        if ctx.native:  # per-step statistics (contiguous) for the torch loop below
             cols = [ctx.ST[:, k:k + 1].contiguous().split(plan.sizes) for k in range(4)]
             stats_h = list(zip(cols[0], cols[1], strict=True))
             stats_c = list(zip(cols[2], cols[3], strict=True))
-            ctx.drops = [d for d in ctx.drops if d is not None]
-            ctx.zones = [z for z in ctx.zones if not isinstance(z, float) or z]
         i, f, g, o = G.split(H, dim=1)
         DM = torch.cat(ctx.drops) if ctx.drops else None
         Z = None
@@ -640,43 +619,35 @@ class _LNLSTM(torch.autograd.Function):
         return dA, dw, d_ghh, d_gc, DCN.sum(0), run_h, run_c, None, None
 
 
-def _mask_ptr(mask: Tensor | float | None, fill: Tensor) -> int:
-    """Address of this step's drawn mask, or of ``fill`` (ones, or the constant zoneout
-    probability) when none was drawn."""
-    return mask.data_ptr() if isinstance(mask, Tensor) else fill.data_ptr()
+def _mask_ptrs(masks: tuple[Tensor | None, Tensor | None, Tensor]) -> list[int]:
+    """Addresses of the drawn recurrent-dropout and zoneout masks ``(N, H)`` (0: none drawn)
+    and of ``fill`` ``(2H)``: ones, then the constant zoneout probability."""
+    return [0 if m is None else m.data_ptr() for m in masks]
 
 
-def _lnlstm_backward_native(ctx: Any, mat: gemm.Fixed, w: Tensor, g_hh: Tensor, g_c: Tensor,
-                            HH: Tensor, CC: Tensor, G: Tensor, CPRE: Tensor, TC: Tensor,
+def _lnlstm_backward_native(ctx: Any, w: Tensor, g_hh: Tensor, g_c: Tensor, HH: Tensor,
+                            CC: Tensor, G: Tensor, R: Tensor, CPRE: Tensor, TC: Tensor,
                             dY: Tensor, dhN: Tensor | None, dcN: Tensor | None) -> tuple:
-    """:class:`_LNLSTM`'s backward with each step's elementwise part in one C call, which also
-    sums the layer norms' parameter gradients (no ``(N, 4H)`` temporaries for them)."""
+    """:class:`_LNLSTM`'s backward as one C call over the whole sequence, which also sums the
+    layer norms' parameter gradients (no ``(N, 4H)`` temporaries for them) and writes the
+    recurrent product's gradient transposed, ready for ``dW_hh``."""
     plan: Plan = ctx.plan
-    B, H = plan.B, w.shape[1]
+    H = w.shape[1]
     c_lib = native.lib()
     dY = dY.contiguous()
-    dA, DR = torch.empty_like(G), torch.empty_like(G)
+    dA, DRT = torch.empty_like(G), G.new_empty(4 * H, plan.N)
     nacc = c_lib.rnnkit_threads()  # one row of sums per thread, added up at the end
     acc = G.new_zeros(nacc, 6 * H)  # d γ_hh (4H), d γ_c (H), d β_c (H)
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
-    keep_h, dchat = torch.empty_like(run_h), torch.empty_like(run_h)
-    prev = [0] + [B + o for o in plan.offs[:-1]]
-    r1, r4 = H * 4, 4 * H * 4  # bytes per row of (., H) and (., 4H) buffers
-    bG, bS, bC, bT = G.data_ptr(), ctx.ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr()
-    bCC, bY, bA, bD = CC.data_ptr(), dY.data_ptr(), dA.data_ptr(), DR.data_ptr()
-    fixed = (g_hh.data_ptr(), g_c.data_ptr())
-    pc, scratch = run_c.data_ptr(), (dchat.data_ptr(), keep_h.data_ptr(), acc.data_ptr())
-    steps = zip(reversed(plan.sizes), reversed(plan.offs), reversed(prev), reversed(ctx.Rs),
-                reversed(ctx.drops), reversed(ctx.zones), strict=True)
-    for b, s, p, r, drop, zone in steps:
-        c_lib.lnlstm_backward(
-            r.data_ptr(), *fixed, bG + s * r4, bS + s * 16, bC + s * r1, bT + s * r1,
-            bCC + p * r1, _mask_ptr(drop, ctx.fill[0]), _mask_ptr(zone, ctx.fill[1]),
-            run_h.data_ptr(), bY + s * r1, pc, bA + s * r4, bD + s * r4, *scratch, nacc, b, H)
-        zoned = isinstance(zone, Tensor) or bool(zone)
-        run_h = _step_back(mat, DR[s:s + b], run_h, keep_h[:b] if zoned else None)
-    dw = gemm.mm(DR.t(), plan.previous(HH))
+    sizes, offs = plan.steps()
+    wp = native.pack(w)  # dh_prev = dr @ W_hh
+    c_lib.lnlstm_seq_backward(
+        R.data_ptr(), g_hh.data_ptr(), g_c.data_ptr(), G.data_ptr(), ctx.ST.data_ptr(),
+        CPRE.data_ptr(), TC.data_ptr(), CC.data_ptr(), *_mask_ptrs(ctx.masks), dY.data_ptr(),
+        wp.data_ptr(), run_h.data_ptr(), run_c.data_ptr(), dA.data_ptr(), DRT.data_ptr(),
+        acc.data_ptr(), nacc, sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H)
+    dw = gemm.products_t(DRT, [plan.previous(HH)])[0]
     d_ghh, d_gc, d_bc = acc.sum(0).split([4 * H, H, H])
     return dA, dw, d_ghh, d_gc, d_bc, run_h, run_c, None, None
 

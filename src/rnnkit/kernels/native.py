@@ -35,24 +35,21 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 /* Built with -fopenmp, rows are split over the threads of torch's own OpenMP team, from 8 rows
- * on. ROWS_PARALLEL(n): the loop over n rows that follows. THREAD_BLOCKS(n, t): the block that
- * follows runs once per thread (at most t threads), each on its rows ROW0(n)..ROW1(n), adding
- * its sums to its own row MY_THREAD of an accumulator (deterministic, whatever the schedule). */
+ * on. ROWS_PARALLEL(n): the loop over n rows that follows. The whole-sequence kernels open one
+ * parallel region in which each thread takes its own rows (my_rows) and adds its sums to its
+ * own row MY_THREAD of an accumulator (deterministic, whatever the schedule). Without OpenMP
+ * the region runs once, as thread 0 of 1. */
 #define PRAGMA(x) _Pragma(#x)
 #ifdef _OPENMP
 #include <omp.h>
 #define ROWS_PARALLEL(n) PRAGMA(omp parallel for schedule(static) if ((n) >= 8))
-#define THREAD_BLOCKS(n, t) PRAGMA(omp parallel num_threads(t) if ((n) >= 8 && (t) > 1))
 #define MY_THREAD omp_get_thread_num()
 #define TEAM omp_get_num_threads()
 #else
 #define ROWS_PARALLEL(n)
-#define THREAD_BLOCKS(n, t)
 #define MY_THREAD 0
 #define TEAM 1
 #endif
-#define ROW0(n) ((n) * MY_THREAD / TEAM)
-#define ROW1(n) ((n) * (MY_THREAD + 1) / TEAM)
 
 /* How many threads a parallel loop here uses (torch.set_num_threads sets it), 1 without
  * OpenMP. */
@@ -340,20 +337,42 @@ static void ln_cell(float *restrict t, float *restrict c, float *restrict h,
     }
 }
 
-void lnlstm_forward(const float *r, const float *xp, const float *g_hh, const float *g_c,
-                    const float *b_c, const float *h_prev, const float *c_prev,
-                    const float *drop, const float *zone, float *gates, float *stats,
-                    float *cpre, float *tc, float *c, float *h, long b, long H, float eps) {
-    ROWS_PARALLEL(b)
-    for (long row = 0; row < b; row++) {
-        long o1 = row * H, o4 = row * 4 * H;
-        float *st = stats + row * 4, *g = gates + o4;
-        ln_stats(r + o4, 4 * H, eps, st, st + 1);
-        ln_gates(g, r + o4, xp + o4, g_hh, st[0], st[1], H);
-        ln_update(cpre + o1, g, c_prev + o1, drop + o1, H);
-        ln_stats(cpre + o1, H, eps, st + 2, st + 3);
-        ln_cell(tc + o1, c + o1, h + o1, cpre + o1, g_c, b_c, zone + o1, c_prev + o1,
-                h_prev + o1, g + 3 * H, st[2], st[3], H);
+/* LayerNormLSTM over whole sequences, the rows as in lstm_seq_forward. xp (N, 4H) =
+ * LN(x W_ih^T) g_ih + b_ih + b_hh; wh = W_hh^T packed (ceil(4H / PW) panels of (H, PW)); drop,
+ * zone (N, H): the masks, or NULL: every row uses fill (ones) and fill + H (the constant zoneout
+ * probability). Writes r = h_prev W_hh^T into R (N, 4H), gates G (N, 4H), ST (N, 4), CPRE,
+ * TC (N, H) and HH, CC (B + N, H) after h0, c0. */
+void lnlstm_seq_forward(const float *xp, const float *wh, const float *g_hh, const float *g_c,
+                        const float *b_c, const float *drop, const float *zone,
+                        const float *fill, float *R, float *HH, float *CC, float *G, float *ST,
+                        float *CPRE, float *TC, const int64_t *sizes, const int64_t *offs,
+                        long T, long B, long H, float eps) {
+    long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW;
+    PRAGMA(omp parallel if (B > MR))
+    {
+        float *scr = malloc((size_t)(B * ld) * sizeof(float));
+        const float **a = malloc((size_t)B * sizeof *a);
+        long *rows = malloc((size_t)B * sizeof *rows);
+        for (long t = 0; t < T; t++) {
+            long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
+            long n = my_rows(b, B, rows);
+            for (long i = 0; i < n; i++) a[i] = HH + (p + rows[i]) * H;
+            rows_mm(a, n, wh, H, np, scr, 1);
+            for (long i = 0; i < n; i++) {
+                long r = rows[i], o = s + r;
+                float *ri = R + o * N4, *st = ST + o * 4, *g = G + o * N4;
+                float *cq = CPRE + o * H, *cp = CC + (p + r) * H;
+                const float *d = zone ? zone + o * H : fill + H;
+                memcpy(ri, scr + i * ld, (size_t)N4 * sizeof(float));
+                ln_stats(ri, N4, eps, st, st + 1);
+                ln_gates(g, ri, xp + o * N4, g_hh, st[0], st[1], H);
+                ln_update(cq, g, cp, drop ? drop + o * H : fill, H);
+                ln_stats(cq, H, eps, st + 2, st + 3);
+                ln_cell(TC + o * H, CC + (q + r) * H, HH + (q + r) * H, cq, g_c, b_c, d, cp,
+                        HH + (p + r) * H, g + 3 * H, st[2], st[3], H);
+            }
+        }
+        free(scr); free(a); free(rows);
     }
 }
 
@@ -417,30 +436,54 @@ static void lnb_r(float *restrict dR, float *restrict agh, const float *restrict
     for (long j = 0; j < n; j++) dR[j] = rs * (a[j] * gam[j] - q1 - (r[j] - mu) * rs * q2);
 }
 
-/* One step back. dh = run_h + dy, dc = run_c reach h_t, c_t; writes dA (b, 4H: gradient of
- * xp), dr (b, 4H: of r = W_hh h_{t-1}), run_c (reaching c_{t-1} directly) and keep_h = dh d
- * (reaching h_{t-1} through zoneout); dchat (b, H) is scratch. Adds the step's gradients of
- * the layer norms' parameters to acc (nacc rows of 6H: g_hh, g_c, b_c; thread k adds to row k,
- * so the sums do not depend on scheduling; the caller adds the rows up). */
-void lnlstm_backward(const float *r, const float *g_hh, const float *g_c, const float *gates,
-                     const float *stats, const float *cpre, const float *tc,
-                     const float *c_prev, const float *drop, const float *zone,
-                     const float *run_h, const float *dy, float *run_c, float *dA, float *dr,
-                     float *dchat, float *keep_h, float *acc, long nacc, long b, long H) {
-    THREAD_BLOCKS(b, nacc)
+/* Back through the whole sequence (buffers as lnlstm_seq_forward wrote them). Per step and
+ * row: dh = run_h + dy, dc = run_c reach h_t, c_t; writes dA (N, 4H: the gradient of xp),
+ * run_c (reaching c_{t-1}), then run_h = dr W_hh + dh d (dr: the gradient of r, written
+ * transposed to DRT (4H, N) for dW_hh; dh d reaches h_{t-1} through zoneout; w = W_hh packed
+ * (ceil(H / PW) panels of (4H, PW))). Adds the layer norms' parameter gradients to acc (nacc
+ * rows of 6H: g_hh, g_c, b_c; thread k adds to row k, so the sums do not depend on scheduling;
+ * the caller adds the rows up). */
+void lnlstm_seq_backward(const float *R, const float *g_hh, const float *g_c, const float *G,
+                         const float *ST, const float *CPRE, const float *TC, const float *CC,
+                         const float *drop, const float *zone, const float *fill,
+                         const float *dY, const float *w, float *run_h, float *run_c,
+                         float *dA, float *DRT, float *acc, long nacc, const int64_t *sizes,
+                         const int64_t *offs, long T, long B, long H) {
+    long N4 = 4 * H, np = (H + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
+    PRAGMA(omp parallel num_threads(nacc) if (B > MR && nacc > 1))
     {
         float *my = acc + MY_THREAD * 6 * H;
-        for (long row = ROW0(b), end = ROW1(b); row < end; row++) {
-            long o1 = row * H, o4 = row * 4 * H;
-            const float *st = stats + row * 4, *g = gates + o4;
-            float s1, s2;
-            lnb_cell(dchat + o1, dA + o4 + 3 * H, keep_h + o1, run_c + o1, my + 4 * H,
-                     my + 5 * H, run_h + o1, dy + o1, zone + o1, g + 3 * H, tc + o1,
-                     cpre + o1, g_c, st[2], st[3], &s1, &s2, H);
-            lnb_gates(dA + o4, run_c + o1, dchat + o1, g, c_prev + o1, drop + o1, cpre + o1,
-                      g_c, st[2], st[3], s1, s2, H);
-            lnb_r(dr + o4, my, dA + o4, r + o4, g_hh, st[0], st[1], 4 * H);
+        float *scr = malloc((size_t)(B * ld) * sizeof(float));
+        float *dr = malloc((size_t)(B * N4) * sizeof(float));
+        float *keep = malloc((size_t)(B * H) * sizeof(float));
+        float *dch = malloc((size_t)H * sizeof(float));
+        const float **a = malloc((size_t)B * sizeof *a);
+        long *rows = malloc((size_t)B * sizeof *rows);
+        for (long t = T - 1; t >= 0; t--) {
+            long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
+            long n = my_rows(b, B, rows);
+            for (long i = 0; i < n; i++) {
+                long r = rows[i], o = s + r;
+                const float *st = ST + o * 4, *g = G + o * N4, *cq = CPRE + o * H;
+                float *d = dA + o * N4, s1, s2;
+                lnb_cell(dch, d + 3 * H, keep + i * H, run_c + r * H, my + 4 * H, my + 5 * H,
+                         run_h + r * H, dY + o * H, zone ? zone + o * H : fill + H, g + 3 * H,
+                         TC + o * H, cq, g_c, st[2], st[3], &s1, &s2, H);
+                lnb_gates(d, run_c + r * H, dch, g, CC + (p + r) * H, drop ? drop + o * H : fill,
+                          cq, g_c, st[2], st[3], s1, s2, H);
+                lnb_r(dr + i * N4, my, d, R + o * N4, g_hh, st[0], st[1], N4);
+                a[i] = dr + i * N4;
+            }
+            for (long k = 0; k < N4; k++)  /* whole cache lines per thread: my_rows' blocks */
+                for (long i = 0; i < n; i++) DRT[k * N + s + rows[i]] = dr[i * N4 + k];
+            rows_mm(a, n, w, N4, np, scr, 1);
+            for (long i = 0; i < n; i++) {
+                float *rh = run_h + rows[i] * H;
+                const float *pr = scr + i * ld, *kp = keep + i * H;
+                for (long j = 0; j < H; j++) rh[j] = pr[j] + kp[j];
+            }
         }
+        free(scr); free(dr); free(keep); free(dch); free(a); free(rows);
     }
 }
 
@@ -615,13 +658,14 @@ def lib() -> ctypes.CDLL | None:
     lib.lstm_seq_forward.argtypes = [ptr] * 10 + [n, n, n, n]
     lib.lstm_seq_backward.argtypes = [ptr] * 10 + [n, ptr, ptr, n, n, n, n]
     f = ctypes.c_float
-    lib.lnlstm_forward.argtypes = [ptr] * 15 + [n, n, f]
-    lib.lnlstm_backward.argtypes = [ptr] * 18 + [n, n, n]
+    lib.lnlstm_seq_forward.argtypes = [ptr] * 17 + [n, n, n, f]
+    lib.lnlstm_seq_backward.argtypes = [ptr] * 18 + [n, ptr, ptr, n, n, n]
     lib.rnnkit_threads.argtypes, lib.rnnkit_threads.restype = [], ctypes.c_int
     lib.minrnn_forward.argtypes = [ptr] * 4 + [n, n, n, ctypes.c_int]
     lib.minrnn_backward.argtypes = [ptr] * 7 + [n, n, n, ctypes.c_int]
     for fn in (lib.lstm_forward, lib.lstm_seq_forward, lib.lstm_seq_backward,
-               lib.lnlstm_forward, lib.lnlstm_backward, lib.minrnn_forward, lib.minrnn_backward):
+               lib.lnlstm_seq_forward, lib.lnlstm_seq_backward, lib.minrnn_forward,
+               lib.minrnn_backward):
         fn.restype = None
     return lib
 
