@@ -161,12 +161,14 @@ def test_c_kernels_share_torchs_openmp_runtime():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_lstm_whole_sequence_c_products_equal_reference(threads):
+@pytest.mark.parametrize("ragged", [False, True])
+def test_lstm_whole_sequence_c_products_equal_reference(threads, ragged):
     """The C recurrence multiplies 8 rows at a time against 32-column panels of W_hh, each
-    thread owning blocks of 16 rows from 32 rows on: 37 rows (two blocks and a partial one,
-    ragged so blocks shrink mid-sequence) and H = 40 (4H = 160: five panels; backward,
-    [W_hh | W_ih] has 47 columns: a padded second panel), against the reference loop
-    (outputs, final states, every gradient)."""
+    thread owning blocks of 16 rows from 32 rows on: 32 rows (whole blocks: dA^T goes out in
+    streaming stores of whole lines), or 37 (two blocks and a partial one, ragged so blocks
+    shrink mid-sequence); H = 40 (4H = 160: five panels; backward, [W_hh | W_ih] has 47
+    columns: a padded second panel). Against the reference loop (outputs, final states,
+    every gradient)."""
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
@@ -174,10 +176,13 @@ def test_lstm_whole_sequence_c_products_equal_reference(threads):
         ref = rnnkit.LSTM(7, 40, kernel="reference", bidirectional=True)
         fast = rnnkit.LSTM(7, 40, kernel="fast", bidirectional=True)
         fast.load_state_dict(ref.state_dict())
-        x = torch.randn(37, 11, 7)
-        state = (torch.randn(2, 37, 40), torch.randn(2, 37, 40))
-        lengths = torch.randint(1, 12, (37,), generator=torch.Generator().manual_seed(3))
-        lengths[0] = 11
+        B = 37 if ragged else 32
+        x = torch.randn(B, 11, 7)
+        state = (torch.randn(2, B, 40), torch.randn(2, B, 40))
+        lengths = None
+        if ragged:
+            lengths = torch.randint(1, 12, (B,), generator=torch.Generator().manual_seed(3))
+            lengths[0] = 11
         v1, g1, k1 = run(ref, x, state, lengths)
         v2, g2, k2 = run(fast, x, state, lengths)
         assert (k1, k2) == ("reference", "fast")

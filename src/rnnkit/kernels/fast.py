@@ -460,14 +460,17 @@ class _RNN(torch.autograd.Function):
 
 
 class _LNLSTM(torch.autograd.Function):
-    """LayerNormLSTM (see :mod:`rnnkit.cells.layernorm_lstm`). ``xp`` holds
-    ``LN(W_ih x; γ_ih, β_ih) + β_hh``; per step ``LN(W_hh h; γ_hh)`` is added, the cell state is
-    layer-normed, and recurrent dropout / zoneout masks are drawn from ``cell.draw``."""
+    """LayerNormLSTM (see :mod:`rnnkit.cells.layernorm_lstm`) over packed rows ``X`` ``(N, I)``:
+    the gate pre-activations are ``LN(W_ih x; γ_ih) + LN(W_hh h; γ_hh) + β`` (``β = β_ih +
+    β_hh``), the cell state is layer-normed, and recurrent dropout / zoneout masks are drawn
+    from ``cell.draw``."""
 
     @staticmethod
-    def forward(ctx: Any, xp: Tensor, w: Tensor, g_hh: Tensor, g_c: Tensor, b_c: Tensor,
-                h0: Tensor, c0: Tensor, plan: Plan, cell: Any):
+    def forward(ctx: Any, X: Tensor, w_ih: Tensor, g_ih: Tensor, beta: Tensor, w: Tensor,
+                g_hh: Tensor, g_c: Tensor, b_c: Tensor, h0: Tensor, c0: Tensor, plan: Plan,
+                cell: Any):
         B, N, H = plan.B, plan.N, h0.shape[1]
+        xp = X  # (the masks' dtype and device)
         HH, CC = xp.new_empty(B + N, H), xp.new_empty(B + N, H)
         HH[:B], CC[:B] = h0, c0
         G = xp.new_empty(N, 4 * H)  # activated i, f, g, o
@@ -475,8 +478,10 @@ class _LNLSTM(torch.autograd.Function):
         stats_h, stats_c, drops, zones = [], [], [], []
         H4 = (4 * H,)
         R = xp.new_empty(N, 4 * H)  # W_hh h_{t-1}, before its LN
-        ctx.native = native.usable(xp, w) and xp.is_contiguous()
-        if ctx.native:  # the whole recurrence in one C call
+        ctx.native = native.usable(X, w_ih, w)
+        if ctx.native:  # the whole recurrence, input projection included, in one C call
+            X = X.contiguous()
+            PX = X.new_empty(N, 4 * H)  # W_ih x, before its LN
             # the masks first, step by step as the reference loop draws them (same numbers)
             masks = [cell.draw(b, xp) for b in plan.sizes]
             drop = torch.cat([m["drop"] for m in masks]) if "drop" in masks[0] else None
@@ -489,16 +494,20 @@ class _LNLSTM(torch.autograd.Function):
             elif zc:
                 zones = [zc]
             ctx.masks = (drop, zone, torch.cat([xp.new_ones(H), xp.new_full((H,), zc)]))
-            ST = xp.new_empty(N, 4)  # per row: mean, 1/std of W_hh h and of the cell update
+            ST = xp.new_empty(N, 6)  # per row: mean, 1/std of W_hh h, the cell update, W_ih x
             sizes, offs = plan.steps()
-            wh = native.pack(w.t())
+            wx, wh = native.pack(w_ih.t()), native.pack(w.t())
             native.lib().lnlstm_seq_forward(
-                xp.data_ptr(), wh.data_ptr(), g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(),
-                *_mask_ptrs(ctx.masks), R.data_ptr(), HH.data_ptr(), CC.data_ptr(),
-                G.data_ptr(), ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr(), sizes.data_ptr(),
-                offs.data_ptr(), plan.T, B, H, EPS)
+                X.data_ptr(), wx.data_ptr(), wh.data_ptr(), g_ih.data_ptr(), beta.data_ptr(),
+                g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(), *_mask_ptrs(ctx.masks),
+                PX.data_ptr(), R.data_ptr(), HH.data_ptr(), CC.data_ptr(), G.data_ptr(),
+                ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr(), sizes.data_ptr(), offs.data_ptr(),
+                plan.T, B, H, X.shape[1], EPS)
             ctx.ST = ST
+            stats_x = (ST[:, 4:5].contiguous(), ST[:, 5:6].contiguous())
         else:
+            PX = gemm.affine(X, w_ih)
+            xp, *stats_x = torch.native_layer_norm(PX, H4, g_ih, beta, EPS)
             mat, p = gemm.Fixed(w.t(), B), 0
             for b, s in zip(plan.sizes, plan.offs, strict=True):
                 e = s + b
@@ -529,22 +538,24 @@ class _LNLSTM(torch.autograd.Function):
                     CC[q:q + b] = cn
                     torch.mul(gt[:, 3 * H:], tc, out=HH[q:q + b])
                 p = q
-        ctx.plan, ctx.stats, ctx.drops, ctx.zones = plan, (stats_h, stats_c), drops, zones
+        ctx.plan, ctx.drops, ctx.zones = plan, drops, zones
+        ctx.stats = (stats_h, stats_c, stats_x)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(w, g_hh, g_c, b_c, HH, CC, G, R, CPRE, TC)
+        ctx.save_for_backward(X, w_ih, g_ih, beta, w, g_hh, g_c, b_c, HH, CC, G, PX, R, CPRE,
+                              TC)
         return HH[B:], plan.final(HH), plan.final(CC), G, CC[B:]
 
     @staticmethod
     def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None,
                  dG: Tensor | None, dC: Tensor | None):
         plan: Plan = ctx.plan
-        w, g_hh, g_c, b_c, HH, CC, G, R, CPRE, TC = ctx.saved_tensors
+        X, w_ih, g_ih, beta, w, g_hh, g_c, b_c, HH, CC, G, PX, R, CPRE, TC = ctx.saved_tensors
         N, H = plan.N, w.shape[1]
-        stats_h, stats_c = ctx.stats
+        stats_h, stats_c, stats_x = ctx.stats
         dY = _grad_or_zeros(dY, TC)
         if ctx.native and dG is None and dC is None:
-            return _lnlstm_backward_native(ctx, w, g_hh, g_c, HH, CC, G, R, CPRE, TC, dY, dhN,
-                                           dcN)
+            return _lnlstm_backward_native(ctx, X, w_ih, g_ih, w, g_hh, g_c, HH, CC, G, PX, R,
+                                           CPRE, TC, dY, dhN, dcN)
         mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         if ctx.native:  # per-step statistics (contiguous) for the torch loop below
             cols = [ctx.ST[:, k:k + 1].contiguous().split(plan.sizes) for k in range(4)]
@@ -616,7 +627,12 @@ class _LNLSTM(torch.autograd.Function):
         rs_c = torch.cat([r for _, r in stats_c])
         d_ghh = (dA * (R - mu_h) * rs_h).sum(0)
         d_gc = (DCN * (CPRE - mu_c) * rs_c).sum(0)
-        return dA, dw, d_ghh, d_gc, DCN.sum(0), run_h, run_c, None, None
+        # through the input layer norm and projection: dA is the gradient of LN(W_ih x) + β
+        dP, d_gih, d_beta = torch.ops.aten.native_layer_norm_backward(
+            dA, PX, H4, *stats_x, g_ih, beta, [True, True, True])
+        dX, dw_ih = gemm.mm(dP, w_ih), gemm.mm(dP.t(), X)
+        return (dX, dw_ih, d_gih, d_beta, dw, d_ghh, d_gc, DCN.sum(0), run_h, run_c, None,
+                None)
 
 
 def _mask_ptrs(masks: tuple[Tensor | None, Tensor | None, Tensor]) -> list[int]:
@@ -625,31 +641,34 @@ def _mask_ptrs(masks: tuple[Tensor | None, Tensor | None, Tensor]) -> list[int]:
     return [0 if m is None else m.data_ptr() for m in masks]
 
 
-def _lnlstm_backward_native(ctx: Any, w: Tensor, g_hh: Tensor, g_c: Tensor, HH: Tensor,
-                            CC: Tensor, G: Tensor, R: Tensor, CPRE: Tensor, TC: Tensor,
-                            dY: Tensor, dhN: Tensor | None, dcN: Tensor | None) -> tuple:
-    """:class:`_LNLSTM`'s backward as one C call over the whole sequence, which also sums the
-    layer norms' parameter gradients (no ``(N, 4H)`` temporaries for them) and writes the
-    recurrent product's gradient transposed, ready for ``dW_hh``."""
+def _lnlstm_backward_native(ctx: Any, X: Tensor, w_ih: Tensor, g_ih: Tensor, w: Tensor,
+                            g_hh: Tensor, g_c: Tensor, HH: Tensor, CC: Tensor, G: Tensor,
+                            P: Tensor, R: Tensor, CPRE: Tensor, TC: Tensor, dY: Tensor,
+                            dhN: Tensor | None, dcN: Tensor | None) -> tuple:
+    """:class:`_LNLSTM`'s backward as one C call over the whole sequence, which also makes
+    ``dx``, sums the layer norms' parameter gradients (no ``(N, 4H)`` temporaries for them) and
+    writes the two products' gradients transposed, ready for ``dW_hh`` and ``dW_ih``."""
     plan: Plan = ctx.plan
-    H = w.shape[1]
+    H, I = w.shape[1], w_ih.shape[1]
     c_lib = native.lib()
     dY = dY.contiguous()
-    dA, DRT = torch.empty_like(G), G.new_empty(4 * H, plan.N)
+    DRT, DPT, dX = G.new_empty(4 * H, plan.N), G.new_empty(4 * H, plan.N), X.new_empty(X.shape)
     nacc = c_lib.rnnkit_threads()  # one row of sums per thread, added up at the end
-    acc = G.new_zeros(nacc, 6 * H)  # d γ_hh (4H), d γ_c (H), d β_c (H)
+    acc = G.new_zeros(nacc, 14 * H)  # d γ_hh (4H), d γ_c (H), d β_c (H), d γ_ih (4H), d β (4H)
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
     sizes, offs = plan.steps()
-    wp = native.pack(w)  # dh_prev = dr @ W_hh
+    wh, wx = native.pack(w), native.pack(w_ih)  # dh_prev = dr @ W_hh, dx = dp @ W_ih
     c_lib.lnlstm_seq_backward(
-        R.data_ptr(), g_hh.data_ptr(), g_c.data_ptr(), G.data_ptr(), ctx.ST.data_ptr(),
-        CPRE.data_ptr(), TC.data_ptr(), CC.data_ptr(), *_mask_ptrs(ctx.masks), dY.data_ptr(),
-        wp.data_ptr(), run_h.data_ptr(), run_c.data_ptr(), dA.data_ptr(), DRT.data_ptr(),
-        acc.data_ptr(), nacc, sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H)
+        P.data_ptr(), R.data_ptr(), g_ih.data_ptr(), g_hh.data_ptr(), g_c.data_ptr(),
+        G.data_ptr(), ctx.ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr(), CC.data_ptr(),
+        *_mask_ptrs(ctx.masks), dY.data_ptr(), wh.data_ptr(), wx.data_ptr(), run_h.data_ptr(),
+        run_c.data_ptr(), DRT.data_ptr(), DPT.data_ptr(), dX.data_ptr(), acc.data_ptr(), nacc,
+        sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H, I)
     dw = gemm.products_t(DRT, [plan.previous(HH)])[0]
-    d_ghh, d_gc, d_bc = acc.sum(0).split([4 * H, H, H])
-    return dA, dw, d_ghh, d_gc, d_bc, run_h, run_c, None, None
+    dw_ih = gemm.products_t(DPT, [X])[0]
+    d_ghh, d_gc, d_bc, d_gih, d_beta = acc.sum(0).split([4 * H, H, H, 4 * H, 4 * H])
+    return dX, dw_ih, d_gih, d_beta, dw, d_ghh, d_gc, d_bc, run_h, run_c, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -677,12 +696,9 @@ def run_direction(
             rec.update(zip(cell.gate_names, G.split(H, 1), strict=True))
         return Y, (hN, cN), rec
     if mode == "layernorm_lstm":
-        H4 = (4 * H,)
-        # β_ih + β_hh as the input layer norm's shift: one pass over (N, 4H), not two
-        xp = F.layer_norm(gemm.linear(X, cell.weight_ih), H4, cell.ln_ih_weight,
-                          _bias_sum(cell), EPS)
-        Y, hN, cN, G, CC = _LNLSTM.apply(xp, cell.weight_hh, cell.ln_hh_weight, cell.ln_c_weight,
-                                         cell.ln_c_bias, state[0], state[1], plan, cell)
+        Y, hN, cN, G, CC = _LNLSTM.apply(
+            X, cell.weight_ih, cell.ln_ih_weight, _bias_sum(cell), cell.weight_hh,
+            cell.ln_hh_weight, cell.ln_c_weight, cell.ln_c_bias, state[0], state[1], plan, cell)
         if record:
             rec = {"h": Y, "c": CC}
             rec.update(zip(cell.gate_names, G.split(H, 1), strict=True))

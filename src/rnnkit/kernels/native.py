@@ -219,6 +219,50 @@ static long my_rows(long b, long B, long *rows) {
     return n;
 }
 
+/* The thread's rows (rows[0..n), their values src[i * ld + k], k < K) written as columns
+ * s + rows[i] of dst (K, N): dst^T's rows, for the weight gradients. Each run of 16 consecutive
+ * rows is one whole 64-byte line of each dst row; where aligned it goes out with a streaming
+ * store (no read of the line first: these 4H x N matrices are larger than the caches). */
+static void put_t(float *dst, long N, long s, const long *rows, long n, const float *src,
+                  long ld, long K) {
+    for (long i0 = 0, m; i0 < n; i0 += m) {
+        for (m = 1; i0 + m < n && m < 16 && rows[i0 + m] == rows[i0] + m; m++) {}
+        float *d = dst + s + rows[i0];
+        const float *v = src + i0 * ld;
+#ifdef __AVX512F__
+        if (m == 16 && N % 16 == 0 && (uintptr_t)d % 64 == 0) {
+            __m512i idx = _mm512_mullo_epi32(
+                _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                _mm512_set1_epi32((int)ld));
+            for (long k = 0; k < K; k++)
+                _mm512_stream_ps(d + k * N, _mm512_i32gather_ps(idx, v + k, 4));
+            continue;
+        }
+#endif
+        for (long k = 0; k < K; k++)
+            for (long i = 0; i < m; i++) d[k * N + i] = v[i * ld + k];
+    }
+}
+
+/* dst[0..n) = src[0..n): with streaming stores where whole aligned lines (rows kept only for
+ * the backward pass, which comes after they have left the caches anyway). */
+static void put_row(float *dst, const float *src, long n) {
+#ifdef __AVX512F__
+    if (n % 16 == 0 && (uintptr_t)dst % 64 == 0) {
+        for (long j = 0; j < n; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
+        return;
+    }
+#endif
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
+/* Streaming stores are weakly ordered: made visible before the thread's work counts as done. */
+static inline void stores_done(void) {
+#ifdef __AVX512F__
+    _mm_sfence();
+#endif
+}
+
 /* Packed rows (rnnkit.kernels.fast.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1
  * of X (N, I); HH, CC (B + N, H) hold h0, c0 then every step's h, c. Per step and row:
  * pre = bias + x W_ih^T + h_prev W_hh^T (wx, wh: W_ih^T, W_hh^T packed into ceil(4H / PW)
@@ -230,6 +274,7 @@ void lstm_seq_forward(const float *X, const float *wx, const float *bias, const 
     PRAGMA(omp parallel if (B > MR))
     {
         float *scr = calloc((size_t)(B * ld), sizeof(float));
+        float *gt = malloc((size_t)N4 * sizeof(float));  /* a row's gates */
         const float **a = malloc((size_t)B * sizeof *a), **ax = malloc((size_t)B * sizeof *ax);
         long *rows = malloc((size_t)B * sizeof *rows);
         for (long t = 0; t < T; t++) {
@@ -244,12 +289,13 @@ void lstm_seq_forward(const float *X, const float *wx, const float *bias, const 
             rows_mm(a, n, wh, H, np, scr, 0);
             for (long i = 0; i < n; i++) {
                 long r = rows[i];
-                float *g = G + (s + r) * N4;
-                fwd_row(scr + i * ld, g, g + H, g + 2 * H, g + 3 * H, CC + (p + r) * H,
+                fwd_row(scr + i * ld, gt, gt + H, gt + 2 * H, gt + 3 * H, CC + (p + r) * H,
                         CC + (q + r) * H, TC + (s + r) * H, HH + (q + r) * H, H);
+                put_row(G + (s + r) * N4, gt, N4);
             }
         }
-        free(scr); free(a); free(ax); free(rows);
+        stores_done();
+        free(scr); free(gt); free(a); free(ax); free(rows);
     }
 }
 
@@ -283,37 +329,43 @@ void lstm_seq_backward(const float *G, const float *CC, const float *TC, const f
                         d + 3 * H, my, H);
                 a[i] = d;
             }
-            for (long k = 0; k < N4; k++)  /* whole cache lines per thread: my_rows' blocks */
-                for (long i = 0; i < n; i++) dAT[k * N + s + rows[i]] = dA[i * N4 + k];
+            put_t(dAT, N, s, rows, n, dA, N4, N4);
             rows_mm(a, n, w, N4, np, scr, 1);
             for (long i = 0; i < n; i++) {
                 memcpy(run_h + rows[i] * H, scr + i * ld, (size_t)H * sizeof(float));
                 if (I) memcpy(dX + (s + rows[i]) * I, scr + i * ld + H, (size_t)I * sizeof(float));
             }
         }
+        stores_done();
         free(scr); free(dA); free(a); free(rows);
     }
 }
 
-/* LayerNormLSTM step (rnnkit/cells/layernorm_lstm.py). Per row: r = W_hh h_{t-1} (given),
- * a = LN(r) g_hh + xp, activations -> gates; cpre = f c_prev + i (m g); chat = LN(cpre) g_c + b_c;
- * tc = tanh(chat); zoneout with d: c = d c_prev + (1-d) chat, h = d h_prev + (1-d) o tc.
- * m (recurrent dropout) and d (zoneout) are (b, H): ones and zeros when unused. stats (b, 4):
- * mean and 1/std of r and of cpre. */
+/* LayerNormLSTM step (rnnkit/cells/layernorm_lstm.py), per row: r = W_hh h_{t-1},
+ * p = W_ih x; a = LN(r) g_hh + LN(p) g_ih + b_ih + b_hh, activations -> gates;
+ * cpre = f c_prev + i (m g); chat = LN(cpre) g_c + b_c; tc = tanh(chat); zoneout with d:
+ * c = d c_prev + (1-d) chat, h = d h_prev + (1-d) o tc. m (recurrent dropout) and d (zoneout)
+ * are (H) rows: ones and zeros when unused. */
+/* mean and 1/std of v (n), summed in double: the layer norms of ill-conditioned rows (small
+ * spread, large mean) then lose nothing here, which float sums would */
 static void ln_stats(const float *restrict v, long n, float eps, float *mu, float *rs) {
-    float m = 0.0f, q = 0.0f;
+    double m = 0.0, q = 0.0;
 #pragma omp simd reduction(+:m)
     for (long j = 0; j < n; j++) m += v[j];
     m /= (float)n;
 #pragma omp simd reduction(+:q)
     for (long j = 0; j < n; j++) q += (v[j] - m) * (v[j] - m);
-    *mu = m;
-    *rs = 1.0f / sqrtf(q / (float)n + eps);
+    *mu = (float)m;
+    *rs = (float)(1.0 / sqrt(q / (double)n + eps));
 }
 
-static void ln_gates(float *restrict g, const float *restrict r, const float *restrict x,
-                     const float *restrict gam, float mu, float rs, long H) {
-    for (long j = 0; j < 4 * H; j++) g[j] = (r[j] - mu) * rs * gam[j] + x[j];
+/* a = LN(r) g_hh + LN(p) g_ih + beta (st: mean and 1/std of r, then at st + 4 of p) */
+static void ln_gates(float *restrict g, const float *restrict r, const float *restrict p,
+                     const float *restrict g_hh, const float *restrict g_ih,
+                     const float *restrict beta, const float *st, long H) {
+    float mu = st[0], rs = st[1], mx = st[4], rx = st[5];
+    for (long j = 0; j < 4 * H; j++)
+        g[j] = (r[j] - mu) * rs * g_hh[j] + ((p[j] - mx) * rx * g_ih[j] + beta[j]);
     for (long j = 0; j < 2 * H; j++) g[j] = sigm(g[j]);
     for (long j = 2 * H; j < 3 * H; j++) g[j] = tanh_(g[j]);
     for (long j = 3 * H; j < 4 * H; j++) g[j] = sigm(g[j]);
@@ -337,42 +389,53 @@ static void ln_cell(float *restrict t, float *restrict c, float *restrict h,
     }
 }
 
-/* LayerNormLSTM over whole sequences, the rows as in lstm_seq_forward. xp (N, 4H) =
- * LN(x W_ih^T) g_ih + b_ih + b_hh; wh = W_hh^T packed (ceil(4H / PW) panels of (H, PW)); drop,
- * zone (N, H): the masks, or NULL: every row uses fill (ones) and fill + H (the constant zoneout
- * probability). Writes r = h_prev W_hh^T into R (N, 4H), gates G (N, 4H), ST (N, 4), CPRE,
- * TC (N, H) and HH, CC (B + N, H) after h0, c0. */
-void lnlstm_seq_forward(const float *xp, const float *wh, const float *g_hh, const float *g_c,
+/* LayerNormLSTM over whole sequences, the rows as in lstm_seq_forward: per step and row
+ * p = x W_ih^T, r = h_prev W_hh^T (wx, wh: W_ih^T, W_hh^T packed into ceil(4H / PW) panels of
+ * (I, PW), (H, PW)), a = LN(r) g_hh + LN(p) g_ih + beta (beta = b_ih + b_hh), then the cell.
+ * drop, zone (N, H): the masks, or NULL: every row uses fill (ones) and fill + H (the constant
+ * zoneout probability). Writes P, R (N, 4H), gates G (N, 4H), ST (N, 6: mean and 1/std of r,
+ * of the cell update, of p), CPRE, TC (N, H) and HH, CC (B + N, H) after h0, c0. */
+void lnlstm_seq_forward(const float *X, const float *wx, const float *wh, const float *g_ih,
+                        const float *beta, const float *g_hh, const float *g_c,
                         const float *b_c, const float *drop, const float *zone,
-                        const float *fill, float *R, float *HH, float *CC, float *G, float *ST,
-                        float *CPRE, float *TC, const int64_t *sizes, const int64_t *offs,
-                        long T, long B, long H, float eps) {
+                        const float *fill, float *P, float *R, float *HH, float *CC, float *G,
+                        float *ST, float *CPRE, float *TC, const int64_t *sizes,
+                        const int64_t *offs, long T, long B, long H, long I, float eps) {
     long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW;
     PRAGMA(omp parallel if (B > MR))
     {
-        float *scr = malloc((size_t)(B * ld) * sizeof(float));
-        const float **a = malloc((size_t)B * sizeof *a);
+        float *scr = malloc((size_t)(2 * B * ld) * sizeof(float)), *scx = scr + B * ld;
+        float *gt = malloc((size_t)N4 * sizeof(float));  /* a row's gates */
+        const float **a = malloc((size_t)B * sizeof *a), **ax = malloc((size_t)B * sizeof *ax);
         long *rows = malloc((size_t)B * sizeof *rows);
         for (long t = 0; t < T; t++) {
             long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
             long n = my_rows(b, B, rows);
-            for (long i = 0; i < n; i++) a[i] = HH + (p + rows[i]) * H;
+            for (long i = 0; i < n; i++) {
+                a[i] = HH + (p + rows[i]) * H;
+                ax[i] = X + (s + rows[i]) * I;
+            }
+            rows_mm(ax, n, wx, I, np, scx, 1);
             rows_mm(a, n, wh, H, np, scr, 1);
             for (long i = 0; i < n; i++) {
                 long r = rows[i], o = s + r;
-                float *ri = R + o * N4, *st = ST + o * 4, *g = G + o * N4;
+                float *ri = scr + i * ld, *pi = scx + i * ld, *st = ST + o * 6, *g = gt;
                 float *cq = CPRE + o * H, *cp = CC + (p + r) * H;
                 const float *d = zone ? zone + o * H : fill + H;
-                memcpy(ri, scr + i * ld, (size_t)N4 * sizeof(float));
                 ln_stats(ri, N4, eps, st, st + 1);
-                ln_gates(g, ri, xp + o * N4, g_hh, st[0], st[1], H);
+                ln_stats(pi, N4, eps, st + 4, st + 5);
+                ln_gates(g, ri, pi, g_hh, g_ih, beta, st, H);
+                put_row(R + o * N4, ri, N4);
+                put_row(P + o * N4, pi, N4);
+                put_row(G + o * N4, g, N4);
                 ln_update(cq, g, cp, drop ? drop + o * H : fill, H);
                 ln_stats(cq, H, eps, st + 2, st + 3);
                 ln_cell(TC + o * H, CC + (q + r) * H, HH + (q + r) * H, cq, g_c, b_c, d, cp,
                         HH + (p + r) * H, g + 3 * H, st[2], st[3], H);
             }
         }
-        free(scr); free(a); free(rows);
+        stores_done();
+        free(scr); free(gt); free(a); free(ax); free(rows);
     }
 }
 
@@ -437,53 +500,66 @@ static void lnb_r(float *restrict dR, float *restrict agh, const float *restrict
 }
 
 /* Back through the whole sequence (buffers as lnlstm_seq_forward wrote them). Per step and
- * row: dh = run_h + dy, dc = run_c reach h_t, c_t; writes dA (N, 4H: the gradient of xp),
- * run_c (reaching c_{t-1}), then run_h = dr W_hh + dh d (dr: the gradient of r, written
- * transposed to DRT (4H, N) for dW_hh; dh d reaches h_{t-1} through zoneout; w = W_hh packed
- * (ceil(H / PW) panels of (4H, PW))). Adds the layer norms' parameter gradients to acc (nacc
- * rows of 6H: g_hh, g_c, b_c; thread k adds to row k, so the sums do not depend on scheduling;
- * the caller adds the rows up). */
-void lnlstm_seq_backward(const float *R, const float *g_hh, const float *g_c, const float *G,
-                         const float *ST, const float *CPRE, const float *TC, const float *CC,
-                         const float *drop, const float *zone, const float *fill,
-                         const float *dY, const float *w, float *run_h, float *run_c,
-                         float *dA, float *DRT, float *acc, long nacc, const int64_t *sizes,
-                         const int64_t *offs, long T, long B, long H) {
-    long N4 = 4 * H, np = (H + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
+ * row: dh = run_h + dy, dc = run_c reach h_t, c_t; the gradient of a, then of r and p through
+ * their layer norms (dr, dp, written transposed to DRT, DPT (4H, N) for dW_hh, dW_ih); run_c
+ * (reaching c_{t-1}); run_h = dr W_hh + dh d (dh d reaches h_{t-1} through zoneout) and
+ * dX = dp W_ih (wh, wx: W_hh, W_ih packed into panels of (4H, PW)). Adds the parameter
+ * gradients of the layer norms and of beta to acc (nacc rows of 14H: g_hh 4H, g_c H, b_c H,
+ * g_ih 4H, beta 4H; thread k adds to row k, so the sums do not depend on scheduling; the
+ * caller adds the rows up). */
+void lnlstm_seq_backward(const float *P, const float *R, const float *g_ih, const float *g_hh,
+                         const float *g_c, const float *G, const float *ST, const float *CPRE,
+                         const float *TC, const float *CC, const float *drop,
+                         const float *zone, const float *fill, const float *dY,
+                         const float *wh, const float *wx, float *run_h, float *run_c,
+                         float *DRT, float *DPT, float *dX, float *acc, long nacc,
+                         const int64_t *sizes, const int64_t *offs, long T, long B, long H,
+                         long I) {
+    long N4 = 4 * H, nh = (H + PW - 1) / PW, nx = (I + PW - 1) / PW;
+    long N = offs[T - 1] + sizes[T - 1];
     PRAGMA(omp parallel num_threads(nacc) if (B > MR && nacc > 1))
     {
-        float *my = acc + MY_THREAD * 6 * H;
-        float *scr = malloc((size_t)(B * ld) * sizeof(float));
-        float *dr = malloc((size_t)(B * N4) * sizeof(float));
+        float *my = acc + MY_THREAD * 14 * H, *my_gih = my + 6 * H, *my_beta = my + 10 * H;
+        float *scr = malloc((size_t)(B * nh * PW) * sizeof(float));
+        float *scx = malloc((size_t)(B * nx * PW) * sizeof(float));
+        float *dr = malloc((size_t)(2 * B * N4) * sizeof(float)), *dp = dr + B * N4;
+        float *da = malloc((size_t)N4 * sizeof(float));
         float *keep = malloc((size_t)(B * H) * sizeof(float));
         float *dch = malloc((size_t)H * sizeof(float));
-        const float **a = malloc((size_t)B * sizeof *a);
+        const float **a = malloc((size_t)B * sizeof *a), **ap = malloc((size_t)B * sizeof *ap);
         long *rows = malloc((size_t)B * sizeof *rows);
         for (long t = T - 1; t >= 0; t--) {
             long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
             long n = my_rows(b, B, rows);
             for (long i = 0; i < n; i++) {
                 long r = rows[i], o = s + r;
-                const float *st = ST + o * 4, *g = G + o * N4, *cq = CPRE + o * H;
-                float *d = dA + o * N4, s1, s2;
-                lnb_cell(dch, d + 3 * H, keep + i * H, run_c + r * H, my + 4 * H, my + 5 * H,
+                const float *st = ST + o * 6, *g = G + o * N4, *cq = CPRE + o * H;
+                float s1, s2;
+                lnb_cell(dch, da + 3 * H, keep + i * H, run_c + r * H, my + 4 * H, my + 5 * H,
                          run_h + r * H, dY + o * H, zone ? zone + o * H : fill + H, g + 3 * H,
                          TC + o * H, cq, g_c, st[2], st[3], &s1, &s2, H);
-                lnb_gates(d, run_c + r * H, dch, g, CC + (p + r) * H, drop ? drop + o * H : fill,
+                lnb_gates(da, run_c + r * H, dch, g, CC + (p + r) * H, drop ? drop + o * H : fill,
                           cq, g_c, st[2], st[3], s1, s2, H);
-                lnb_r(dr + i * N4, my, d, R + o * N4, g_hh, st[0], st[1], N4);
+                lnb_r(dr + i * N4, my, da, R + o * N4, g_hh, st[0], st[1], N4);
+                lnb_r(dp + i * N4, my_gih, da, P + o * N4, g_ih, st[4], st[5], N4);
+                for (long j = 0; j < N4; j++) my_beta[j] += da[j];
                 a[i] = dr + i * N4;
+                ap[i] = dp + i * N4;
             }
-            for (long k = 0; k < N4; k++)  /* whole cache lines per thread: my_rows' blocks */
-                for (long i = 0; i < n; i++) DRT[k * N + s + rows[i]] = dr[i * N4 + k];
-            rows_mm(a, n, w, N4, np, scr, 1);
+            put_t(DRT, N, s, rows, n, dr, N4, N4);
+            put_t(DPT, N, s, rows, n, dp, N4, N4);
+            rows_mm(a, n, wh, N4, nh, scr, 1);
+            rows_mm(ap, n, wx, N4, nx, scx, 1);
             for (long i = 0; i < n; i++) {
                 float *rh = run_h + rows[i] * H;
-                const float *pr = scr + i * ld, *kp = keep + i * H;
+                const float *pr = scr + i * nh * PW, *kp = keep + i * H;
                 for (long j = 0; j < H; j++) rh[j] = pr[j] + kp[j];
+                memcpy(dX + (s + rows[i]) * I, scx + i * nx * PW, (size_t)I * sizeof(float));
             }
         }
-        free(scr); free(dr); free(keep); free(dch); free(a); free(rows);
+        stores_done();
+        free(scr); free(scx); free(dr); free(da); free(keep); free(dch); free(a); free(ap);
+        free(rows);
     }
 }
 
@@ -658,8 +734,8 @@ def lib() -> ctypes.CDLL | None:
     lib.lstm_seq_forward.argtypes = [ptr] * 10 + [n, n, n, n]
     lib.lstm_seq_backward.argtypes = [ptr] * 10 + [n, ptr, ptr, n, n, n, n]
     f = ctypes.c_float
-    lib.lnlstm_seq_forward.argtypes = [ptr] * 17 + [n, n, n, f]
-    lib.lnlstm_seq_backward.argtypes = [ptr] * 18 + [n, ptr, ptr, n, n, n]
+    lib.lnlstm_seq_forward.argtypes = [ptr] * 21 + [n, n, n, n, f]
+    lib.lnlstm_seq_backward.argtypes = [ptr] * 22 + [n, ptr, ptr, n, n, n, n]
     lib.rnnkit_threads.argtypes, lib.rnnkit_threads.restype = [], ctypes.c_int
     lib.minrnn_forward.argtypes = [ptr] * 4 + [n, n, n, ctypes.c_int]
     lib.minrnn_backward.argtypes = [ptr] * 7 + [n, n, n, ctypes.c_int]
