@@ -1,20 +1,19 @@
-"""rnnkit's own fast path: one matmul for the input projection, one product with the
-recurrent weight and one fused elementwise pass per time step, and a hand-written backward over
-the whole sequence.
+"""rnnkit's own fast path: RNN (tanh/relu), LSTM, GRU in both forms and LayerNormLSTM, every
+stacking, direction, ``lengths`` and gate recording, with a hand-written backward.
 
-Serves RNN (tanh/relu), LSTM, GRU in both forms and LayerNormLSTM, every stacking, direction,
-``lengths`` and gate recording. Per layer and direction:
+Per layer and direction a :class:`torch.autograd.Function` runs the recurrence:
 
-* the input projection of all steps is ONE matmul over the packed rows: ``X W_ih^T + b``
-  (:func:`rnnkit.kernels.gemm.linear`, oneDNN on CPU like torch.nn's own kernel);
-* a :class:`torch.autograd.Function` runs the recurrence: per step one product with the
+* LSTM and LayerNormLSTM on CPU float32: ONE C call for the whole sequence, forward, and one
+  for the backward (:mod:`rnnkit.kernels.native`: input projection, recurrent products, the
+  cell's elementwise math and, backward, ``dx``, all inside), then the weight gradients as ONE
+  product over all steps, ``dW = dA^T [X | H_prev]`` (:func:`rnnkit.kernels.gemm.products_t`);
+* otherwise (GRU, RNN, float64, GPU, recording with gradients through the recorded gates):
+  the input projection of all steps as one matmul, then per step one product with the
   recurrent weight (reordered once per call, :class:`rnnkit.kernels.gemm.Fixed`) into a
-  preallocated gate buffer, then the step's elementwise math (for LSTM and LayerNormLSTM on
-  CPU float32 one C call, :mod:`rnnkit.kernels.native`; otherwise in-place torch ops); it
-  saves the activated gates;
-* its backward runs the reverse-time loop (per step one product and the elementwise gate
-  gradients) and then the weight gradient as ONE matmul over all steps,
-  ``dW_hh = dA^T H_prev``; ``dW_ih`` and ``dx`` come from the input projection's backward.
+  preallocated gate buffer and the step's elementwise math in in-place torch ops; the backward
+  runs the reverse-time loop the same way, then the weight gradients as one product.
+
+Both save the activated gates, which is what recording returns.
 
 Variable lengths cost nothing extra: sequences are sorted once by length and laid out *packed*
 (time-major, step ``t`` holds the ``b_t`` sequences longer than ``t``), so step ``t`` computes
@@ -157,8 +156,9 @@ def _grad_or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
 class _LSTM(torch.autograd.Function):
     """LSTM over packed rows, its input projection included: ``X`` ``(N, I)``, ``w_ih``
     ``(4H, I)``, ``bias`` ``(4H,)`` or None, ``w`` = ``W_hh`` ``(4H, H)``. Taking ``X`` (not
-    ``X W_ih^T + b``) lets the backward form ``dA^T`` once for both weight gradients:
-    ``[dW_ih | dW_hh] = dA^T [X | H_prev]`` is one product."""
+    ``X W_ih^T + b``) lets the C kernel project each step's rows itself, and the backward form
+    ``dA^T`` once for both weight gradients: ``[dW_ih | dW_hh] = dA^T [X | H_prev]`` is one
+    product."""
 
     @staticmethod
     def forward(ctx: Any, X: Tensor, w_ih: Tensor, bias: Tensor | None, w: Tensor, h0: Tensor,
@@ -175,10 +175,10 @@ class _LSTM(torch.autograd.Function):
             sizes, offs = plan.steps()
             wx, wh = native.pack(w_ih.t()), native.pack(w.t())  # (referenced while C runs)
             b = X.new_zeros(4 * H) if bias is None else bias.contiguous()
-            native.lib().lstm_seq_forward(
+            native.check(native.lib().lstm_seq_forward(
                 X.data_ptr(), wx.data_ptr(), b.data_ptr(), wh.data_ptr(), HH.data_ptr(),
                 CC.data_ptr(), G.data_ptr(), TC.data_ptr(), sizes.data_ptr(), offs.data_ptr(),
-                plan.T, B, H, X.shape[1])
+                plan.T, B, H, X.shape[1]), "LSTM forward", B=B, H=H)
         else:
             xp = gemm.affine(X, w_ih, bias)
             mat = gemm.Fixed(w.t(), B)
@@ -276,10 +276,11 @@ def _lstm_backward_native(plan: Plan, w: Tensor, w_ih: Tensor | None, CC: Tensor
     db = G.new_zeros(ndb, 4 * H)
     sizes, offs = plan.steps()
     wp = native.pack(w if w_ih is None else torch.cat([w, w_ih], 1))  # [W_hh | W_ih]
-    c_lib.lstm_seq_backward(G.data_ptr(), CC.data_ptr(), TC.data_ptr(), dY.data_ptr(),
-                            wp.data_ptr(), run_h.data_ptr(), run_c.data_ptr(), dAT.data_ptr(),
-                            0 if dX is None else dX.data_ptr(), db.data_ptr(), ndb,
-                            sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H, I)
+    native.check(c_lib.lstm_seq_backward(
+        G.data_ptr(), CC.data_ptr(), TC.data_ptr(), dY.data_ptr(), wp.data_ptr(),
+        run_h.data_ptr(), run_c.data_ptr(), dAT.data_ptr(), 0 if dX is None else dX.data_ptr(),
+        db.data_ptr(), ndb, sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H, I),
+        "LSTM backward", B=plan.B, H=H)
     return dAT, dX, run_h, run_c, db.sum(0)
 
 
@@ -497,12 +498,12 @@ class _LNLSTM(torch.autograd.Function):
             ST = xp.new_empty(N, 6)  # per row: mean, 1/std of W_hh h, the cell update, W_ih x
             sizes, offs = plan.steps()
             wx, wh = native.pack(w_ih.t()), native.pack(w.t())
-            native.lib().lnlstm_seq_forward(
+            native.check(native.lib().lnlstm_seq_forward(
                 X.data_ptr(), wx.data_ptr(), wh.data_ptr(), g_ih.data_ptr(), beta.data_ptr(),
                 g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(), *_mask_ptrs(ctx.masks),
                 PX.data_ptr(), R.data_ptr(), HH.data_ptr(), CC.data_ptr(), G.data_ptr(),
                 ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr(), sizes.data_ptr(), offs.data_ptr(),
-                plan.T, B, H, X.shape[1], EPS)
+                plan.T, B, H, X.shape[1], EPS), "LayerNormLSTM forward", B=B, H=H)
             ctx.ST = ST
             stats_x = (ST[:, 4:5].contiguous(), ST[:, 5:6].contiguous())
         else:
@@ -659,12 +660,13 @@ def _lnlstm_backward_native(ctx: Any, X: Tensor, w_ih: Tensor, g_ih: Tensor, w: 
     run_c = plan.scatter_final(dcN, H, TC)
     sizes, offs = plan.steps()
     wh, wx = native.pack(w), native.pack(w_ih)  # dh_prev = dr @ W_hh, dx = dp @ W_ih
-    c_lib.lnlstm_seq_backward(
+    native.check(c_lib.lnlstm_seq_backward(
         P.data_ptr(), R.data_ptr(), g_ih.data_ptr(), g_hh.data_ptr(), g_c.data_ptr(),
         G.data_ptr(), ctx.ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr(), CC.data_ptr(),
         *_mask_ptrs(ctx.masks), dY.data_ptr(), wh.data_ptr(), wx.data_ptr(), run_h.data_ptr(),
         run_c.data_ptr(), DRT.data_ptr(), DPT.data_ptr(), dX.data_ptr(), acc.data_ptr(), nacc,
-        sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H, I)
+        sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H, I), "LayerNormLSTM backward",
+        B=plan.B, H=H)
     dw = gemm.products_t(DRT, [plan.previous(HH)])[0]
     dw_ih = gemm.products_t(DPT, [X])[0]
     d_ghh, d_gc, d_bc, d_gih, d_beta = acc.sum(0).split([4 * H, H, H, 4 * H, 4 * H])

@@ -11,8 +11,8 @@ for float64, or when oneDNN is unavailable; results agree to float32 rounding.
 * :class:`Fixed`: ``add + v @ m`` for one matrix ``m`` and many small ``v`` (the per-step
   recurrent product): ``m`` is reordered once per call of the kernel.
 * :func:`mm`: one large ``a @ b`` (weight gradients over a whole sequence).
-* :func:`products_t`: ``a^T b_1, a^T b_2, ...`` as one product (weight gradients sharing
-  ``dA^T``);
+* :func:`products_t`: ``a^T b_1, a^T b_2, ...`` as one product, given ``a^T`` (weight
+  gradients sharing ``dA^T``, which the C kernels write transposed);
 * :func:`linear`: ``x W^T + b`` with autograd, forward and backward through :func:`mm` (the
   input projection of all time steps); :func:`affine`, the same without autograd.
 """

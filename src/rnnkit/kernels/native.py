@@ -1,16 +1,28 @@
-"""A few lines of C for the elementwise work of the fast paths, built at first use and cached:
-the (LayerNorm)LSTM step forward and backward, and minGRU/minLSTM's whole pass over time.
+"""C for the fast paths, built at first use and cached: LSTM and LayerNormLSTM over whole
+sequences (forward and backward, recurrent products included), the LSTM step the sampler uses,
+and minGRU/minLSTM's whole pass over time.
 
-Small torch ops cost a few microseconds each in dispatch alone, and an LSTM step has six to
-eight of them between its two matrix products; fused into one C loop (with vectorised exp and
-tanh) they take about as long as one. :func:`lib` compiles the source below with the system C
-compiler (``$CC`` or ``cc``; ``-O3``, AVX-512 or AVX2/FMA as torch reports them; no
-``-ffast-math``) into ``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit``) once per source/flags,
-in about a second, and loads it with ctypes. Built with ``-fopenmp`` where that links, the
-loops over batch rows run on torch's own OpenMP thread team (``libgomp.so.1`` resolves to the
-copy torch has loaded: one runtime, the thread count torch.set_num_threads set). Without a
-compiler, or with ``RNNKIT_NATIVE=0``, :func:`lib` returns ``None`` and the fast path uses the
-same math in torch ops.
+Why whole sequences: per time step an LSTM has one small product ``(B, H) @ (H, 4H)`` and six
+to eight elementwise ops. Through torch each is a call with a fixed cost (a few microseconds
+for an op, ~12 for a oneDNN product), and at ``B = 32, H = 256`` those fixed costs are as large
+as the arithmetic. Here one call runs all ``T`` steps: each thread of torch's OpenMP team owns
+fixed blocks of batch rows for the whole sequence (a row's state at ``t`` needs only its own
+state at ``t - 1``, so the threads never wait for each other), multiplies them against weights
+packed once into 32-column panels (an AVX-512 FMA kernel, 8 rows x 32 columns), and applies the
+cell's elementwise math while the step's rows are still in cache. The input projection
+(forward) and the input's gradient (backward) are products of the same rows and are made there
+too; what only the backward reads (gates, products, ``dA^T``) goes out with streaming stores.
+The weight gradients stay one large oneDNN product over all steps
+(:func:`rnnkit.kernels.gemm.products_t`), for which the backward writes its operand transposed.
+
+:func:`lib` compiles the source below with the system C compiler (``$CC`` or ``cc``; ``-O3``,
+AVX-512 or AVX2/FMA as torch reports them; no ``-ffast-math``) into ``$RNNKIT_CACHE``
+(default ``~/.cache/rnnkit``) once per source/flags, in about a second, and loads it with
+ctypes. Built with ``-fopenmp`` where that links, the loops run on torch's own OpenMP thread
+team (``libgomp.so.1`` resolves to the copy torch has loaded: one runtime, the thread count
+torch.set_num_threads set). Without a compiler, or with ``RNNKIT_NATIVE=0``, :func:`lib`
+returns ``None`` and the fast path runs the same math in torch ops (per-step products through
+:class:`rnnkit.kernels.gemm.Fixed`).
 """
 
 from __future__ import annotations
@@ -267,36 +279,43 @@ static inline void stores_done(void) {
  * of X (N, I); HH, CC (B + N, H) hold h0, c0 then every step's h, c. Per step and row:
  * pre = bias + x W_ih^T + h_prev W_hh^T (wx, wh: W_ih^T, W_hh^T packed into ceil(4H / PW)
  * panels of (I, PW) and (H, PW); bias (4H)), then the cell; writes gates G (N, 4H) and TC. */
-void lstm_seq_forward(const float *X, const float *wx, const float *bias, const float *wh,
-                      float *HH, float *CC, float *G, float *TC, const int64_t *sizes,
-                      const int64_t *offs, long T, long B, long H, long I) {
+int lstm_seq_forward(const float *X, const float *wx, const float *bias, const float *wh,
+                       float *HH, float *CC, float *G, float *TC, const int64_t *sizes,
+                       const int64_t *offs, long T, long B, long H, long I) {
     long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW;
+    int failed = 0;
     PRAGMA(omp parallel if (B > MR))
     {
         float *scr = calloc((size_t)(B * ld), sizeof(float));
         float *gt = malloc((size_t)N4 * sizeof(float));  /* a row's gates */
         const float **a = malloc((size_t)B * sizeof *a), **ax = malloc((size_t)B * sizeof *ax);
         long *rows = malloc((size_t)B * sizeof *rows);
-        for (long t = 0; t < T; t++) {
-            long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
-            long n = my_rows(b, B, rows);
-            for (long i = 0; i < n; i++) {
-                ax[i] = X + (s + rows[i]) * I;
-                a[i] = HH + (p + rows[i]) * H;
-                memcpy(scr + i * ld, bias, (size_t)N4 * sizeof(float));
-            }
-            rows_mm(ax, n, wx, I, np, scr, 0);
-            rows_mm(a, n, wh, H, np, scr, 0);
-            for (long i = 0; i < n; i++) {
-                long r = rows[i];
-                fwd_row(scr + i * ld, gt, gt + H, gt + 2 * H, gt + 3 * H, CC + (p + r) * H,
-                        CC + (q + r) * H, TC + (s + r) * H, HH + (q + r) * H, H);
-                put_row(G + (s + r) * N4, gt, N4);
+        if (!(scr && gt && a && ax && rows)) {  /* out of memory: the caller raises */
+            PRAGMA(omp atomic write)
+            failed = 1;
+        } else {
+            for (long t = 0; t < T; t++) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    ax[i] = X + (s + rows[i]) * I;
+                    a[i] = HH + (p + rows[i]) * H;
+                    memcpy(scr + i * ld, bias, (size_t)N4 * sizeof(float));
+                }
+                rows_mm(ax, n, wx, I, np, scr, 0);
+                rows_mm(a, n, wh, H, np, scr, 0);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i];
+                    fwd_row(scr + i * ld, gt, gt + H, gt + 2 * H, gt + 3 * H, CC + (p + r) * H,
+                            CC + (q + r) * H, TC + (s + r) * H, HH + (q + r) * H, H);
+                    put_row(G + (s + r) * N4, gt, N4);
+                }
             }
         }
         stores_done();
         free(scr); free(gt); free(a); free(ax); free(rows);
     }
+    return failed;
 }
 
 /* Back through the whole sequence: run_h, run_c (B, H) hold the gradients reaching the final
@@ -305,11 +324,12 @@ void lstm_seq_forward(const float *X, const float *wx, const float *bias, const 
  * (w: that (4H, H + I) matrix packed into ceil((H + I) / PW) panels of (4H, PW); I = 0: no
  * dx). Writes dA transposed, dAT (4H, N) (the weight gradients' operand), dX (N, I), and adds
  * dA's column sums to db (ndb rows of 4H, one per thread). */
-void lstm_seq_backward(const float *G, const float *CC, const float *TC, const float *dY,
-                       const float *w, float *run_h, float *run_c, float *dAT, float *dX,
-                       float *db, long ndb, const int64_t *sizes, const int64_t *offs, long T,
-                       long B, long H, long I) {
+int lstm_seq_backward(const float *G, const float *CC, const float *TC, const float *dY,
+                        const float *w, float *run_h, float *run_c, float *dAT, float *dX,
+                        float *db, long ndb, const int64_t *sizes, const int64_t *offs, long T,
+                        long B, long H, long I) {
     long N4 = 4 * H, np = (H + I + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
+    int failed = 0;
     PRAGMA(omp parallel num_threads(ndb) if (B > MR && ndb > 1))
     {
         float *my = db + MY_THREAD * N4;
@@ -317,28 +337,35 @@ void lstm_seq_backward(const float *G, const float *CC, const float *TC, const f
         float *dA = malloc((size_t)(B * N4) * sizeof(float));
         const float **a = malloc((size_t)B * sizeof *a);
         long *rows = malloc((size_t)B * sizeof *rows);
-        for (long t = T - 1; t >= 0; t--) {
-            long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
-            long n = my_rows(b, B, rows);
-            for (long i = 0; i < n; i++) {
-                long r = rows[i], o = s + r;
-                const float *g = G + o * N4;
-                float *d = dA + i * N4;
-                bwd_row(g, g + H, g + 2 * H, g + 3 * H, CC + (p + r) * H, TC + o * H,
-                        run_h + r * H, dY + o * H, run_c + r * H, d, d + H, d + 2 * H,
-                        d + 3 * H, my, H);
-                a[i] = d;
-            }
-            put_t(dAT, N, s, rows, n, dA, N4, N4);
-            rows_mm(a, n, w, N4, np, scr, 1);
-            for (long i = 0; i < n; i++) {
-                memcpy(run_h + rows[i] * H, scr + i * ld, (size_t)H * sizeof(float));
-                if (I) memcpy(dX + (s + rows[i]) * I, scr + i * ld + H, (size_t)I * sizeof(float));
+        if (!(scr && dA && a && rows)) {  /* out of memory: the caller raises */
+            PRAGMA(omp atomic write)
+            failed = 1;
+        } else {
+            for (long t = T - 1; t >= 0; t--) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i], o = s + r;
+                    const float *g = G + o * N4;
+                    float *d = dA + i * N4;
+                    bwd_row(g, g + H, g + 2 * H, g + 3 * H, CC + (p + r) * H, TC + o * H,
+                            run_h + r * H, dY + o * H, run_c + r * H, d, d + H, d + 2 * H,
+                            d + 3 * H, my, H);
+                    a[i] = d;
+                }
+                put_t(dAT, N, s, rows, n, dA, N4, N4);
+                rows_mm(a, n, w, N4, np, scr, 1);
+                for (long i = 0; i < n; i++) {
+                    memcpy(run_h + rows[i] * H, scr + i * ld, (size_t)H * sizeof(float));
+                    if (I)
+                        memcpy(dX + (s + rows[i]) * I, scr + i * ld + H, (size_t)I * sizeof(float));
+                }
             }
         }
         stores_done();
         free(scr); free(dA); free(a); free(rows);
     }
+    return failed;
 }
 
 /* LayerNormLSTM step (rnnkit/cells/layernorm_lstm.py), per row: r = W_hh h_{t-1},
@@ -395,48 +422,55 @@ static void ln_cell(float *restrict t, float *restrict c, float *restrict h,
  * drop, zone (N, H): the masks, or NULL: every row uses fill (ones) and fill + H (the constant
  * zoneout probability). Writes P, R (N, 4H), gates G (N, 4H), ST (N, 6: mean and 1/std of r,
  * of the cell update, of p), CPRE, TC (N, H) and HH, CC (B + N, H) after h0, c0. */
-void lnlstm_seq_forward(const float *X, const float *wx, const float *wh, const float *g_ih,
-                        const float *beta, const float *g_hh, const float *g_c,
-                        const float *b_c, const float *drop, const float *zone,
-                        const float *fill, float *P, float *R, float *HH, float *CC, float *G,
-                        float *ST, float *CPRE, float *TC, const int64_t *sizes,
-                        const int64_t *offs, long T, long B, long H, long I, float eps) {
+int lnlstm_seq_forward(const float *X, const float *wx, const float *wh, const float *g_ih,
+                         const float *beta, const float *g_hh, const float *g_c,
+                         const float *b_c, const float *drop, const float *zone,
+                         const float *fill, float *P, float *R, float *HH, float *CC, float *G,
+                         float *ST, float *CPRE, float *TC, const int64_t *sizes,
+                         const int64_t *offs, long T, long B, long H, long I, float eps) {
     long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW;
+    int failed = 0;
     PRAGMA(omp parallel if (B > MR))
     {
         float *scr = malloc((size_t)(2 * B * ld) * sizeof(float)), *scx = scr + B * ld;
         float *gt = malloc((size_t)N4 * sizeof(float));  /* a row's gates */
         const float **a = malloc((size_t)B * sizeof *a), **ax = malloc((size_t)B * sizeof *ax);
         long *rows = malloc((size_t)B * sizeof *rows);
-        for (long t = 0; t < T; t++) {
-            long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
-            long n = my_rows(b, B, rows);
-            for (long i = 0; i < n; i++) {
-                a[i] = HH + (p + rows[i]) * H;
-                ax[i] = X + (s + rows[i]) * I;
-            }
-            rows_mm(ax, n, wx, I, np, scx, 1);
-            rows_mm(a, n, wh, H, np, scr, 1);
-            for (long i = 0; i < n; i++) {
-                long r = rows[i], o = s + r;
-                float *ri = scr + i * ld, *pi = scx + i * ld, *st = ST + o * 6, *g = gt;
-                float *cq = CPRE + o * H, *cp = CC + (p + r) * H;
-                const float *d = zone ? zone + o * H : fill + H;
-                ln_stats(ri, N4, eps, st, st + 1);
-                ln_stats(pi, N4, eps, st + 4, st + 5);
-                ln_gates(g, ri, pi, g_hh, g_ih, beta, st, H);
-                put_row(R + o * N4, ri, N4);
-                put_row(P + o * N4, pi, N4);
-                put_row(G + o * N4, g, N4);
-                ln_update(cq, g, cp, drop ? drop + o * H : fill, H);
-                ln_stats(cq, H, eps, st + 2, st + 3);
-                ln_cell(TC + o * H, CC + (q + r) * H, HH + (q + r) * H, cq, g_c, b_c, d, cp,
-                        HH + (p + r) * H, g + 3 * H, st[2], st[3], H);
+        if (!(scr && gt && a && ax && rows)) {  /* out of memory: the caller raises */
+            PRAGMA(omp atomic write)
+            failed = 1;
+        } else {
+            for (long t = 0; t < T; t++) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    a[i] = HH + (p + rows[i]) * H;
+                    ax[i] = X + (s + rows[i]) * I;
+                }
+                rows_mm(ax, n, wx, I, np, scx, 1);
+                rows_mm(a, n, wh, H, np, scr, 1);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i], o = s + r;
+                    float *ri = scr + i * ld, *pi = scx + i * ld, *st = ST + o * 6, *g = gt;
+                    float *cq = CPRE + o * H, *cp = CC + (p + r) * H;
+                    const float *d = zone ? zone + o * H : fill + H;
+                    ln_stats(ri, N4, eps, st, st + 1);
+                    ln_stats(pi, N4, eps, st + 4, st + 5);
+                    ln_gates(g, ri, pi, g_hh, g_ih, beta, st, H);
+                    put_row(R + o * N4, ri, N4);
+                    put_row(P + o * N4, pi, N4);
+                    put_row(G + o * N4, g, N4);
+                    ln_update(cq, g, cp, drop ? drop + o * H : fill, H);
+                    ln_stats(cq, H, eps, st + 2, st + 3);
+                    ln_cell(TC + o * H, CC + (q + r) * H, HH + (q + r) * H, cq, g_c, b_c, d, cp,
+                            HH + (p + r) * H, g + 3 * H, st[2], st[3], H);
+                }
             }
         }
         stores_done();
         free(scr); free(gt); free(a); free(ax); free(rows);
     }
+    return failed;
 }
 
 /* The gradient reaching chat (dch), the o-gate's (ao), and what skips the step through
@@ -507,16 +541,17 @@ static void lnb_r(float *restrict dR, float *restrict agh, const float *restrict
  * gradients of the layer norms and of beta to acc (nacc rows of 14H: g_hh 4H, g_c H, b_c H,
  * g_ih 4H, beta 4H; thread k adds to row k, so the sums do not depend on scheduling; the
  * caller adds the rows up). */
-void lnlstm_seq_backward(const float *P, const float *R, const float *g_ih, const float *g_hh,
-                         const float *g_c, const float *G, const float *ST, const float *CPRE,
-                         const float *TC, const float *CC, const float *drop,
-                         const float *zone, const float *fill, const float *dY,
-                         const float *wh, const float *wx, float *run_h, float *run_c,
-                         float *DRT, float *DPT, float *dX, float *acc, long nacc,
-                         const int64_t *sizes, const int64_t *offs, long T, long B, long H,
-                         long I) {
+int lnlstm_seq_backward(const float *P, const float *R, const float *g_ih, const float *g_hh,
+                          const float *g_c, const float *G, const float *ST, const float *CPRE,
+                          const float *TC, const float *CC, const float *drop,
+                          const float *zone, const float *fill, const float *dY,
+                          const float *wh, const float *wx, float *run_h, float *run_c,
+                          float *DRT, float *DPT, float *dX, float *acc, long nacc,
+                          const int64_t *sizes, const int64_t *offs, long T, long B, long H,
+                          long I) {
     long N4 = 4 * H, nh = (H + PW - 1) / PW, nx = (I + PW - 1) / PW;
     long N = offs[T - 1] + sizes[T - 1];
+    int failed = 0;
     PRAGMA(omp parallel num_threads(nacc) if (B > MR && nacc > 1))
     {
         float *my = acc + MY_THREAD * 14 * H, *my_gih = my + 6 * H, *my_beta = my + 10 * H;
@@ -528,39 +563,46 @@ void lnlstm_seq_backward(const float *P, const float *R, const float *g_ih, cons
         float *dch = malloc((size_t)H * sizeof(float));
         const float **a = malloc((size_t)B * sizeof *a), **ap = malloc((size_t)B * sizeof *ap);
         long *rows = malloc((size_t)B * sizeof *rows);
-        for (long t = T - 1; t >= 0; t--) {
-            long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
-            long n = my_rows(b, B, rows);
-            for (long i = 0; i < n; i++) {
-                long r = rows[i], o = s + r;
-                const float *st = ST + o * 6, *g = G + o * N4, *cq = CPRE + o * H;
-                float s1, s2;
-                lnb_cell(dch, da + 3 * H, keep + i * H, run_c + r * H, my + 4 * H, my + 5 * H,
-                         run_h + r * H, dY + o * H, zone ? zone + o * H : fill + H, g + 3 * H,
-                         TC + o * H, cq, g_c, st[2], st[3], &s1, &s2, H);
-                lnb_gates(da, run_c + r * H, dch, g, CC + (p + r) * H, drop ? drop + o * H : fill,
-                          cq, g_c, st[2], st[3], s1, s2, H);
-                lnb_r(dr + i * N4, my, da, R + o * N4, g_hh, st[0], st[1], N4);
-                lnb_r(dp + i * N4, my_gih, da, P + o * N4, g_ih, st[4], st[5], N4);
-                for (long j = 0; j < N4; j++) my_beta[j] += da[j];
-                a[i] = dr + i * N4;
-                ap[i] = dp + i * N4;
-            }
-            put_t(DRT, N, s, rows, n, dr, N4, N4);
-            put_t(DPT, N, s, rows, n, dp, N4, N4);
-            rows_mm(a, n, wh, N4, nh, scr, 1);
-            rows_mm(ap, n, wx, N4, nx, scx, 1);
-            for (long i = 0; i < n; i++) {
-                float *rh = run_h + rows[i] * H;
-                const float *pr = scr + i * nh * PW, *kp = keep + i * H;
-                for (long j = 0; j < H; j++) rh[j] = pr[j] + kp[j];
-                memcpy(dX + (s + rows[i]) * I, scx + i * nx * PW, (size_t)I * sizeof(float));
+        /* out of memory: the caller raises */
+        if (!(scr && scx && dr && da && keep && dch && a && ap && rows)) {
+            PRAGMA(omp atomic write)
+            failed = 1;
+        } else {
+            for (long t = T - 1; t >= 0; t--) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i], o = s + r;
+                    const float *st = ST + o * 6, *g = G + o * N4, *cq = CPRE + o * H;
+                    float s1, s2;
+                    lnb_cell(dch, da + 3 * H, keep + i * H, run_c + r * H, my + 4 * H, my + 5 * H,
+                             run_h + r * H, dY + o * H, zone ? zone + o * H : fill + H, g + 3 * H,
+                             TC + o * H, cq, g_c, st[2], st[3], &s1, &s2, H);
+                    lnb_gates(da, run_c + r * H, dch, g, CC + (p + r) * H,
+                              drop ? drop + o * H : fill, cq, g_c, st[2], st[3], s1, s2, H);
+                    lnb_r(dr + i * N4, my, da, R + o * N4, g_hh, st[0], st[1], N4);
+                    lnb_r(dp + i * N4, my_gih, da, P + o * N4, g_ih, st[4], st[5], N4);
+                    for (long j = 0; j < N4; j++) my_beta[j] += da[j];
+                    a[i] = dr + i * N4;
+                    ap[i] = dp + i * N4;
+                }
+                put_t(DRT, N, s, rows, n, dr, N4, N4);
+                put_t(DPT, N, s, rows, n, dp, N4, N4);
+                rows_mm(a, n, wh, N4, nh, scr, 1);
+                rows_mm(ap, n, wx, N4, nx, scx, 1);
+                for (long i = 0; i < n; i++) {
+                    float *rh = run_h + rows[i] * H;
+                    const float *pr = scr + i * nh * PW, *kp = keep + i * H;
+                    for (long j = 0; j < H; j++) rh[j] = pr[j] + kp[j];
+                    memcpy(dX + (s + rows[i]) * I, scx + i * nx * PW, (size_t)I * sizeof(float));
+                }
             }
         }
         stores_done();
         free(scr); free(scx); free(dr); free(da); free(keep); free(dch); free(a); free(ap);
         free(rows);
     }
+    return failed;
 }
 
 /* minGRU / minLSTM (rnnkit/cells/minrnn.py) over whole sequences: h_t = a_t h_{t-1} + b_t
@@ -739,14 +781,24 @@ def lib() -> ctypes.CDLL | None:
     lib.rnnkit_threads.argtypes, lib.rnnkit_threads.restype = [], ctypes.c_int
     lib.minrnn_forward.argtypes = [ptr] * 4 + [n, n, n, ctypes.c_int]
     lib.minrnn_backward.argtypes = [ptr] * 7 + [n, n, n, ctypes.c_int]
-    for fn in (lib.lstm_forward, lib.lstm_seq_forward, lib.lstm_seq_backward,
-               lib.lnlstm_seq_forward, lib.lnlstm_seq_backward, lib.minrnn_forward,
-               lib.minrnn_backward):
+    for fn in (lib.lstm_forward, lib.minrnn_forward, lib.minrnn_backward):
         fn.restype = None
+    for fn in (lib.lstm_seq_forward, lib.lstm_seq_backward, lib.lnlstm_seq_forward,
+               lib.lnlstm_seq_backward):  # 0, or 1: a thread could not allocate its buffers
+        fn.restype = ctypes.c_int
     return lib
 
 
 PW = 32  # the C products' panel width
+
+
+def check(failed: int, what: str, **shape: int) -> None:
+    """Raise if a whole-sequence kernel reported that a thread could not allocate its buffers
+    (its outputs are then incomplete)."""
+    if failed:
+        dims = ", ".join(f"{k}={v}" for k, v in shape.items())
+        raise MemoryError(f"rnnkit's C {what} kernel could not allocate its per-thread "
+                          f"buffers ({dims}); try a smaller batch")
 
 
 def pack(m: Tensor) -> Tensor:
