@@ -62,6 +62,36 @@ def test_stepper_is_rebuilt_when_weights_change_and_refuses_bidirectional():
         rnnkit.GRU(4, 8, bidirectional=True).stepper()
     with pytest.raises(ValueError, match=r"expects x of shape \(1, 4\), got \(2, 4\)"):
         s2(torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"state as h and c, each of shape \(1, 1, 8\), got "
+                                         r"\[\(1, 1, 8\)\]"):
+        s2(x, torch.zeros(1, 1, 8))
+    with pytest.raises(ValueError, match=r"got \[\(1, 2, 8\), \(1, 2, 8\)\]"):
+        s2(x, (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_stack_step_splits_units_over_threads(threads):
+    """The C stack step for LSTM: 11 rows (a group of 8 and a partial one), H = 76 (ten panels
+    of 8 units, the last padded; from 8 panels the threads split them), float64 input cast,
+    three layers; against the whole layer."""
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        layer = rnnkit.LSTM(6, 76, num_layers=3).eval()
+        x = torch.randn(11, 5, 6)
+        init = (torch.randn(3, 11, 76), torch.randn(3, 11, 76))
+        with torch.no_grad():
+            out, (h, c) = layer(x, init)
+        step, state, ys = layer.stepper(11), init, []
+        for t in range(5):
+            y, state = step(x[:, t].double(), state)
+            ys.append(y)
+        torch.testing.assert_close(torch.stack(ys, 1), out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(state[0], h, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(state[1], c, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 7, 5), (33, 64, 130), (300, 17, 9)])

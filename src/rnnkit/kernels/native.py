@@ -115,18 +115,6 @@ static void fwd_row(const float *restrict pre, float *restrict gi, float *restri
     }
 }
 
-/* pre (b, 4H): gate pre-activations in; gates (b, 4H): activations out (may be pre itself);
- * c = f c_prev + i g; tc = tanh(c); h = o tc; c_prev, c, tc, h: (b, H). */
-void lstm_forward(const float *pre, float *gates, const float *c_prev, float *c, float *tc,
-                  float *h, long b, long H) {
-    ROWS_PARALLEL(b)
-    for (long r = 0; r < b; r++) {
-        float *g = gates + r * 4 * H;
-        fwd_row(pre + r * 4 * H, g, g + H, g + 2 * H, g + 3 * H, c_prev + r * H, c + r * H,
-                tc + r * H, h + r * H, H);
-    }
-}
-
 /* One row's step back: dh = run_h + dy reaches h_t, dc = run_c + dh o (1 - tc^2) reaches c_t;
  * writes the pre-activation gradients ai..ao, run_c = dc f (reaching c_{t-1}) and adds them to
  * the bias gradient db (4H). */
@@ -366,6 +354,52 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
         free(scr); free(dA); free(a); free(rows);
     }
     return failed;
+}
+
+/* One LSTM time step for a stack of L layers at a small batch b (generation, streaming): per
+ * layer k, pre = [x | h_prev] [W_ih | W_hh]^T + bias, then the cell; x (b, I) is the input of
+ * layer 0, each layer's new h that of the next. wx[k], wh[k]: W_ih^T, W_hh^T packed with their
+ * columns unit-interleaved (panel j: gates i, f, g, o of units 8j .. 8j + 7, zero padded past
+ * H), bias[k] (ceil(H / 8) * 32) in the same order; h_prev, c_prev, h, c: (L, b, H). A panel
+ * holds every gate of its units, so the threads split the panels and apply the cell at once;
+ * the layers wait for each other (each reads the previous one's whole h). At batch 1 a step
+ * is memory bound: it reads every weight once, and both threads read. */
+void lstm_stack_step(const float *x, const float *const *wx, const float *const *wh,
+                     const float *const *bias, const float *h_prev, const float *c_prev,
+                     float *h, float *c, long L, long b, long I, long H) {
+    long np = (H + 7) / 8;
+    PRAGMA(omp parallel if (np >= 8))
+    for (long k = 0; k < L; k++) {
+        const float *in = k ? h + (k - 1) * b * H : x;
+        long K = k ? H : I;
+        PRAGMA(omp for schedule(static))
+        for (long j = 0; j < np; j++) {
+            float acc[MR * PW];
+            for (long r0 = 0; r0 < b; r0 += MR) {
+                long nr = b - r0 < MR ? b - r0 : MR;
+                const float *ax[MR], *ah[MR];
+                for (long i = 0; i < nr; i++) {
+                    ax[i] = in + (r0 + i) * K;
+                    ah[i] = h_prev + (k * b + r0 + i) * H;
+                }
+                for (long i = 0; i < nr; i++)
+                    memcpy(acc + i * PW, bias[k] + j * PW, sizeof(float) * PW);
+                rows_mm(ax, nr, wx[k] + j * K * PW, K, 1, acc, 0);
+                rows_mm(ah, nr, wh[k] + j * H * PW, H, 1, acc, 0);
+                for (long i = 0; i < nr; i++) {
+                    const float *a = acc + i * PW;
+                    long o = (k * b + r0 + i) * H;
+                    for (long q = 0; q < 8 && 8 * j + q < H; q++) {
+                        long u = 8 * j + q;
+                        float ig = sigm(a[q]), fg = sigm(a[8 + q]), gg = tanh_(a[16 + q]);
+                        float og = sigm(a[24 + q]), cn = fg * c_prev[o + u] + ig * gg;
+                        c[o + u] = cn;
+                        h[o + u] = og * tanh_(cn);
+                    }
+                }
+            }
+        }  /* (the end of the omp for waits: the next layer reads this one's whole h) */
+    }
 }
 
 /* LayerNormLSTM step (rnnkit/cells/layernorm_lstm.py), per row: r = W_hh h_{t-1},
@@ -772,7 +806,7 @@ def lib() -> ctypes.CDLL | None:
     if lib is None:
         return None
     ptr, n = ctypes.c_void_p, ctypes.c_long
-    lib.lstm_forward.argtypes = [ptr] * 6 + [n, n]
+    lib.lstm_stack_step.argtypes = [ptr] * 8 + [n, n, n, n]
     lib.lstm_seq_forward.argtypes = [ptr] * 10 + [n, n, n, n]
     lib.lstm_seq_backward.argtypes = [ptr] * 10 + [n, ptr, ptr, n, n, n, n]
     f = ctypes.c_float
@@ -781,7 +815,7 @@ def lib() -> ctypes.CDLL | None:
     lib.rnnkit_threads.argtypes, lib.rnnkit_threads.restype = [], ctypes.c_int
     lib.minrnn_forward.argtypes = [ptr] * 4 + [n, n, n, ctypes.c_int]
     lib.minrnn_backward.argtypes = [ptr] * 7 + [n, n, n, ctypes.c_int]
-    for fn in (lib.lstm_forward, lib.minrnn_forward, lib.minrnn_backward):
+    for fn in (lib.lstm_stack_step, lib.minrnn_forward, lib.minrnn_backward):
         fn.restype = None
     for fn in (lib.lstm_seq_forward, lib.lstm_seq_backward, lib.lnlstm_seq_forward,
                lib.lnlstm_seq_backward):  # 0, or 1: a thread could not allocate its buffers
@@ -809,6 +843,20 @@ def pack(m: Tensor) -> Tensor:
     z = m.new_zeros(K, panels * PW)
     z[:, :N] = m
     return z.view(K, panels, PW).transpose(0, 1).contiguous()
+
+
+def pack_units(w: Tensor) -> Tensor:
+    """A gate-stacked weight ``w`` ``(4H, K)`` (torch.nn's layout, gates i, f, g, o) as
+    :func:`pack` lays out ``w^T`` but with its columns unit-interleaved: panel ``j`` holds gates
+    i, f, g, o of units ``8j .. 8j + 7`` (zero past ``H``), so one panel holds every gate of
+    its units. A bias ``(4H,)`` comes back as ``(ceil(H / 8) * 32,)`` in the same order."""
+    H = w.shape[0] // 4
+    units = -(-H // 8) * 8
+    z = w.new_zeros(4, units, *w.shape[1:])
+    z[:, :H] = w.reshape(4, H, *w.shape[1:])
+    z = z.view(4, units // 8, 8, *w.shape[1:]).transpose(0, 1)  # (panels, gate, 8, K)
+    z = z.reshape(units * 4, *w.shape[1:])
+    return z if w.dim() == 1 else pack(z.t())
 
 
 def usable(*tensors: Tensor) -> bool:

@@ -8,16 +8,19 @@ Calling the whole layer on a ``(B, 1, I)`` input costs the layer's per-call over
 step (for torch.nn's oneDNN kernel at batch 1 that is most of the time). The stepper instead
 prepares everything once, while the weights stay unchanged:
 
-* per layer, ``[W_ih | W_hh]`` as ONE matrix, reordered for oneDNN (:class:`gemm.Fixed`), so
-  a step is one product per layer on ``[x_t | h_{t-1}]`` kept in a preallocated buffer;
-* the summed bias folded into that product;
-* for LSTM on CPU float32 the elementwise rest of the step in one C call
-  (:mod:`rnnkit.kernels.native`); other cells run their own equations (``cell.combine``, or
-  ``cell.step`` for cells whose reset gate acts before the recurrent product).
+* for LSTM on CPU float32, the whole stack's step is ONE C call
+  (:func:`rnnkit.kernels.native` ``lstm_stack_step``): the weights are packed once with each
+  unit's four gates side by side, so the threads split the units and apply the cell as soon as
+  their products are done; at batch 1 a step is memory bound (it reads every weight once);
+* otherwise, per layer, ``W_ih`` and ``W_hh`` reordered once for oneDNN
+  (:class:`gemm.Fixed`), their biases folded into the products, and the cell's own equations
+  (``cell.combine``, or ``cell.step`` for cells whose reset gate acts before the recurrent
+  product).
 """
 
 from __future__ import annotations
 
+import ctypes
 from typing import TYPE_CHECKING
 
 import torch
@@ -56,28 +59,23 @@ class Stepper:
                       for c in layer.cells]
         self.native = (layer.mode == "lstm" and all(self.split)
                        and native.usable(p) and p.is_contiguous())
-        self.mats, self.biases, self.xh = [], [], []
+        self.mats, self.biases = [], []
         with torch.no_grad():
+            if self.native:  # W_ih, W_hh, bias per layer, packed for the C step
+                packs = [[native.pack_units(c.weight_ih), native.pack_units(c.weight_hh),
+                          native.pack_units(c.weight_hh.new_zeros(4 * self.H) if c.bias_ih is None
+                                            else c.bias_ih + c.bias_hh)] for c in layer.cells]
+                self.packs = packs  # (referenced while the C step reads them)
+                ptrs = ctypes.c_void_p * self.L
+                self.ptrs = [ptrs(*[p[i].data_ptr() for p in packs]) for i in range(3)]
             for cell, split in zip(layer.cells, self.split, strict=True):
-                if not split:
+                if self.native or not split:
                     self.mats.append(None)
                     self.biases.append(None)
-                    self.xh.append(None)
-                    continue
-                I = cell.input_size
-                if self.native:  # one product: [x | h] @ [W_ih | W_hh]^T + (b_ih + b_hh)
-                    w = torch.cat([cell.weight_ih, cell.weight_hh], 1)
-                    self.mats.append(gemm.Fixed(w.t(), batch))
-                    b = None if cell.bias_ih is None else cell.bias_ih + cell.bias_hh
-                    self.biases.append(b)
-                    self.xh.append(torch.zeros(batch, I + self.H, device=self.device,
-                                               dtype=self.dtype))
                 else:  # two products: the cell's equations need W_hh h + b_hh on its own
                     self.mats.append((gemm.Fixed(cell.weight_ih.detach().t(), batch),
                                       gemm.Fixed(cell.weight_hh.detach().t(), batch)))
                     self.biases.append((cell.bias_ih, cell.bias_hh))
-                    self.xh.append(None)
-        self.tc = torch.empty(batch, self.H, device=self.device, dtype=self.dtype)
 
     def fresh(self) -> bool:
         """Whether the layer's weights are still those the stepper was built from."""
@@ -94,21 +92,24 @@ class Stepper:
             old = tuple(x.new_zeros(self.L, B, H) for _ in range(self.n_state))
         else:
             old = (state,) if isinstance(state, Tensor) else tuple(state)
+            want = (self.L, B, H)
+            if len(old) != self.n_state or any(tuple(s.shape) != want for s in old):
+                names = " and ".join(self.layer.state_names)
+                raise ValueError(f"Stepper expects the state as {names}, each of shape {want}, "
+                                 f"got {[tuple(s.shape) for s in old]}")
+        if self.native:  # (the C step reads float32 rows as they lie in memory)
+            x = x.to(self.dtype).contiguous()
+            old = tuple(s.to(self.dtype).contiguous() for s in old)
         new = tuple(torch.empty_like(s) for s in old)
+        if self.native:
+            native.lib().lstm_stack_step(x.data_ptr(), *self.ptrs, old[0].data_ptr(),
+                                         old[1].data_ptr(), new[0].data_ptr(),
+                                         new[1].data_ptr(), self.L, B, x.shape[1], H)
+            return new[0][-1], new
         inp = x
         for k, cell in enumerate(self.layer.cells):
             st = tuple(s[k] for s in old)
-            if self.native:
-                xh = self.xh[k]
-                I = cell.input_size
-                xh[:, :I] = inp
-                xh[:, I:] = st[0]
-                pre = self.mats[k].product(xh, self.biases[k])
-                c_prev = st[1].contiguous()
-                native.lib().lstm_forward(pre.data_ptr(), pre.data_ptr(), c_prev.data_ptr(),
-                                          new[1][k].data_ptr(), self.tc.data_ptr(),
-                                          new[0][k].data_ptr(), B, H)
-            elif self.split[k]:
+            if self.split[k]:
                 m_ih, m_hh = self.mats[k]
                 b_ih, b_hh = self.biases[k]
                 out, _ = cell.combine(m_ih.product(inp, b_ih), m_hh.product(st[0], b_hh), st)
