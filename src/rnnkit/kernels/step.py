@@ -97,9 +97,8 @@ class Stepper:
                 names = " and ".join(self.layer.state_names)
                 raise ValueError(f"Stepper expects the state as {names}, each of shape {want}, "
                                  f"got {[tuple(s.shape) for s in old]}")
-        if self.native:  # (the C step reads float32 rows as they lie in memory)
-            x = x.to(self.dtype).contiguous()
-            old = tuple(s.to(self.dtype).contiguous() for s in old)
+        x = x.to(self.dtype).contiguous()  # (the C step reads rows as they lie in memory)
+        old = tuple(s.to(self.dtype).contiguous() for s in old)
         new = tuple(torch.empty_like(s) for s in old)
         if self.native:
             native.lib().lstm_stack_step(x.data_ptr(), *self.ptrs, old[0].data_ptr(),
