@@ -162,23 +162,25 @@ def test_c_kernels_share_torchs_openmp_runtime():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("ragged", [False, True])
-def test_lstm_whole_sequence_c_products_equal_reference(threads, ragged):
-    """The C recurrence multiplies 8 rows at a time against 32-column panels of W_hh, each
-    thread owning blocks of 16 rows from 32 rows on: 32 rows (whole blocks: dA^T goes out in
-    streaming stores of whole lines), or 37 (two blocks and a partial one, ragged so blocks
-    shrink mid-sequence); H = 40 (4H = 160: five panels; backward, [W_hh | W_ih] has 47
-    columns: a padded second panel). Against the reference loop (outputs, final states,
-    every gradient)."""
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_whole_sequence_c_equals_reference(family, threads, ragged):
+    """LSTM and GRU run each pass as one C call that multiplies 8 rows at a time against
+    32-column panels of W_hh, each thread owning blocks of 16 rows from 32 rows on: 32 rows
+    (whole blocks: dA^T goes out in streaming stores of whole lines), or 37 (two blocks and a
+    partial one, ragged so blocks shrink mid-sequence); H = 40 (LSTM: 4H = 160, five panels;
+    backward, [W_hh | W_ih] has 47 columns: a padded second panel; GRU: 3H = 120, a padded
+    fourth panel). Against the reference loop (outputs, final states, every gradient)."""
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        ref = rnnkit.LSTM(7, 40, kernel="reference", bidirectional=True)
-        fast = rnnkit.LSTM(7, 40, kernel="fast", bidirectional=True)
+        cls = FAMILIES[family][0]
+        ref = cls(7, 40, kernel="reference", bidirectional=True)
+        fast = cls(7, 40, kernel="fast", bidirectional=True)
         fast.load_state_dict(ref.state_dict())
         B = 37 if ragged else 32
         x = torch.randn(B, 11, 7)
-        state = (torch.randn(2, B, 40), torch.randn(2, B, 40))
+        state = tuple(torch.randn(2, B, 40) for _ in ref.state_names)
         lengths = None
         if ragged:
             lengths = torch.randint(1, 12, (B,), generator=torch.Generator().manual_seed(3))

@@ -294,18 +294,25 @@ class _GRU(torch.autograd.Function):
         HH[:B] = h0
         G = xp.new_empty(N, 3 * H)  # r, z, n (activated)
         R = xp.new_empty(N, 3 * H)  # recurrent products W_hh h + b_hh
-        mat = gemm.Fixed(w.t(), B)
-        p = 0
-        for b, s in zip(plan.sizes, plan.offs, strict=True):
-            e = s + b
-            hp = HH[p:p + b]
-            r = mat(hp, R[s:e], bh)
-            g = G[s:e]
-            torch.add(xp[s:e, :2 * H], r[:, :2 * H], out=g[:, :2 * H]).sigmoid_()
-            n = torch.addcmul(xp[s:e, 2 * H:], g[:, :H], r[:, 2 * H:], out=g[:, 2 * H:])
-            n.tanh_()
-            p = B + s
-            torch.lerp(n, hp, g[:, H:2 * H], out=HH[p:p + b])
+        if native.usable(xp, w, bh) and xp.is_contiguous():  # the whole recurrence in C
+            sizes, offs = plan.steps()
+            wh, bh = native.pack(w.t()), bh.contiguous()  # (referenced while C runs)
+            native.check(native.lib().gru_seq_forward(
+                xp.data_ptr(), wh.data_ptr(), bh.data_ptr(), HH.data_ptr(), G.data_ptr(),
+                R.data_ptr(), sizes.data_ptr(), offs.data_ptr(), plan.T, B, H),
+                "GRU forward", B=B, H=H)
+        else:
+            mat, p = gemm.Fixed(w.t(), B), 0
+            for b, s in zip(plan.sizes, plan.offs, strict=True):
+                e = s + b
+                hp = HH[p:p + b]
+                r = mat(hp, R[s:e], bh)
+                g = G[s:e]
+                torch.add(xp[s:e, :2 * H], r[:, :2 * H], out=g[:, :2 * H]).sigmoid_()
+                n = torch.addcmul(xp[s:e, 2 * H:], g[:, :H], r[:, 2 * H:], out=g[:, 2 * H:])
+                n.tanh_()
+                p = B + s
+                torch.lerp(n, hp, g[:, H:2 * H], out=HH[p:p + b])
         ctx.plan = plan
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(w, HH, G, R)
@@ -315,11 +322,13 @@ class _GRU(torch.autograd.Function):
     def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dG: Tensor | None):
         plan: Plan = ctx.plan
         w, HH, G, R = ctx.saved_tensors
-        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         B, N, H = plan.B, plan.N, w.shape[1]
         dY = _grad_or_zeros(dY, HH[B:])
-        r, z, n = G.split(H, dim=1)
         hp = plan.previous(HH)
+        if dG is None and native.usable(G):
+            return _gru_backward_native(plan, w, HH, G, R, dY, dhN, hp)
+        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
+        r, z, n = G.split(H, dim=1)
         # dxp = dh * [P_r, P_z, P_n];  d(W_hh h + b_hh) = dh * [P_r, P_z, P_n r]
         P = torch.empty_like(G)
         Pn = torch.mul(1 - z, 1 - n * n, out=P[:, 2 * H:])
@@ -354,6 +363,27 @@ class _GRU(torch.autograd.Function):
             dxp += E
         dw = gemm.mm(DR.t(), hp)
         return dxp, dw, DR.sum(0), run, None
+
+
+def _gru_backward_native(plan: Plan, w: Tensor, HH: Tensor, G: Tensor, R: Tensor, dY: Tensor,
+                         dhN: Tensor | None, hp: Tensor) -> tuple:
+    """:class:`_GRU`'s backward as one C call over the whole sequence: the gradients of the
+    input projection ``(N, 3H)``, ``W_hh``, ``b_hh`` and the initial state."""
+    H = w.shape[1]
+    c_lib = native.lib()
+    dY = dY.contiguous()
+    dxp, DQT = torch.empty_like(G), G.new_empty(3 * H, plan.N)
+    run = plan.scatter_final(dhN, H, hp)
+    ndb = c_lib.rnnkit_threads()  # one row of bias sums per thread, added up at the end
+    db = G.new_zeros(ndb, 3 * H)
+    sizes, offs = plan.steps()
+    wp = native.pack(w)  # dh_prev = dq @ W_hh
+    native.check(c_lib.gru_seq_backward(
+        G.data_ptr(), R.data_ptr(), HH.data_ptr(), dY.data_ptr(), wp.data_ptr(),
+        run.data_ptr(), dxp.data_ptr(), DQT.data_ptr(), db.data_ptr(), ndb, sizes.data_ptr(),
+        offs.data_ptr(), plan.T, plan.B, H), "GRU backward", B=plan.B, H=H)
+    dw = gemm.products_t(DQT, [hp])[0]
+    return dxp, dw, db.sum(0), run, None
 
 
 class _GRUCho(torch.autograd.Function):

@@ -356,6 +356,116 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
     return failed;
 }
 
+/* GRU (torch.nn's form, reset after the product) over whole sequences, the rows as in
+ * lstm_seq_forward. xp (N, 3H) = x W_ih^T + b_ih (blocks r, z, n); wh = W_hh^T packed
+ * (ceil(3H / PW) panels of (H, PW)), bh (3H). Per step and row: q = h_prev W_hh^T + bh,
+ * r = s(xr + qr), z = s(xz + qz), n = tanh(xn + r qn), h = lerp(n, h_prev, z). Writes q to
+ * R (N, 3H), the gates r, z, n to G (N, 3H) and h to HH (B + N, H) after h0. */
+int gru_seq_forward(const float *xp, const float *wh, const float *bh, float *HH, float *G,
+                    float *R, const int64_t *sizes, const int64_t *offs, long T, long B,
+                    long H) {
+    long N3 = 3 * H, np = (N3 + PW - 1) / PW, ld = np * PW;
+    int failed = 0;
+    PRAGMA(omp parallel if (B > MR))
+    {
+        float *scr = calloc((size_t)(B * ld), sizeof(float));
+        float *gt = malloc((size_t)N3 * sizeof(float));  /* a row's gates */
+        const float **a = malloc((size_t)B * sizeof *a);
+        long *rows = malloc((size_t)B * sizeof *rows);
+        if (!(scr && gt && a && rows)) {  /* out of memory: the caller raises */
+            PRAGMA(omp atomic write)
+            failed = 1;
+        } else {
+            for (long t = 0; t < T; t++) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    a[i] = HH + (p + rows[i]) * H;
+                    memcpy(scr + i * ld, bh, (size_t)N3 * sizeof(float));
+                }
+                rows_mm(a, n, wh, H, np, scr, 0);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i], o = s + r;
+                    const float *qq = scr + i * ld, *x = xp + o * N3, *hp = HH + (p + r) * H;
+                    float *h = HH + (q + r) * H;
+                    for (long j = 0; j < H; j++) {
+                        float rg = sigm(x[j] + qq[j]), zg = sigm(x[H + j] + qq[H + j]);
+                        float ng = tanh_(x[2 * H + j] + rg * qq[2 * H + j]);
+                        gt[j] = rg; gt[H + j] = zg; gt[2 * H + j] = ng;
+                        /* torch.lerp(n, h_prev, z), its two-sided formula */
+                        h[j] = zg < 0.5f ? ng + zg * (hp[j] - ng)
+                                         : hp[j] - (hp[j] - ng) * (1.0f - zg);
+                    }
+                    put_row(G + o * N3, gt, N3);
+                    put_row(R + o * N3, qq, N3);
+                }
+            }
+        }
+        stores_done();
+        free(scr); free(gt); free(a); free(rows);
+    }
+    return failed;
+}
+
+/* Back through the whole sequence (buffers as gru_seq_forward wrote them): run (B, H) holds
+ * the gradient reaching the final state and ends as that reaching h0; dY (N, H) reaches each
+ * step's h. Per row: dh = run + dy; dxp = dh [Pr, Pz, Pn] with Pn = (1 - z)(1 - n^2),
+ * Pz = (h_prev - n) z (1 - z), Pr = Pn qn r (1 - r), written to dXP (N, 3H); the gradient of
+ * q, dq = dh [Pr, Pz, Pn r], written transposed to DQT (3H, N) (for dW_hh) and summed into db
+ * (ndb rows of 3H, one per thread: the gradient of b_hh); run = dq W_hh + dh z (w = W_hh
+ * packed: ceil(H / PW) panels of (3H, PW)). */
+int gru_seq_backward(const float *G, const float *R, const float *HH, const float *dY,
+                     const float *w, float *run, float *dXP, float *DQT, float *db, long ndb,
+                     const int64_t *sizes, const int64_t *offs, long T, long B, long H) {
+    long N3 = 3 * H, np = (H + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
+    int failed = 0;
+    PRAGMA(omp parallel num_threads(ndb) if (B > MR && ndb > 1))
+    {
+        float *my = db + MY_THREAD * N3;
+        float *scr = malloc((size_t)(B * ld) * sizeof(float));
+        float *dq = malloc((size_t)(B * N3) * sizeof(float));
+        float *dhz = malloc((size_t)(B * H) * sizeof(float));
+        const float **a = malloc((size_t)B * sizeof *a);
+        long *rows = malloc((size_t)B * sizeof *rows);
+        if (!(scr && dq && dhz && a && rows)) {  /* out of memory: the caller raises */
+            PRAGMA(omp atomic write)
+            failed = 1;
+        } else {
+            for (long t = T - 1; t >= 0; t--) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i], o = s + r;
+                    const float *g = G + o * N3, *qq = R + o * N3, *hp = HH + (p + r) * H;
+                    const float *dy = dY + o * H, *rn = run + r * H;
+                    float *dx = dXP + o * N3, *d = dq + i * N3, *k = dhz + i * H;
+                    for (long j = 0; j < H; j++) {
+                        float rg = g[j], zg = g[H + j], ng = g[2 * H + j], dh = rn[j] + dy[j];
+                        float pn = (1.0f - zg) * (1.0f - ng * ng);
+                        float pz = (hp[j] - ng) * zg * (1.0f - zg);
+                        float pr = pn * qq[2 * H + j] * rg * (1.0f - rg);
+                        dx[j] = dh * pr; dx[H + j] = dh * pz; dx[2 * H + j] = dh * pn;
+                        d[j] = dh * pr; d[H + j] = dh * pz; d[2 * H + j] = dh * pn * rg;
+                        my[j] += d[j]; my[H + j] += d[H + j]; my[2 * H + j] += d[2 * H + j];
+                        k[j] = dh * zg;
+                    }
+                    a[i] = d;
+                }
+                put_t(DQT, N, s, rows, n, dq, N3, N3);
+                rows_mm(a, n, w, N3, np, scr, 1);
+                for (long i = 0; i < n; i++) {
+                    float *rn = run + rows[i] * H;
+                    const float *pr = scr + i * ld, *k = dhz + i * H;
+                    for (long j = 0; j < H; j++) rn[j] = pr[j] + k[j];
+                }
+            }
+        }
+        stores_done();
+        free(scr); free(dq); free(dhz); free(a); free(rows);
+    }
+    return failed;
+}
+
 /* One LSTM time step for a stack of L layers at a small batch b (generation, streaming): per
  * layer k, pre = [x | h_prev] [W_ih | W_hh]^T + bias, then the cell; x (b, I) is the input of
  * layer 0, each layer's new h that of the next. wx[k], wh[k]: W_ih^T, W_hh^T packed with their
@@ -807,6 +917,8 @@ def lib() -> ctypes.CDLL | None:
         return None
     ptr, n = ctypes.c_void_p, ctypes.c_long
     lib.lstm_stack_step.argtypes = [ptr] * 8 + [n, n, n, n]
+    lib.gru_seq_forward.argtypes = [ptr] * 8 + [n, n, n]
+    lib.gru_seq_backward.argtypes = [ptr] * 9 + [n, ptr, ptr, n, n, n]
     lib.lstm_seq_forward.argtypes = [ptr] * 10 + [n, n, n, n]
     lib.lstm_seq_backward.argtypes = [ptr] * 10 + [n, ptr, ptr, n, n, n, n]
     f = ctypes.c_float
@@ -818,8 +930,8 @@ def lib() -> ctypes.CDLL | None:
     for fn in (lib.lstm_stack_step, lib.minrnn_forward, lib.minrnn_backward):
         fn.restype = None
     for fn in (lib.lstm_seq_forward, lib.lstm_seq_backward, lib.lnlstm_seq_forward,
-               lib.lnlstm_seq_backward):  # 0, or 1: a thread could not allocate its buffers
-        fn.restype = ctypes.c_int
+               lib.lnlstm_seq_backward, lib.gru_seq_forward, lib.gru_seq_backward):
+        fn.restype = ctypes.c_int  # 0, or 1: a thread could not allocate its buffers
     return lib
 
 
