@@ -162,9 +162,9 @@ def test_c_kernels_share_torchs_openmp_runtime():
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("ragged", [False, True])
-@pytest.mark.parametrize("family", ["lstm", "gru"])
+@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_whole_sequence_c_equals_reference(family, threads, ragged):
-    """LSTM and GRU run each pass as one C call that multiplies 8 rows at a time against
+    """LSTM, GRU and RNN run each pass as one C call that multiplies 8 rows at a time against
     32-column panels of W_hh, each thread owning blocks of 16 rows from 32 rows on: 32 rows
     (whole blocks: dA^T goes out in streaming stores of whole lines), or 37 (two blocks and a
     partial one, ragged so blocks shrink mid-sequence); H = 40 (LSTM: 4H = 160, five panels;
@@ -174,9 +174,9 @@ def test_whole_sequence_c_equals_reference(family, threads, ragged):
     try:
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        cls = FAMILIES[family][0]
-        ref = cls(7, 40, kernel="reference", bidirectional=True)
-        fast = cls(7, 40, kernel="fast", bidirectional=True)
+        cls, kw = FAMILIES[family]
+        ref = cls(7, 40, kernel="reference", bidirectional=True, **kw)
+        fast = cls(7, 40, kernel="fast", bidirectional=True, **kw)
         fast.load_state_dict(ref.state_dict())
         B = 37 if ragged else 32
         x = torch.randn(B, 11, 7)

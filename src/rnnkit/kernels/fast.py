@@ -455,15 +455,21 @@ class _RNN(torch.autograd.Function):
         HH = xp.new_empty(B + N, H)
         HH[:B] = h0
         A = xp.new_empty(N, H)  # pre-activations
-        mat = gemm.Fixed(w.t(), B)
-        p = 0
-        for b, s in zip(plan.sizes, plan.offs, strict=True):
-            a = mat(HH[p:p + b], A[s:s + b], xp[s:s + b])
-            p = B + s
-            if relu:
-                torch.clamp(a, min=0, out=HH[p:p + b])
-            else:
-                torch.tanh(a, out=HH[p:p + b])
+        if native.usable(xp, w) and xp.is_contiguous():  # the whole recurrence in C
+            sizes, offs = plan.steps()
+            wh = native.pack(w.t())  # (referenced while C runs)
+            native.check(native.lib().rnn_seq_forward(
+                xp.data_ptr(), wh.data_ptr(), HH.data_ptr(), A.data_ptr(), sizes.data_ptr(),
+                offs.data_ptr(), plan.T, B, H, relu), "RNN forward", B=B, H=H)
+        else:
+            mat, p = gemm.Fixed(w.t(), B), 0
+            for b, s in zip(plan.sizes, plan.offs, strict=True):
+                a = mat(HH[p:p + b], A[s:s + b], xp[s:s + b])
+                p = B + s
+                if relu:
+                    torch.clamp(a, min=0, out=HH[p:p + b])
+                else:
+                    torch.tanh(a, out=HH[p:p + b])
         ctx.plan, ctx.relu = plan, relu
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(w, HH)
@@ -473,10 +479,20 @@ class _RNN(torch.autograd.Function):
     def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dA_rec: Tensor | None):
         plan: Plan = ctx.plan
         w, HH = ctx.saved_tensors
-        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         B, H = plan.B, w.shape[1]
         Y = HH[B:]
         dY = _grad_or_zeros(dY, Y)
+        if dA_rec is None and native.usable(HH):  # the reverse-time loop in one C call
+            dY, dA, DAT = dY.contiguous(), torch.empty_like(Y), Y.new_empty(H, plan.N)
+            run = plan.scatter_final(dhN, H, Y)
+            sizes, offs = plan.steps()
+            wp = native.pack(w)  # dh_prev = dA @ W_hh
+            native.check(native.lib().rnn_seq_backward(
+                HH.data_ptr(), dY.data_ptr(), wp.data_ptr(), run.data_ptr(), dA.data_ptr(),
+                DAT.data_ptr(), sizes.data_ptr(), offs.data_ptr(), plan.T, B, H, ctx.relu),
+                "RNN backward", B=B, H=H)
+            return dA, gemm.products_t(DAT, [plan.previous(HH)])[0], run, None, None
+        mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         D = (Y > 0).to(Y.dtype) if ctx.relu else 1 - Y * Y
         dA = torch.empty_like(Y)
         run = plan.scatter_final(dhN, H, Y)

@@ -466,6 +466,90 @@ int gru_seq_backward(const float *G, const float *R, const float *HH, const floa
     return failed;
 }
 
+/* Elman RNN over whole sequences, the rows as in lstm_seq_forward: per step and row
+ * a = xp + h_prev W_hh^T (xp (N, H) = x W_ih^T + biases; wh = W_hh^T packed: ceil(H / PW)
+ * panels of (H, PW)), h = tanh(a), or max(a, 0) with relu. Writes a to A (N, H) and h to HH
+ * (B + N, H) after h0. */
+int rnn_seq_forward(const float *xp, const float *wh, float *HH, float *A, const int64_t *sizes,
+                    const int64_t *offs, long T, long B, long H, int relu) {
+    long np = (H + PW - 1) / PW, ld = np * PW;
+    int failed = 0;
+    PRAGMA(omp parallel if (B > MR))
+    {
+        float *scr = calloc((size_t)(B * ld), sizeof(float));
+        const float **a = malloc((size_t)B * sizeof *a);
+        long *rows = malloc((size_t)B * sizeof *rows);
+        if (!(scr && a && rows)) {  /* out of memory: the caller raises */
+            PRAGMA(omp atomic write)
+            failed = 1;
+        } else {
+            for (long t = 0; t < T; t++) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    a[i] = HH + (p + rows[i]) * H;
+                    memcpy(scr + i * ld, xp + (s + rows[i]) * H, (size_t)H * sizeof(float));
+                }
+                rows_mm(a, n, wh, H, np, scr, 0);
+                for (long i = 0; i < n; i++) {
+                    const float *v = scr + i * ld;
+                    float *h = HH + (q + rows[i]) * H;
+                    for (long j = 0; j < H; j++) h[j] = relu ? (v[j] > 0.0f ? v[j] : 0.0f)
+                                                             : tanh_(v[j]);
+                    put_row(A + (s + rows[i]) * H, v, H);
+                }
+            }
+        }
+        stores_done();
+        free(scr); free(a); free(rows);
+    }
+    return failed;
+}
+
+/* Back through the whole sequence: run (B, H) holds the gradient reaching the final state and
+ * ends as that reaching h0; dY (N, H) reaches each step's h. Per row dA = (run + dy) f'(a)
+ * (from h: 1 - h^2, or h > 0 with relu), written to dA (N, H) and transposed to DAT (H, N);
+ * run = dA W_hh (w = W_hh packed: ceil(H / PW) panels of (H, PW)). */
+int rnn_seq_backward(const float *HH, const float *dY, const float *w, float *run, float *dA,
+                     float *DAT, const int64_t *sizes, const int64_t *offs, long T, long B,
+                     long H, int relu) {
+    long np = (H + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
+    int failed = 0;
+    PRAGMA(omp parallel if (B > MR))
+    {
+        float *scr = malloc((size_t)(B * ld) * sizeof(float));
+        float *dl = malloc((size_t)(B * H) * sizeof(float));  /* this thread's rows of dA */
+        const float **a = malloc((size_t)B * sizeof *a);
+        long *rows = malloc((size_t)B * sizeof *rows);
+        if (!(scr && dl && a && rows)) {  /* out of memory: the caller raises */
+            PRAGMA(omp atomic write)
+            failed = 1;
+        } else {
+            for (long t = T - 1; t >= 0; t--) {
+                long b = sizes[t], s = offs[t];
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i], o = s + r;
+                    const float *y = HH + (B + o) * H, *dy = dY + o * H, *rn = run + r * H;
+                    float *d = dl + i * H;
+                    for (long j = 0; j < H; j++)
+                        d[j] = (rn[j] + dy[j]) * (relu ? (y[j] > 0.0f ? 1.0f : 0.0f)
+                                                       : 1.0f - y[j] * y[j]);
+                    memcpy(dA + o * H, d, (size_t)H * sizeof(float));
+                    a[i] = d;
+                }
+                put_t(DAT, N, s, rows, n, dl, H, H);
+                rows_mm(a, n, w, H, np, scr, 1);
+                for (long i = 0; i < n; i++)
+                    memcpy(run + rows[i] * H, scr + i * ld, (size_t)H * sizeof(float));
+            }
+        }
+        stores_done();
+        free(scr); free(dl); free(a); free(rows);
+    }
+    return failed;
+}
+
 /* One LSTM time step for a stack of L layers at a small batch b (generation, streaming): per
  * layer k, pre = [x | h_prev] [W_ih | W_hh]^T + bias, then the cell; x (b, I) is the input of
  * layer 0, each layer's new h that of the next. wx[k], wh[k]: W_ih^T, W_hh^T packed with their
@@ -919,6 +1003,8 @@ def lib() -> ctypes.CDLL | None:
     lib.lstm_stack_step.argtypes = [ptr] * 8 + [n, n, n, n]
     lib.gru_seq_forward.argtypes = [ptr] * 8 + [n, n, n]
     lib.gru_seq_backward.argtypes = [ptr] * 9 + [n, ptr, ptr, n, n, n]
+    lib.rnn_seq_forward.argtypes = [ptr] * 6 + [n, n, n, ctypes.c_int]
+    lib.rnn_seq_backward.argtypes = [ptr] * 8 + [n, n, n, ctypes.c_int]
     lib.lstm_seq_forward.argtypes = [ptr] * 10 + [n, n, n, n]
     lib.lstm_seq_backward.argtypes = [ptr] * 10 + [n, ptr, ptr, n, n, n, n]
     f = ctypes.c_float
@@ -930,7 +1016,8 @@ def lib() -> ctypes.CDLL | None:
     for fn in (lib.lstm_stack_step, lib.minrnn_forward, lib.minrnn_backward):
         fn.restype = None
     for fn in (lib.lstm_seq_forward, lib.lstm_seq_backward, lib.lnlstm_seq_forward,
-               lib.lnlstm_seq_backward, lib.gru_seq_forward, lib.gru_seq_backward):
+               lib.lnlstm_seq_backward, lib.gru_seq_forward, lib.gru_seq_backward,
+               lib.rnn_seq_forward, lib.rnn_seq_backward):
         fn.restype = ctypes.c_int  # 0, or 1: a thread could not allocate its buffers
     return lib
 
