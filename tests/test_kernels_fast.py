@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import rnnkit
 from rnnkit import kernels
+from rnnkit.kernels import native
 
 FAMILIES = {
     "rnn_tanh": (rnnkit.RNN, {"nonlinearity": "tanh"}),
@@ -158,6 +159,29 @@ def test_c_kernels_share_torchs_openmp_runtime():
         pytest.skip("no C compiler for rnnkit's kernels")
     assert int(runtimes) <= 1
     assert ours == torchs
+
+
+def test_c_source_compiles_in_every_variant(tmp_path):
+    """A mistake in the C must fail here, loudly, not leave the fast paths silently on their
+    torch fallback: the source compiles with the best ISA flags (with
+    OpenMP where it links, and without) and with none (the plain-C branches), and loads."""
+    import os
+    import shutil
+    import subprocess
+
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None or os.environ.get("RNNKIT_NATIVE") == "0":
+        pytest.skip("no C compiler for rnnkit's kernels")
+    sets = native._flag_sets()
+    c_file = tmp_path / "kernels.c"
+    c_file.write_text(native.SOURCE)
+    for flags in {tuple(sets[0]), tuple(sets[1]), tuple(sets[-1])}:
+        done = subprocess.run([cc, *flags, str(c_file), "-o", str(tmp_path / "k.so"), "-lm"],
+                              capture_output=True, text=True)
+        if done.returncode and "-fopenmp" in flags and "omp" in done.stderr.lower():
+            continue  # no OpenMP runtime to link here: the serial build serves
+        assert done.returncode == 0, (flags, done.stderr[-3000:])
+    assert native.lib() is not None
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -57,10 +57,12 @@ SOURCE = r"""
 #define ROWS_PARALLEL(n) PRAGMA(omp parallel for schedule(static) if ((n) >= 8))
 #define MY_THREAD omp_get_thread_num()
 #define TEAM omp_get_num_threads()
+#define REPORT(flag) PRAGMA(omp atomic write) flag = 1  /* any thread may report a failure */
 #else
 #define ROWS_PARALLEL(n)
 #define MY_THREAD 0
 #define TEAM 1
+#define REPORT(flag) flag = 1
 #endif
 
 /* How many threads a parallel loop here uses (torch.set_num_threads sets it), 1 without
@@ -263,6 +265,22 @@ static inline void stores_done(void) {
 #endif
 }
 
+/* A thread's buffers in one zeroed allocation: nf floats (f, which the kernel carves up), two
+ * arrays of B row pointers (a, a2) and B row numbers (rows). Returns 0 when out of memory:
+ * the kernel then reports failure and the caller raises. Free f when done. */
+typedef struct { float *f; const float **a, **a2; long *rows; } Work;
+
+static int work_get(Work *w, size_t nf, long B) {
+    size_t fb = (nf * sizeof(float) + 63) & ~(size_t)63, pb = (size_t)B * sizeof(float *);
+    char *m = calloc(1, fb + 2 * pb + (size_t)B * sizeof(long));
+    if (!m) return 0;
+    w->f = (float *)m;
+    w->a = (const float **)(m + fb);
+    w->a2 = (const float **)(m + fb + pb);
+    w->rows = (long *)(m + fb + 2 * pb);
+    return 1;
+}
+
 /* Packed rows (rnnkit.kernels.fast.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1
  * of X (N, I); HH, CC (B + N, H) hold h0, c0 then every step's h, c. Per step and row:
  * pre = bias + x W_ih^T + h_prev W_hh^T (wx, wh: W_ih^T, W_hh^T packed into ceil(4H / PW)
@@ -274,14 +292,13 @@ int lstm_seq_forward(const float *X, const float *wx, const float *bias, const f
     int failed = 0;
     PRAGMA(omp parallel if (B > MR))
     {
-        float *scr = calloc((size_t)(B * ld), sizeof(float));
-        float *gt = malloc((size_t)N4 * sizeof(float));  /* a row's gates */
-        const float **a = malloc((size_t)B * sizeof *a), **ax = malloc((size_t)B * sizeof *ax);
-        long *rows = malloc((size_t)B * sizeof *rows);
-        if (!(scr && gt && a && ax && rows)) {  /* out of memory: the caller raises */
-            PRAGMA(omp atomic write)
-            failed = 1;
+        Work ws;
+        if (!work_get(&ws, (size_t)(B * ld + N4), B)) {
+            REPORT(failed);
         } else {
+            float *scr = ws.f, *gt = scr + B * ld;  /* gt: a row's gates */
+            const float **a = ws.a, **ax = ws.a2;
+            long *rows = ws.rows;
             for (long t = 0; t < T; t++) {
                 long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
                 long n = my_rows(b, B, rows);
@@ -299,9 +316,9 @@ int lstm_seq_forward(const float *X, const float *wx, const float *bias, const f
                     put_row(G + (s + r) * N4, gt, N4);
                 }
             }
+            stores_done();
+            free(ws.f);
         }
-        stores_done();
-        free(scr); free(gt); free(a); free(ax); free(rows);
     }
     return failed;
 }
@@ -321,14 +338,13 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
     PRAGMA(omp parallel num_threads(ndb) if (B > MR && ndb > 1))
     {
         float *my = db + MY_THREAD * N4;
-        float *scr = malloc((size_t)(B * ld) * sizeof(float));
-        float *dA = malloc((size_t)(B * N4) * sizeof(float));
-        const float **a = malloc((size_t)B * sizeof *a);
-        long *rows = malloc((size_t)B * sizeof *rows);
-        if (!(scr && dA && a && rows)) {  /* out of memory: the caller raises */
-            PRAGMA(omp atomic write)
-            failed = 1;
+        Work ws;
+        if (!work_get(&ws, (size_t)(B * ld + B * N4), B)) {
+            REPORT(failed);
         } else {
+            float *scr = ws.f, *dA = scr + B * ld;
+            const float **a = ws.a;
+            long *rows = ws.rows;
             for (long t = T - 1; t >= 0; t--) {
                 long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
                 long n = my_rows(b, B, rows);
@@ -349,11 +365,40 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
                         memcpy(dX + (s + rows[i]) * I, scr + i * ld + H, (size_t)I * sizeof(float));
                 }
             }
+            stores_done();
+            free(ws.f);
         }
-        stores_done();
-        free(scr); free(dA); free(a); free(rows);
     }
     return failed;
+}
+
+/* A GRU row's step (gru_seq_forward): gates g = [r, z, n] and h from xp row x, product q. */
+static void gru_fwd_row(const float *restrict x, const float *restrict q,
+                        const float *restrict hp, float *restrict g, float *restrict h, long H) {
+    for (long j = 0; j < H; j++) {
+        float rg = sigm(x[j] + q[j]), zg = sigm(x[H + j] + q[H + j]);
+        float ng = tanh_(x[2 * H + j] + rg * q[2 * H + j]);
+        g[j] = rg; g[H + j] = zg; g[2 * H + j] = ng;
+        /* torch.lerp(n, h_prev, z), its two-sided formula */
+        h[j] = zg < 0.5f ? ng + zg * (hp[j] - ng) : hp[j] - (hp[j] - ng) * (1.0f - zg);
+    }
+}
+
+/* A GRU row's step back (gru_seq_backward): dxp row dx, dq row d (added to db), dh z to k. */
+static void gru_bwd_row(const float *restrict g, const float *restrict q,
+                        const float *restrict hp, const float *restrict dy,
+                        const float *restrict run, float *restrict dx, float *restrict d,
+                        float *restrict db, float *restrict k, long H) {
+    for (long j = 0; j < H; j++) {
+        float rg = g[j], zg = g[H + j], ng = g[2 * H + j], dh = run[j] + dy[j];
+        float pn = (1.0f - zg) * (1.0f - ng * ng);
+        float pz = (hp[j] - ng) * zg * (1.0f - zg);
+        float pr = pn * q[2 * H + j] * rg * (1.0f - rg);
+        dx[j] = dh * pr; dx[H + j] = dh * pz; dx[2 * H + j] = dh * pn;
+        d[j] = dh * pr; d[H + j] = dh * pz; d[2 * H + j] = dh * pn * rg;
+        db[j] += d[j]; db[H + j] += d[H + j]; db[2 * H + j] += d[2 * H + j];
+        k[j] = dh * zg;
+    }
 }
 
 /* GRU (torch.nn's form, reset after the product) over whole sequences, the rows as in
@@ -368,14 +413,13 @@ int gru_seq_forward(const float *xp, const float *wh, const float *bh, float *HH
     int failed = 0;
     PRAGMA(omp parallel if (B > MR))
     {
-        float *scr = calloc((size_t)(B * ld), sizeof(float));
-        float *gt = malloc((size_t)N3 * sizeof(float));  /* a row's gates */
-        const float **a = malloc((size_t)B * sizeof *a);
-        long *rows = malloc((size_t)B * sizeof *rows);
-        if (!(scr && gt && a && rows)) {  /* out of memory: the caller raises */
-            PRAGMA(omp atomic write)
-            failed = 1;
+        Work ws;
+        if (!work_get(&ws, (size_t)(B * ld + N3), B)) {
+            REPORT(failed);
         } else {
+            float *scr = ws.f, *gt = scr + B * ld;  /* gt: a row's gates */
+            const float **a = ws.a;
+            long *rows = ws.rows;
             for (long t = 0; t < T; t++) {
                 long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
                 long n = my_rows(b, B, rows);
@@ -386,23 +430,15 @@ int gru_seq_forward(const float *xp, const float *wh, const float *bh, float *HH
                 rows_mm(a, n, wh, H, np, scr, 0);
                 for (long i = 0; i < n; i++) {
                     long r = rows[i], o = s + r;
-                    const float *qq = scr + i * ld, *x = xp + o * N3, *hp = HH + (p + r) * H;
-                    float *h = HH + (q + r) * H;
-                    for (long j = 0; j < H; j++) {
-                        float rg = sigm(x[j] + qq[j]), zg = sigm(x[H + j] + qq[H + j]);
-                        float ng = tanh_(x[2 * H + j] + rg * qq[2 * H + j]);
-                        gt[j] = rg; gt[H + j] = zg; gt[2 * H + j] = ng;
-                        /* torch.lerp(n, h_prev, z), its two-sided formula */
-                        h[j] = zg < 0.5f ? ng + zg * (hp[j] - ng)
-                                         : hp[j] - (hp[j] - ng) * (1.0f - zg);
-                    }
+                    const float *qq = scr + i * ld;
+                    gru_fwd_row(xp + o * N3, qq, HH + (p + r) * H, gt, HH + (q + r) * H, H);
                     put_row(G + o * N3, gt, N3);
                     put_row(R + o * N3, qq, N3);
                 }
             }
+            stores_done();
+            free(ws.f);
         }
-        stores_done();
-        free(scr); free(gt); free(a); free(rows);
     }
     return failed;
 }
@@ -422,34 +458,21 @@ int gru_seq_backward(const float *G, const float *R, const float *HH, const floa
     PRAGMA(omp parallel num_threads(ndb) if (B > MR && ndb > 1))
     {
         float *my = db + MY_THREAD * N3;
-        float *scr = malloc((size_t)(B * ld) * sizeof(float));
-        float *dq = malloc((size_t)(B * N3) * sizeof(float));
-        float *dhz = malloc((size_t)(B * H) * sizeof(float));
-        const float **a = malloc((size_t)B * sizeof *a);
-        long *rows = malloc((size_t)B * sizeof *rows);
-        if (!(scr && dq && dhz && a && rows)) {  /* out of memory: the caller raises */
-            PRAGMA(omp atomic write)
-            failed = 1;
+        Work ws;
+        if (!work_get(&ws, (size_t)(B * ld + B * N3 + B * H), B)) {
+            REPORT(failed);
         } else {
+            float *scr = ws.f, *dq = scr + B * ld, *dhz = dq + B * N3;
+            const float **a = ws.a;
+            long *rows = ws.rows;
             for (long t = T - 1; t >= 0; t--) {
                 long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
                 long n = my_rows(b, B, rows);
                 for (long i = 0; i < n; i++) {
                     long r = rows[i], o = s + r;
-                    const float *g = G + o * N3, *qq = R + o * N3, *hp = HH + (p + r) * H;
-                    const float *dy = dY + o * H, *rn = run + r * H;
-                    float *dx = dXP + o * N3, *d = dq + i * N3, *k = dhz + i * H;
-                    for (long j = 0; j < H; j++) {
-                        float rg = g[j], zg = g[H + j], ng = g[2 * H + j], dh = rn[j] + dy[j];
-                        float pn = (1.0f - zg) * (1.0f - ng * ng);
-                        float pz = (hp[j] - ng) * zg * (1.0f - zg);
-                        float pr = pn * qq[2 * H + j] * rg * (1.0f - rg);
-                        dx[j] = dh * pr; dx[H + j] = dh * pz; dx[2 * H + j] = dh * pn;
-                        d[j] = dh * pr; d[H + j] = dh * pz; d[2 * H + j] = dh * pn * rg;
-                        my[j] += d[j]; my[H + j] += d[H + j]; my[2 * H + j] += d[2 * H + j];
-                        k[j] = dh * zg;
-                    }
-                    a[i] = d;
+                    gru_bwd_row(G + o * N3, R + o * N3, HH + (p + r) * H, dY + o * H,
+                                run + r * H, dXP + o * N3, dq + i * N3, my, dhz + i * H, H);
+                    a[i] = dq + i * N3;
                 }
                 put_t(DQT, N, s, rows, n, dq, N3, N3);
                 rows_mm(a, n, w, N3, np, scr, 1);
@@ -459,11 +482,28 @@ int gru_seq_backward(const float *G, const float *R, const float *HH, const floa
                     for (long j = 0; j < H; j++) rn[j] = pr[j] + k[j];
                 }
             }
+            stores_done();
+            free(ws.f);
         }
-        stores_done();
-        free(scr); free(dq); free(dhz); free(a); free(rows);
     }
     return failed;
+}
+
+/* An Elman RNN row's step: h = tanh(a), or max(a, 0) with relu. */
+static void rnn_fwd_row(const float *restrict a, float *restrict h, long H, int relu) {
+    if (relu)
+        for (long j = 0; j < H; j++) h[j] = a[j] > 0.0f ? a[j] : 0.0f;
+    else
+        for (long j = 0; j < H; j++) h[j] = tanh_(a[j]);
+}
+
+/* Its step back: d = (run + dy) f'(a), from h = f(a): 1 - h^2, or h > 0 with relu. */
+static void rnn_bwd_row(const float *restrict h, const float *restrict dy,
+                        const float *restrict run, float *restrict d, long H, int relu) {
+    if (relu)
+        for (long j = 0; j < H; j++) d[j] = (run[j] + dy[j]) * (h[j] > 0.0f ? 1.0f : 0.0f);
+    else
+        for (long j = 0; j < H; j++) d[j] = (run[j] + dy[j]) * (1.0f - h[j] * h[j]);
 }
 
 /* Elman RNN over whole sequences, the rows as in lstm_seq_forward: per step and row
@@ -476,13 +516,13 @@ int rnn_seq_forward(const float *xp, const float *wh, float *HH, float *A, const
     int failed = 0;
     PRAGMA(omp parallel if (B > MR))
     {
-        float *scr = calloc((size_t)(B * ld), sizeof(float));
-        const float **a = malloc((size_t)B * sizeof *a);
-        long *rows = malloc((size_t)B * sizeof *rows);
-        if (!(scr && a && rows)) {  /* out of memory: the caller raises */
-            PRAGMA(omp atomic write)
-            failed = 1;
+        Work ws;
+        if (!work_get(&ws, (size_t)(B * ld), B)) {
+            REPORT(failed);
         } else {
+            float *scr = ws.f;
+            const float **a = ws.a;
+            long *rows = ws.rows;
             for (long t = 0; t < T; t++) {
                 long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
                 long n = my_rows(b, B, rows);
@@ -492,16 +532,13 @@ int rnn_seq_forward(const float *xp, const float *wh, float *HH, float *A, const
                 }
                 rows_mm(a, n, wh, H, np, scr, 0);
                 for (long i = 0; i < n; i++) {
-                    const float *v = scr + i * ld;
-                    float *h = HH + (q + rows[i]) * H;
-                    for (long j = 0; j < H; j++) h[j] = relu ? (v[j] > 0.0f ? v[j] : 0.0f)
-                                                             : tanh_(v[j]);
-                    put_row(A + (s + rows[i]) * H, v, H);
+                    rnn_fwd_row(scr + i * ld, HH + (q + rows[i]) * H, H, relu);
+                    put_row(A + (s + rows[i]) * H, scr + i * ld, H);
                 }
             }
+            stores_done();
+            free(ws.f);
         }
-        stores_done();
-        free(scr); free(a); free(rows);
     }
     return failed;
 }
@@ -517,24 +554,20 @@ int rnn_seq_backward(const float *HH, const float *dY, const float *w, float *ru
     int failed = 0;
     PRAGMA(omp parallel if (B > MR))
     {
-        float *scr = malloc((size_t)(B * ld) * sizeof(float));
-        float *dl = malloc((size_t)(B * H) * sizeof(float));  /* this thread's rows of dA */
-        const float **a = malloc((size_t)B * sizeof *a);
-        long *rows = malloc((size_t)B * sizeof *rows);
-        if (!(scr && dl && a && rows)) {  /* out of memory: the caller raises */
-            PRAGMA(omp atomic write)
-            failed = 1;
+        Work ws;
+        if (!work_get(&ws, (size_t)(B * ld + B * H), B)) {
+            REPORT(failed);
         } else {
+            float *scr = ws.f, *dl = scr + B * ld;  /* dl: this thread's rows of dA */
+            const float **a = ws.a;
+            long *rows = ws.rows;
             for (long t = T - 1; t >= 0; t--) {
                 long b = sizes[t], s = offs[t];
                 long n = my_rows(b, B, rows);
                 for (long i = 0; i < n; i++) {
                     long r = rows[i], o = s + r;
-                    const float *y = HH + (B + o) * H, *dy = dY + o * H, *rn = run + r * H;
                     float *d = dl + i * H;
-                    for (long j = 0; j < H; j++)
-                        d[j] = (rn[j] + dy[j]) * (relu ? (y[j] > 0.0f ? 1.0f : 0.0f)
-                                                       : 1.0f - y[j] * y[j]);
+                    rnn_bwd_row(HH + (B + o) * H, dY + o * H, run + r * H, d, H, relu);
                     memcpy(dA + o * H, d, (size_t)H * sizeof(float));
                     a[i] = d;
                 }
@@ -543,9 +576,9 @@ int rnn_seq_backward(const float *HH, const float *dY, const float *w, float *ru
                 for (long i = 0; i < n; i++)
                     memcpy(run + rows[i] * H, scr + i * ld, (size_t)H * sizeof(float));
             }
+            stores_done();
+            free(ws.f);
         }
-        stores_done();
-        free(scr); free(dl); free(a); free(rows);
     }
     return failed;
 }
@@ -660,14 +693,13 @@ int lnlstm_seq_forward(const float *X, const float *wx, const float *wh, const f
     int failed = 0;
     PRAGMA(omp parallel if (B > MR))
     {
-        float *scr = malloc((size_t)(2 * B * ld) * sizeof(float)), *scx = scr + B * ld;
-        float *gt = malloc((size_t)N4 * sizeof(float));  /* a row's gates */
-        const float **a = malloc((size_t)B * sizeof *a), **ax = malloc((size_t)B * sizeof *ax);
-        long *rows = malloc((size_t)B * sizeof *rows);
-        if (!(scr && gt && a && ax && rows)) {  /* out of memory: the caller raises */
-            PRAGMA(omp atomic write)
-            failed = 1;
+        Work ws;
+        if (!work_get(&ws, (size_t)(2 * B * ld + N4), B)) {
+            REPORT(failed);
         } else {
+            float *scr = ws.f, *scx = scr + B * ld, *gt = scx + B * ld;  /* gt: a row's gates */
+            const float **a = ws.a, **ax = ws.a2;
+            long *rows = ws.rows;
             for (long t = 0; t < T; t++) {
                 long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
                 long n = my_rows(b, B, rows);
@@ -694,9 +726,9 @@ int lnlstm_seq_forward(const float *X, const float *wx, const float *wh, const f
                             HH + (p + r) * H, g + 3 * H, st[2], st[3], H);
                 }
             }
+            stores_done();
+            free(ws.f);
         }
-        stores_done();
-        free(scr); free(gt); free(a); free(ax); free(rows);
     }
     return failed;
 }
@@ -783,19 +815,14 @@ int lnlstm_seq_backward(const float *P, const float *R, const float *g_ih, const
     PRAGMA(omp parallel num_threads(nacc) if (B > MR && nacc > 1))
     {
         float *my = acc + MY_THREAD * 14 * H, *my_gih = my + 6 * H, *my_beta = my + 10 * H;
-        float *scr = malloc((size_t)(B * nh * PW) * sizeof(float));
-        float *scx = malloc((size_t)(B * nx * PW) * sizeof(float));
-        float *dr = malloc((size_t)(2 * B * N4) * sizeof(float)), *dp = dr + B * N4;
-        float *da = malloc((size_t)N4 * sizeof(float));
-        float *keep = malloc((size_t)(B * H) * sizeof(float));
-        float *dch = malloc((size_t)H * sizeof(float));
-        const float **a = malloc((size_t)B * sizeof *a), **ap = malloc((size_t)B * sizeof *ap);
-        long *rows = malloc((size_t)B * sizeof *rows);
-        /* out of memory: the caller raises */
-        if (!(scr && scx && dr && da && keep && dch && a && ap && rows)) {
-            PRAGMA(omp atomic write)
-            failed = 1;
+        Work ws;
+        if (!work_get(&ws, (size_t)(B * (nh + nx) * PW + 2 * B * N4 + N4 + B * H + H), B)) {
+            REPORT(failed);
         } else {
+            float *scr = ws.f, *scx = scr + B * nh * PW, *dr = scx + B * nx * PW;
+            float *dp = dr + B * N4, *da = dp + B * N4, *keep = da + N4, *dch = keep + B * H;
+            const float **a = ws.a, **ap = ws.a2;
+            long *rows = ws.rows;
             for (long t = T - 1; t >= 0; t--) {
                 long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
                 long n = my_rows(b, B, rows);
@@ -825,10 +852,9 @@ int lnlstm_seq_backward(const float *P, const float *R, const float *g_ih, const
                     memcpy(dX + (s + rows[i]) * I, scx + i * nx * PW, (size_t)I * sizeof(float));
                 }
             }
+            stores_done();
+            free(ws.f);
         }
-        stores_done();
-        free(scr); free(scx); free(dr); free(da); free(keep); free(dch); free(a); free(ap);
-        free(rows);
     }
     return failed;
 }
