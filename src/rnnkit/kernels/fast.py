@@ -3,15 +3,18 @@ stacking, direction, ``lengths`` and gate recording, with a hand-written backwar
 
 Per layer and direction a :class:`torch.autograd.Function` runs the recurrence:
 
-* LSTM and LayerNormLSTM on CPU float32: ONE C call for the whole sequence, forward, and one
-  for the backward (:mod:`rnnkit.kernels.native`: input projection, recurrent products, the
-  cell's elementwise math and, backward, ``dx``, all inside), then the weight gradients as ONE
-  product over all steps, ``dW = dA^T [X | H_prev]`` (:func:`rnnkit.kernels.gemm.products_t`);
-* otherwise (GRU, RNN, float64, GPU, recording with gradients through the recorded gates):
-  the input projection of all steps as one matmul, then per step one product with the
-  recurrent weight (reordered once per call, :class:`rnnkit.kernels.gemm.Fixed`) into a
-  preallocated gate buffer and the step's elementwise math in in-place torch ops; the backward
-  runs the reverse-time loop the same way, then the weight gradients as one product.
+* LSTM, LayerNormLSTM, GRU (reset gate after the product, torch.nn's form) and RNN on CPU
+  float32: ONE C call for the whole sequence, forward, and one for the backward
+  (:mod:`rnnkit.kernels.native`: recurrent products, the cell's elementwise math and, for
+  (LayerNorm)LSTM, the input projection and ``dx``, all inside), then the weight gradients as
+  ONE product over all steps, e.g. ``[dW_ih | dW_hh] = dA^T [X | H_prev]``
+  (:func:`rnnkit.kernels.gemm.products_t`, ``dA^T`` written by the C backward);
+* otherwise (the GRU with its reset gate before the product, float64, GPU, recording that
+  gradients flow back through, no C compiler): the input projection of all steps as one
+  matmul, then per step one product with the recurrent weight (reordered once per call,
+  :class:`rnnkit.kernels.gemm.Fixed`) into a preallocated gate buffer and the step's
+  elementwise math in in-place torch ops; the backward runs the reverse-time loop the same
+  way, then the weight gradients as one product.
 
 Both save the activated gates, which is what recording returns.
 
@@ -517,20 +520,19 @@ class _LNLSTM(torch.autograd.Function):
                 g_hh: Tensor, g_c: Tensor, b_c: Tensor, h0: Tensor, c0: Tensor, plan: Plan,
                 cell: Any):
         B, N, H = plan.B, plan.N, h0.shape[1]
-        xp = X  # (the masks' dtype and device)
-        HH, CC = xp.new_empty(B + N, H), xp.new_empty(B + N, H)
+        HH, CC = X.new_empty(B + N, H), X.new_empty(B + N, H)
         HH[:B], CC[:B] = h0, c0
-        G = xp.new_empty(N, 4 * H)  # activated i, f, g, o
-        CPRE, TC = xp.new_empty(N, H), xp.new_empty(N, H)  # f c + i g (before LN); tanh(ĉ)
+        G = X.new_empty(N, 4 * H)  # activated i, f, g, o
+        CPRE, TC = X.new_empty(N, H), X.new_empty(N, H)  # f c + i g (before LN); tanh(ĉ)
         stats_h, stats_c, drops, zones = [], [], [], []
         H4 = (4 * H,)
-        R = xp.new_empty(N, 4 * H)  # W_hh h_{t-1}, before its LN
+        R = X.new_empty(N, 4 * H)  # W_hh h_{t-1}, before its LN
         ctx.native = native.usable(X, w_ih, w)
         if ctx.native:  # the whole recurrence, input projection included, in one C call
             X = X.contiguous()
             PX = X.new_empty(N, 4 * H)  # W_ih x, before its LN
             # the masks first, step by step as the reference loop draws them (same numbers)
-            masks = [cell.draw(b, xp) for b in plan.sizes]
+            masks = [cell.draw(b, X) for b in plan.sizes]
             drop = torch.cat([m["drop"] for m in masks]) if "drop" in masks[0] else None
             zc = masks[0].get("zone", 0.0)
             zone = torch.cat([m["zone"] for m in masks]) if isinstance(zc, Tensor) else None
@@ -540,8 +542,8 @@ class _LNLSTM(torch.autograd.Function):
                 zones, zc = list(zone.split(plan.sizes)), 0.0
             elif zc:
                 zones = [zc]
-            ctx.masks = (drop, zone, torch.cat([xp.new_ones(H), xp.new_full((H,), zc)]))
-            ST = xp.new_empty(N, 6)  # per row: mean, 1/std of W_hh h, the cell update, W_ih x
+            ctx.masks = (drop, zone, torch.cat([X.new_ones(H), X.new_full((H,), zc)]))
+            ST = X.new_empty(N, 6)  # per row: mean, 1/std of W_hh h, the cell update, W_ih x
             sizes, offs = plan.steps()
             wx, wh = native.pack(w_ih.t()), native.pack(w.t())
             native.check(native.lib().lnlstm_seq_forward(
@@ -566,7 +568,7 @@ class _LNLSTM(torch.autograd.Function):
                 gt[:, :2 * H].sigmoid_()
                 gt[:, 2 * H:3 * H].tanh_()
                 gt[:, 3 * H:].sigmoid_()
-                masks = cell.draw(b, xp)
+                masks = cell.draw(b, X)
                 upd = gt[:, 2 * H:3 * H]
                 if "drop" in masks:
                     drops.append(masks["drop"])

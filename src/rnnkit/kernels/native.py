@@ -105,6 +105,8 @@ static inline float tanh_(float x) {
     return a < 0.625f ? small : big;
 }
 
+/* One LSTM row's step: gates from the pre-activations (i, f, g, o blocks of H), then
+ * c = f c_prev + i g, tc = tanh(c), h = o tc. */
 static void fwd_row(const float *restrict pre, float *restrict gi, float *restrict gf,
                     float *restrict gg, float *restrict go, const float *restrict cp,
                     float *restrict c, float *restrict tc, float *restrict h, long H) {
@@ -144,10 +146,11 @@ static void bwd_row(const float *restrict gi, const float *restrict gf,
  * thread at each call. Here each thread owns fixed blocks of rows (my_rows) for the whole
  * sequence: a row's state at t depends only on its own state at t - 1, so the threads run
  * through time without ever waiting for each other. The input projection (forward) and the
- * input's gradient (backward) are products of the same rows, so they are made here too. The product
- * multiplies MR rows at a time against a weight packed once into panels of PW columns
+ * input's gradient (backward) are products of the same rows, so they are made here too. The
+ * product multiplies MR rows at a time against a weight packed once into panels of PW columns
  * ((np, K, PW): panel j holds columns j PW .. j PW + PW - 1, zero padded), panel-outer so a
- * panel is read from memory once per step and reused by all of the thread's groups. */
+ * panel is read from memory once per step and reused by all of the thread's rows. The kernels
+ * for the other cells (GRU, RNN, LayerNormLSTM) below follow the same frame. */
 #define MR 8
 #define PW 32
 #ifdef __AVX512F__

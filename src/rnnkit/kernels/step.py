@@ -9,7 +9,7 @@ step (for torch.nn's oneDNN kernel at batch 1 that is most of the time). The ste
 prepares everything once, while the weights stay unchanged:
 
 * for LSTM on CPU float32, the whole stack's step is ONE C call
-  (:func:`rnnkit.kernels.native` ``lstm_stack_step``): the weights are packed once with each
+  (``lstm_stack_step`` in :mod:`rnnkit.kernels.native`): the weights are packed once with each
   unit's four gates side by side, so the threads split the units and apply the cell as soon as
   their products are done; at batch 1 a step is memory bound (it reads every weight once);
 * otherwise, per layer, ``W_ih`` and ``W_hh`` reordered once for oneDNN
