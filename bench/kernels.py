@@ -13,7 +13,8 @@ glibc told to keep freed memory for reuse, as the ``rnnkit`` command does
 * ``auto``: ``kernel="auto"`` (whatever it dispatches to) vs torch.nn RNN/LSTM/GRU, forward
   and forward+backward, 1x256 and 2x512;
 * ``fast``: the own fast path vs torch.nn, and vs the textbook eager loop over the cells
-  (``kernel="reference"``), forward+backward;
+  (``kernel="reference"``), forward+backward; also the GRU with its reset gate before the
+  product (``reset_after=False``), which ``auto`` runs on the fast path;
 * ``record``: recording every gate (``rnnkit.record``) vs the same fast path not recording;
 * ``layernorm``: LayerNormLSTM (own fast path) vs torch.nn.LSTM of the same size;
 * ``lengths``: lengths uniform in [T/10, T], rnnkit with ``lengths=`` vs
@@ -142,6 +143,18 @@ def bench_fast(a: argparse.Namespace, dev: torch.device) -> None:
             target = 0.85 if cls is rnnkit.LSTM else None
             row("fast", name, t[0], t[1], "torch.nn", target)
             row("fast", name, t[0], t[2], "eager loop (reference)", 1.25 if target else None)
+    # Keras' other GRU (reset gate before the product): no fused kernel serves it, so `auto`
+    # runs it on the fast path; its peers are the eager loop and torch.nn's (other) GRU
+    L, H = a.sizes[0]
+    ref, _ = torch_twin(rnnkit.GRU, a.E, H, L, dev)
+    cho = rnnkit.GRU(a.E, H, num_layers=L, reset_after=False).to(dev)
+    eager = rnnkit.GRU(a.E, H, num_layers=L, reset_after=False, kernel="reference").to(dev)
+    eager.load_state_dict(cho.state_dict())
+    t = race([train_step(cho, x), train_step(ref, x), train_step(eager, x)],
+             max(3, a.reps // 2), dev)
+    name = f"GRU reset_after=False {L}x{H} fwd+bwd"
+    row("fast", name, t[0], t[1], "torch.nn.GRU (reset after)", None, note=f"[{cho.last_kernel}]")
+    row("fast", name, t[0], t[2], "eager loop (reference)", None)
 
 
 def bench_record(a: argparse.Namespace, dev: torch.device) -> None:

@@ -186,14 +186,15 @@ def test_c_source_compiles_in_every_variant(tmp_path):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("ragged", [False, True])
-@pytest.mark.parametrize("family", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("family", ["lstm", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu"])
 def test_whole_sequence_c_equals_reference(family, threads, ragged):
-    """LSTM, GRU and RNN run each pass as one C call that multiplies 8 rows at a time against
-    32-column panels of W_hh, each thread owning blocks of 16 rows from 32 rows on: 32 rows
-    (whole blocks: dA^T goes out in streaming stores of whole lines), or 37 (two blocks and a
-    partial one, ragged so blocks shrink mid-sequence); H = 40 (LSTM: 4H = 160, five panels;
-    backward, [W_hh | W_ih] has 47 columns: a padded second panel; GRU: 3H = 120, a padded
-    fourth panel). Against the reference loop (outputs, final states, every gradient)."""
+    """LSTM, GRU (both forms) and RNN run each pass as one C call that multiplies 8 rows at a
+    time against 32-column panels of W_hh, each thread owning blocks of 16 rows from 32 rows
+    on: 32 rows (whole blocks: dA^T goes out in streaming stores of whole lines), or 37 (two
+    blocks and a partial one, ragged so blocks shrink mid-sequence); H = 40 (LSTM: 4H = 160,
+    five panels; backward, [W_hh | W_ih] has 47 columns: a padded second panel; GRU: 3H =
+    120, a padded fourth panel). Against the reference loop (outputs, final states, every
+    gradient)."""
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)

@@ -3,18 +3,17 @@ stacking, direction, ``lengths`` and gate recording, with a hand-written backwar
 
 Per layer and direction a :class:`torch.autograd.Function` runs the recurrence:
 
-* LSTM, LayerNormLSTM, GRU (reset gate after the product, torch.nn's form) and RNN on CPU
-  float32: ONE C call for the whole sequence, forward, and one for the backward
-  (:mod:`rnnkit.kernels.native`: recurrent products, the cell's elementwise math and, for
-  (LayerNorm)LSTM, the input projection and ``dx``, all inside), then the weight gradients as
-  ONE product over all steps, e.g. ``[dW_ih | dW_hh] = dA^T [X | H_prev]``
-  (:func:`rnnkit.kernels.gemm.products_t`, ``dA^T`` written by the C backward);
-* otherwise (the GRU with its reset gate before the product, float64, GPU, recording that
-  gradients flow back through, no C compiler): the input projection of all steps as one
-  matmul, then per step one product with the recurrent weight (reordered once per call,
-  :class:`rnnkit.kernels.gemm.Fixed`) into a preallocated gate buffer and the step's
-  elementwise math in in-place torch ops; the backward runs the reverse-time loop the same
-  way, then the weight gradients as one product.
+* LSTM, LayerNormLSTM, GRU (both forms) and RNN on CPU float32: ONE C call for the whole
+  sequence, forward, and one for the backward (:mod:`rnnkit.kernels.native`: recurrent
+  products, the cell's elementwise math and, for (LayerNorm)LSTM, the input projection and
+  ``dx``, all inside), then the weight gradients as ONE product over all steps, e.g.
+  ``[dW_ih | dW_hh] = dA^T [X | H_prev]`` (:func:`rnnkit.kernels.gemm.products_t`, ``dA^T``
+  written by the C backward);
+* otherwise (float64, GPU, recording that gradients flow back through, no C compiler): the
+  input projection of all steps as one matmul, then per step one product with the recurrent
+  weight (reordered once per call, :class:`rnnkit.kernels.gemm.Fixed`) into a preallocated
+  gate buffer and the step's elementwise math in in-place torch ops; the backward runs the
+  reverse-time loop the same way, then the weight gradients as one product.
 
 Both save the activated gates, which is what recording returns.
 
@@ -399,17 +398,25 @@ class _GRUCho(torch.autograd.Function):
         HH[:B] = h0
         G = xp.new_empty(N, 3 * H)  # r, z, n (activated)
         RH = xp.new_empty(N, H)  # r * h_prev
-        w_rz, w_n = gemm.Fixed(w[:2 * H].t(), B), gemm.Fixed(w[2 * H:].t(), B)
-        p = 0
-        for b, s in zip(plan.sizes, plan.offs, strict=True):
-            e = s + b
-            hp = HH[p:p + b]
-            g = G[s:e]
-            w_rz(hp, g[:, :2 * H], xp[s:e, :2 * H]).sigmoid_()
-            rh = torch.mul(g[:, :H], hp, out=RH[s:e])
-            w_n(rh, g[:, 2 * H:], xp[s:e, 2 * H:]).tanh_()
-            p = B + s
-            torch.lerp(g[:, 2 * H:], hp, g[:, H:2 * H], out=HH[p:p + b])
+        if native.usable(xp, w) and xp.is_contiguous():  # the whole recurrence in C
+            sizes, offs = plan.steps()
+            wrz, wn = native.pack(w[:2 * H].t()), native.pack(w[2 * H:].t())  # (referenced)
+            native.check(native.lib().gru_cho_seq_forward(
+                xp.data_ptr(), wrz.data_ptr(), wn.data_ptr(), HH.data_ptr(), G.data_ptr(),
+                RH.data_ptr(), sizes.data_ptr(), offs.data_ptr(), plan.T, B, H),
+                "GRU (reset before) forward", B=B, H=H)
+        else:
+            w_rz, w_n = gemm.Fixed(w[:2 * H].t(), B), gemm.Fixed(w[2 * H:].t(), B)
+            p = 0
+            for b, s in zip(plan.sizes, plan.offs, strict=True):
+                e = s + b
+                hp = HH[p:p + b]
+                g = G[s:e]
+                w_rz(hp, g[:, :2 * H], xp[s:e, :2 * H]).sigmoid_()
+                rh = torch.mul(g[:, :H], hp, out=RH[s:e])
+                w_n(rh, g[:, 2 * H:], xp[s:e, 2 * H:]).tanh_()
+                p = B + s
+                torch.lerp(g[:, 2 * H:], hp, g[:, H:2 * H], out=HH[p:p + b])
         ctx.plan = plan
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(w, HH, G, RH)
@@ -421,8 +428,20 @@ class _GRUCho(torch.autograd.Function):
         w, HH, G, RH = ctx.saved_tensors
         B, H = plan.B, w.shape[1]
         dY = _grad_or_zeros(dY, HH[B:])
-        r, z, n = G.split(H, dim=1)
         hp = plan.previous(HH)
+        if dG is None and native.usable(G):  # the reverse-time loop in one C call
+            dY, dA, DAT = dY.contiguous(), torch.empty_like(G), G.new_empty(3 * H, plan.N)
+            run = plan.scatter_final(dhN, H, hp)
+            sizes, offs = plan.steps()
+            wrz, wn = native.pack(w[:2 * H]), native.pack(w[2 * H:])
+            native.check(native.lib().gru_cho_seq_backward(
+                G.data_ptr(), HH.data_ptr(), dY.data_ptr(), wrz.data_ptr(), wn.data_ptr(),
+                run.data_ptr(), dA.data_ptr(), DAT.data_ptr(), sizes.data_ptr(), offs.data_ptr(),
+                plan.T, B, H), "GRU (reset before) backward", B=B, H=H)
+            dw = torch.cat([gemm.products_t(DAT[:2 * H], [hp])[0],
+                            gemm.products_t(DAT[2 * H:], [RH])[0]])
+            return dA, dw, run, None
+        r, z, n = G.split(H, dim=1)
         Pn = (1 - z) * (1 - n * n)
         Pz = (hp - n) * z * (1 - z)
         Pr = hp * r * (1 - r)
