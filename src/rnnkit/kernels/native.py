@@ -284,13 +284,28 @@ static int work_get(Work *w, size_t nf, long B) {
     return 1;
 }
 
+/* The gradient reaching h_{t-1} of each of the thread's rows, back into run (B, H): the
+ * product's row (pr, rows ld apart) plus, where keep is given, what reaches h_{t-1} directly
+ * (keep, rows H apart). */
+static void put_run(float *run, const long *rows, long n, long H, const float *pr, long ld,
+                    const float *keep) {
+    for (long i = 0; i < n; i++) {
+        float *restrict rn = run + rows[i] * H;
+        const float *restrict p = pr + i * ld, *restrict k = keep ? keep + i * H : NULL;
+        if (k)
+            for (long j = 0; j < H; j++) rn[j] = p[j] + k[j];
+        else
+            memcpy(rn, p, (size_t)H * sizeof(float));
+    }
+}
+
 /* Packed rows (rnnkit.kernels.fast.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1
  * of X (N, I); HH, CC (B + N, H) hold h0, c0 then every step's h, c. Per step and row:
  * pre = bias + x W_ih^T + h_prev W_hh^T (wx, wh: W_ih^T, W_hh^T packed into ceil(4H / PW)
  * panels of (I, PW) and (H, PW); bias (4H)), then the cell; writes gates G (N, 4H) and TC. */
 int lstm_seq_forward(const float *X, const float *wx, const float *bias, const float *wh,
-                       float *HH, float *CC, float *G, float *TC, const int64_t *sizes,
-                       const int64_t *offs, long T, long B, long H, long I) {
+                     float *HH, float *CC, float *G, float *TC, const int64_t *sizes,
+                     const int64_t *offs, long T, long B, long H, long I) {
     long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW;
     int failed = 0;
     PRAGMA(omp parallel if (B > MR))
@@ -333,9 +348,9 @@ int lstm_seq_forward(const float *X, const float *wx, const float *bias, const f
  * dx). Writes dA transposed, dAT (4H, N) (the weight gradients' operand), dX (N, I), and adds
  * dA's column sums to db (ndb rows of 4H, one per thread). */
 int lstm_seq_backward(const float *G, const float *CC, const float *TC, const float *dY,
-                        const float *w, float *run_h, float *run_c, float *dAT, float *dX,
-                        float *db, long ndb, const int64_t *sizes, const int64_t *offs, long T,
-                        long B, long H, long I) {
+                      const float *w, float *run_h, float *run_c, float *dAT, float *dX,
+                      float *db, long ndb, const int64_t *sizes, const int64_t *offs, long T,
+                      long B, long H, long I) {
     long N4 = 4 * H, np = (H + I + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
     int failed = 0;
     PRAGMA(omp parallel num_threads(ndb) if (B > MR && ndb > 1))
@@ -362,11 +377,9 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
                 }
                 put_t(dAT, N, s, rows, n, dA, N4, N4);
                 rows_mm(a, n, w, N4, np, scr, 1);
-                for (long i = 0; i < n; i++) {
-                    memcpy(run_h + rows[i] * H, scr + i * ld, (size_t)H * sizeof(float));
-                    if (I)
-                        memcpy(dX + (s + rows[i]) * I, scr + i * ld + H, (size_t)I * sizeof(float));
-                }
+                put_run(run_h, rows, n, H, scr, ld, NULL);
+                for (long i = 0; i < n && I; i++)
+                    memcpy(dX + (s + rows[i]) * I, scr + i * ld + H, (size_t)I * sizeof(float));
             }
             stores_done();
             free(ws.f);
@@ -479,11 +492,7 @@ int gru_seq_backward(const float *G, const float *R, const float *HH, const floa
                 }
                 put_t(DQT, N, s, rows, n, dq, N3, N3);
                 rows_mm(a, n, w, N3, np, scr, 1);
-                for (long i = 0; i < n; i++) {
-                    float *rn = run + rows[i] * H;
-                    const float *pr = scr + i * ld, *k = dhz + i * H;
-                    for (long j = 0; j < H; j++) rn[j] = pr[j] + k[j];
-                }
+                put_run(run, rows, n, H, scr, ld, dhz);
             }
             stores_done();
             free(ws.f);
@@ -621,11 +630,7 @@ int gru_cho_seq_backward(const float *G, const float *HH, const float *dY, const
                 }
                 put_t(DAT, N, s, rows, n, da, N3, N3);
                 rows_mm(a, n, wrz, 2 * H, np, s1, 1);  /* [dr, dz] W_hrz */
-                for (long i = 0; i < n; i++) {
-                    float *rn = run + rows[i] * H;
-                    const float *pr = s1 + i * ld, *k = kp + i * H;
-                    for (long j = 0; j < H; j++) rn[j] = pr[j] + k[j];
-                }
+                put_run(run, rows, n, H, s1, ld, kp);
             }
             stores_done();
             free(ws.f);
@@ -718,8 +723,7 @@ int rnn_seq_backward(const float *HH, const float *dY, const float *w, float *ru
                 }
                 put_t(DAT, N, s, rows, n, dl, H, H);
                 rows_mm(a, n, w, H, np, scr, 1);
-                for (long i = 0; i < n; i++)
-                    memcpy(run + rows[i] * H, scr + i * ld, (size_t)H * sizeof(float));
+                put_run(run, rows, n, H, scr, ld, NULL);
             }
             stores_done();
             free(ws.f);
@@ -829,11 +833,11 @@ static void ln_cell(float *restrict t, float *restrict c, float *restrict h,
  * zoneout probability). Writes P, R (N, 4H), gates G (N, 4H), ST (N, 6: mean and 1/std of r,
  * of the cell update, of p), CPRE, TC (N, H) and HH, CC (B + N, H) after h0, c0. */
 int lnlstm_seq_forward(const float *X, const float *wx, const float *wh, const float *g_ih,
-                         const float *beta, const float *g_hh, const float *g_c,
-                         const float *b_c, const float *drop, const float *zone,
-                         const float *fill, float *P, float *R, float *HH, float *CC, float *G,
-                         float *ST, float *CPRE, float *TC, const int64_t *sizes,
-                         const int64_t *offs, long T, long B, long H, long I, float eps) {
+                       const float *beta, const float *g_hh, const float *g_c,
+                       const float *b_c, const float *drop, const float *zone,
+                       const float *fill, float *P, float *R, float *HH, float *CC, float *G,
+                       float *ST, float *CPRE, float *TC, const int64_t *sizes,
+                       const int64_t *offs, long T, long B, long H, long I, float eps) {
     long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW;
     int failed = 0;
     PRAGMA(omp parallel if (B > MR))
@@ -947,13 +951,13 @@ static void lnb_r(float *restrict dR, float *restrict agh, const float *restrict
  * g_ih 4H, beta 4H; thread k adds to row k, so the sums do not depend on scheduling; the
  * caller adds the rows up). */
 int lnlstm_seq_backward(const float *P, const float *R, const float *g_ih, const float *g_hh,
-                          const float *g_c, const float *G, const float *ST, const float *CPRE,
-                          const float *TC, const float *CC, const float *drop,
-                          const float *zone, const float *fill, const float *dY,
-                          const float *wh, const float *wx, float *run_h, float *run_c,
-                          float *DRT, float *DPT, float *dX, float *acc, long nacc,
-                          const int64_t *sizes, const int64_t *offs, long T, long B, long H,
-                          long I) {
+                        const float *g_c, const float *G, const float *ST, const float *CPRE,
+                        const float *TC, const float *CC, const float *drop,
+                        const float *zone, const float *fill, const float *dY,
+                        const float *wh, const float *wx, float *run_h, float *run_c,
+                        float *DRT, float *DPT, float *dX, float *acc, long nacc,
+                        const int64_t *sizes, const int64_t *offs, long T, long B, long H,
+                        long I) {
     long N4 = 4 * H, nh = (H + PW - 1) / PW, nx = (I + PW - 1) / PW;
     long N = offs[T - 1] + sizes[T - 1];
     int failed = 0;
@@ -990,12 +994,9 @@ int lnlstm_seq_backward(const float *P, const float *R, const float *g_ih, const
                 put_t(DPT, N, s, rows, n, dp, N4, N4);
                 rows_mm(a, n, wh, N4, nh, scr, 1);
                 rows_mm(ap, n, wx, N4, nx, scx, 1);
-                for (long i = 0; i < n; i++) {
-                    float *rh = run_h + rows[i] * H;
-                    const float *pr = scr + i * nh * PW, *kp = keep + i * H;
-                    for (long j = 0; j < H; j++) rh[j] = pr[j] + kp[j];
+                put_run(run_h, rows, n, H, scr, nh * PW, keep);
+                for (long i = 0; i < n; i++)
                     memcpy(dX + (s + rows[i]) * I, scx + i * nx * PW, (size_t)I * sizeof(float));
-                }
             }
             stores_done();
             free(ws.f);
