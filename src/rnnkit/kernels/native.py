@@ -17,7 +17,7 @@ The weight gradients stay one large oneDNN product over all steps
 
 :func:`lib` compiles the source below with the system C compiler (``$CC`` or ``cc``; ``-O3``,
 AVX-512 or AVX2/FMA as torch reports them; no ``-ffast-math``) into ``$RNNKIT_CACHE``
-(default ``~/.cache/rnnkit``) once per source/flags, in about a second, and loads it with
+(default ``~/.cache/rnnkit``) once per source/flags, in 2–3 seconds, and loads it with
 ctypes. Built with ``-fopenmp`` where that links, the loops run on torch's own OpenMP thread
 team (``libgomp.so.1`` resolves to the copy torch has loaded: one runtime, the thread count
 torch.set_num_threads set). Without a compiler, or with ``RNNKIT_NATIVE=0``, :func:`lib`
