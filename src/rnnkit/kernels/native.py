@@ -39,9 +39,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+PW = 32  # the C products' panel width: columns per packed panel, two AVX-512 vectors
+
 SOURCE = r"""
-/* rnnkit: one LSTM time step's elementwise math, forward and backward, in one pass over the
- * rows; float32, rows contiguous, gate blocks in torch.nn's order i, f, g, o (4H per row). */
+/* rnnkit's C kernels: RNN, LSTM, GRU and LayerNormLSTM over whole sequences, the LSTM stack's
+ * single step, minGRU/minLSTM's pass over time; float32, rows contiguous, gate blocks in
+ * torch.nn's order (LSTM i, f, g, o; GRU r, z, n). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -152,7 +155,7 @@ static void bwd_row(const float *restrict gi, const float *restrict gf,
  * panel is read from memory once per step and reused by all of the thread's rows. The kernels
  * for the other cells (GRU, RNN, LayerNormLSTM) below follow the same frame. */
 #define MR 8
-#define PW 32
+#define PW @PW@  /* rnnkit.kernels.native.PW */
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -388,6 +391,11 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
     return failed;
 }
 
+/* torch.lerp(start, end, w), its two-sided formula (GRU: h = lerp(n, h_prev, z)). */
+static inline float lerp_(float start, float end, float w) {
+    return w < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
+}
+
 /* A GRU row's step (gru_seq_forward): gates g = [r, z, n] and h from xp row x, product q. */
 static void gru_fwd_row(const float *restrict x, const float *restrict q,
                         const float *restrict hp, float *restrict g, float *restrict h, long H) {
@@ -395,8 +403,7 @@ static void gru_fwd_row(const float *restrict x, const float *restrict q,
         float rg = sigm(x[j] + q[j]), zg = sigm(x[H + j] + q[H + j]);
         float ng = tanh_(x[2 * H + j] + rg * q[2 * H + j]);
         g[j] = rg; g[H + j] = zg; g[2 * H + j] = ng;
-        /* torch.lerp(n, h_prev, z), its two-sided formula */
-        h[j] = zg < 0.5f ? ng + zg * (hp[j] - ng) : hp[j] - (hp[j] - ng) * (1.0f - zg);
+        h[j] = lerp_(ng, hp[j], zg);
     }
 }
 
@@ -515,7 +522,7 @@ static void cho_cell_row(const float *restrict rz, const float *restrict pn,
     for (long j = 0; j < H; j++) {
         float zg = rz[H + j], ng = tanh_(pn[j]);
         g[j] = rz[j]; g[H + j] = zg; g[2 * H + j] = ng;
-        h[j] = zg < 0.5f ? ng + zg * (hp[j] - ng) : hp[j] - (hp[j] - ng) * (1.0f - zg);
+        h[j] = lerp_(ng, hp[j], zg);
     }
 }
 
@@ -735,15 +742,16 @@ int rnn_seq_backward(const float *HH, const float *dY, const float *w, float *ru
 /* One LSTM time step for a stack of L layers at a small batch b (generation, streaming): per
  * layer k, pre = [x | h_prev] [W_ih | W_hh]^T + bias, then the cell; x (b, I) is the input of
  * layer 0, each layer's new h that of the next. wx[k], wh[k]: W_ih^T, W_hh^T packed with their
- * columns unit-interleaved (panel j: gates i, f, g, o of units 8j .. 8j + 7, zero padded past
- * H), bias[k] (ceil(H / 8) * 32) in the same order; h_prev, c_prev, h, c: (L, b, H). A panel
- * holds every gate of its units, so the threads split the panels and apply the cell at once;
- * the layers wait for each other (each reads the previous one's whole h). At batch 1 a step
- * is memory bound: it reads every weight once, and both threads read. */
+ * columns unit-interleaved (panel j: gates i, f, g, o of UNITS units from UNITS j, zero
+ * padded past H), bias[k] (ceil(H / UNITS) * PW) in the same order; h_prev, c_prev, h, c:
+ * (L, b, H). A panel holds every gate of its units, so the threads split the panels and apply
+ * the cell at once; the layers wait for each other (each reads the previous one's whole h).
+ * At batch 1 a step is memory bound: it reads every weight once, and both threads read. */
+#define UNITS (PW / 4)  /* units per panel of pack_units: their four gates fill it */
 void lstm_stack_step(const float *x, const float *const *wx, const float *const *wh,
                      const float *const *bias, const float *h_prev, const float *c_prev,
                      float *h, float *c, long L, long b, long I, long H) {
-    long np = (H + 7) / 8;
+    long np = (H + UNITS - 1) / UNITS;
     PRAGMA(omp parallel if (np >= 8))
     for (long k = 0; k < L; k++) {
         const float *in = k ? h + (k - 1) * b * H : x;
@@ -762,16 +770,15 @@ void lstm_stack_step(const float *x, const float *const *wx, const float *const 
                     memcpy(acc + i * PW, bias[k] + j * PW, sizeof(float) * PW);
                 rows_mm(ax, nr, wx[k] + j * K * PW, K, 1, acc, 0);
                 rows_mm(ah, nr, wh[k] + j * H * PW, H, 1, acc, 0);
-                for (long i = 0; i < nr; i++) {
-                    const float *a = acc + i * PW;
-                    long o = (k * b + r0 + i) * H;
-                    for (long q = 0; q < 8 && 8 * j + q < H; q++) {
-                        long u = 8 * j + q;
-                        float ig = sigm(a[q]), fg = sigm(a[8 + q]), gg = tanh_(a[16 + q]);
-                        float og = sigm(a[24 + q]), cn = fg * c_prev[o + u] + ig * gg;
-                        c[o + u] = cn;
-                        h[o + u] = og * tanh_(cn);
-                    }
+                long u = UNITS * j, m = H - u < UNITS ? H - u : UNITS;  /* the panel's units */
+                for (long i = 0; i < nr; i++) {  /* the LSTM cell on them (padding: zeros) */
+                    long o = (k * b + r0 + i) * H + u;
+                    float cp[UNITS] = {0}, g[PW], cn[UNITS], tc[UNITS], hn[UNITS];
+                    memcpy(cp, c_prev + o, (size_t)m * sizeof(float));
+                    fwd_row(acc + i * PW, g, g + UNITS, g + 2 * UNITS, g + 3 * UNITS, cp, cn, tc,
+                            hn, UNITS);
+                    memcpy(c + o, cn, (size_t)m * sizeof(float));
+                    memcpy(h + o, hn, (size_t)m * sizeof(float));
                 }
             }
         }  /* (the end of the omp for waits: the next layer reads this one's whole h) */
@@ -1118,7 +1125,7 @@ void minrnn_backward(const float *pre, const float *h0, const float *h, const in
         }
     }
 }
-"""
+""".replace("@PW@", str(PW))
 
 
 def _flag_sets() -> list[list[str]]:
@@ -1197,8 +1204,6 @@ def lib() -> ctypes.CDLL | None:
     return lib
 
 
-PW = 32  # the C products' panel width
-
 
 def check(failed: int, what: str, **shape: int) -> None:
     """Raise if a whole-sequence kernel reported that a thread could not allocate its buffers
@@ -1222,13 +1227,14 @@ def pack(m: Tensor) -> Tensor:
 def pack_units(w: Tensor) -> Tensor:
     """A gate-stacked weight ``w`` ``(4H, K)`` (torch.nn's layout, gates i, f, g, o) as
     :func:`pack` lays out ``w^T`` but with its columns unit-interleaved: panel ``j`` holds gates
-    i, f, g, o of units ``8j .. 8j + 7`` (zero past ``H``), so one panel holds every gate of
-    its units. A bias ``(4H,)`` comes back as ``(ceil(H / 8) * 32,)`` in the same order."""
-    H = w.shape[0] // 4
-    units = -(-H // 8) * 8
+    i, f, g, o of ``u = PW / 4`` units from ``u j`` (zero past ``H``), so one panel holds every
+    gate of its units. A bias ``(4H,)`` comes back as ``(ceil(H / u) * PW,)`` in the same
+    order."""
+    H, u = w.shape[0] // 4, PW // 4
+    units = -(-H // u) * u
     z = w.new_zeros(4, units, *w.shape[1:])
     z[:, :H] = w.reshape(4, H, *w.shape[1:])
-    z = z.view(4, units // 8, 8, *w.shape[1:]).transpose(0, 1)  # (panels, gate, 8, K)
+    z = z.view(4, units // u, u, *w.shape[1:]).transpose(0, 1)  # (panels, gate, u, K)
     z = z.reshape(units * 4, *w.shape[1:])
     return z if w.dim() == 1 else pack(z.t())
 
