@@ -8,7 +8,7 @@ Every row times two (or three) programs on the same inputs, interleaved (A, B, A
 that both see the same machine load, and reports the median of each and their ratio
 ``speed = peer time / rnnkit time`` (> 1: rnnkit is faster). Both run in this one process with
 glibc told to keep freed memory for reuse, as the ``rnnkit`` command does
-(:mod:`rnnkit.kernels.memory`; ``--glibc-default-malloc`` measures without it). Rows:
+(:mod:`rnnkit.runtime`; ``--glibc-default-malloc`` measures without it). Rows:
 
 * ``auto``: ``kernel="auto"`` (whatever it dispatches to) vs torch.nn RNN/LSTM/GRU, forward
   and forward+backward, 1x256 and 2x512;
@@ -53,7 +53,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from rnnkit.kernels import scan
-from rnnkit.kernels.memory import keep_freed_memory
+from rnnkit.runtime import keep_freed_memory
 
 ROWS: list[dict] = []
 

@@ -24,15 +24,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from rnnkit.tasks.lm import (
-    DATA_DEFAULTS,
-    MODEL_DEFAULTS,
-    TRAIN_DEFAULTS,
-    LMTask,
-    load_data,
-    resolve_precision,
-)
-from rnnkit.tasks.ngram import NGramLM
+from rnnkit.tasks.lm import LMTask, load_data, resolve_precision
+from rnnkit.tasks.lm.cli import DEFAULTS, OWN, VALID_FRACTION
+from rnnkit.tasks.lm.ngram import NGramLM
 from rnnkit.train import TrainConfig, train
 
 LN2 = math.log(2)
@@ -42,14 +36,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="text file or folder (default: the Python stdlib corpus)")
-    ap.add_argument("--minutes", type=float, default=TRAIN_DEFAULTS["minutes"],
+    ap.add_argument("--minutes", type=float, default=DEFAULTS["minutes"],
                     help="budget per network")
-    ap.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
+    ap.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     ap.add_argument("--cells", default="rnn,gru,lstm")
-    ap.add_argument("--hidden", type=int, default=MODEL_DEFAULTS["hidden"])
+    ap.add_argument("--hidden", type=int, default=DEFAULTS["hidden"])
     ap.add_argument("--orders", default="7,8,9", help="n-gram orders to fit (9 is the highest "
                     "the 64-bit keys allow for ~100 symbols)")
-    ap.add_argument("--precision", default=TRAIN_DEFAULTS["precision"],
+    ap.add_argument("--precision", default=OWN["precision"],
                     help="auto (bf16 autocast where the CPU has it, as rnnkit train lm), fp32, "
                          "bf16")
     ap.add_argument("--out", default="runs/lm_compare")
@@ -57,8 +51,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     source = {"data": str(Path(args.data).resolve()) if args.data else None,
-              "max_chars": None if args.data else DATA_DEFAULTS["max_chars"],
-              "valid_fraction": DATA_DEFAULTS["valid_fraction"], "split_seed": 0}
+              "max_chars": None if args.data else OWN["max_chars"],
+              "valid_fraction": VALID_FRACTION, "split_seed": 0}
     data = load_data(source, "char")
     name = Path(args.data).name if args.data else "Python stdlib"
     print(f"corpus {name}: {len(data.train):,} train / {len(data.valid):,} validation chars",
@@ -81,13 +75,13 @@ def main() -> None:
 
     curves = {}
     for cell in args.cells.split(","):
-        mcfg = {**MODEL_DEFAULTS, "cell": cell, "hidden": args.hidden}
-        mcfg.pop("order")
-        task = LMTask(data, mcfg, TRAIN_DEFAULTS["batch"], TRAIN_DEFAULTS["seq"],
-                      TRAIN_DEFAULTS["eval_rows"], resolve_precision(args.precision))
+        mcfg = {"cell": cell, "hidden": args.hidden, "layers": DEFAULTS["layers"],
+                "embed": DEFAULTS["embed"], "dropout": DEFAULTS["dropout"], "tie": OWN["tie"]}
+        task = LMTask(data, mcfg, DEFAULTS["batch_size"], OWN["seq"], OWN["eval_rows"],
+                      resolve_precision(args.precision))
         run = out / f"{cell}-{time.strftime('%Y%m%d-%H%M%S')}"
         res = train(task, TrainConfig(out=str(run), minutes=args.minutes, lr=args.lr,
-                                      eval_every=TRAIN_DEFAULTS["eval_every"]))
+                                      eval_every=DEFAULTS["eval_every"]))
         n_params = sum(p.numel() for p in task.build_model().parameters())
         best = res.best or res.metrics
         rows.append((f"{cell.upper()} 1×{args.hidden}", f"{n_params:,} parameters",

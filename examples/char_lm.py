@@ -12,7 +12,7 @@ from rnnkit.train import TrainConfig, train
 source = {"data": sys.argv[1] if len(sys.argv) > 1 else None, "max_chars": 1_000_000,
           "valid_fraction": 0.1}
 data = load_data(source, tokenizer="char")  # split by file (or last 10% of one file)
-task = LMTask(data, {"cell": "lstm", "hidden": 256, "layers": 1, "emb": 64, "dropout": 0.0,
+task = LMTask(data, {"cell": "lstm", "hidden": 256, "layers": 1, "embed": 64, "dropout": 0.0,
                      "tie": False}, batch=32, seq=100)
 out = f"runs/example-lm-{time.strftime('%Y%m%d-%H%M%S')}"
 # an evaluation reads every validation character (751k, a few seconds): not too often

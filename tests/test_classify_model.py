@@ -22,7 +22,7 @@ from rnnkit.tasks.classify import (
     stable_prefix,
     truncate,
 )
-from rnnkit.tasks.classify_metrics import choose_threshold, classification_metrics
+from rnnkit.tasks.classify.metrics import choose_threshold, classification_metrics
 
 ALPHABET = "ab xyz한국어가나다를 !?,.'\u0301\u0323\u00e9\ntT"
 CORPUS = ["the movie was great", "한국어 영화가 재미있다", "it's a bad, bad plot!",

@@ -103,7 +103,7 @@ def test_stream_resumes_exactly_and_task_errors():
     s2.load_state_dict(state)
     b = next(s2)
     torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="task must be one of"):
+    with pytest.raises(ValueError, match="problem must be one of"):
         LongRangeTask("parity", 10, "lstm")
     with pytest.raises(ValueError, match="digits task only"):
         LongRangeTask("adding", 10, "lstm", permute=True)

@@ -10,7 +10,7 @@ import pytest
 PROBE = r"""
 import resource, sys
 import torch
-from rnnkit.kernels.memory import keep_freed_memory
+from rnnkit.runtime import keep_freed_memory
 
 def faults(n=8):
     torch.empty(16 << 20).fill_(1.0)  # 64 MiB, touched, freed

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rnnkit.data import build_tokenizer
-from rnnkit.tasks.ngram import NGramLM
+from rnnkit.tasks.lm.ngram import NGramLM
 
 TEXT = "abracadabra cadabra abba dabba doo, abracadabra! " * 3 + "xyz"
 

@@ -78,7 +78,7 @@ def tiny_model(text: str, cell: str = "lstm", hidden: int = 6):
     torch.manual_seed(0)
     chars = sorted(set(text))
     ids = torch.tensor([chars.index(c) for c in text])
-    return CharLM(len(chars), cell, hidden, layers=2, emb=4), ids
+    return CharLM(len(chars), cell, hidden, layers=2, embed=4), ids
 
 
 def test_analyse_reads_text_in_chunks_and_reports_gate_statistics():
@@ -138,7 +138,7 @@ def test_html_page_renders_in_headless_chromium_and_the_picker_changes_colours(t
     text = CODE + "\n# </script> stays text\n"
     model, ids = tiny_model(text, cell="gru", hidden=4)
     rep = analyse(model, ids, text)
-    page = write_html(rep, tmp_path / "cells.html", n_units=5)
+    page = write_html(rep, tmp_path / "cells.html", units=5)
     html = page.read_text()
     assert "http" not in html.replace("http-equiv", "")   # self-contained: nothing to fetch
     colours = {}
@@ -161,6 +161,36 @@ def test_html_page_renders_in_headless_chromium_and_the_picker_changes_colours(t
     dom = dump_dom(f"file://{page}#unit={rep.names[shown[3]]}")
     assert re.findall(r"rgb\((\d+), (\d+), (\d+)\)", dom.split('id="text"')[1]) == \
         [tuple(str(v) for v in c) for c in colours["3"]]
+    assert re.search(r'<p id="missing"[^>]*hidden', dom)
+    # a unit the page does not hold: a message naming it, not a silent fall-back
+    dom = dump_dom(f"file://{page}#unit=l9.h99")
+    note = re.search(r'<p id="missing"[^>]*>([^<]*)</p>', dom)
+    assert note and "l9.h99" in note.group(1) and "hidden" not in note.group(0), note
+
+
+def test_page_units_by_name_and_labels_shared_with_the_table(tmp_path):
+    text = CODE * 2
+    model, ids = tiny_model(text, cell="lstm", hidden=6)
+    rep = analyse(model, ids, text)
+    import json as _json
+
+    def page_units(path):
+        data = path.read_text().split("const DATA = ")[1].split(";\n")[0]
+        return _json.loads(data.replace("<\\/", "</"))["units"]
+
+    names = [rep.names[7], rep.names[2]]
+    units = page_units(write_html(rep, tmp_path / "a.html", units=names))
+    assert [u["name"] for u in units] == names
+    # every unit the terminal's table names is labelled on the page with the same feature and r
+    best = rep.best()
+    units = page_units(write_html(rep, tmp_path / "b.html", units=len(rep.names)))
+    by_name = {u["name"]: u["label"] for u in units}
+    for feat, (unit, r) in best.items():
+        assert f"{feat} (r = {r:+.2f})" in by_name[unit], (feat, unit, by_name[unit])
+    with pytest.raises(ValueError, match=r"no unit 'l0\.x3'.*l0\.h0"):
+        write_html(rep, tmp_path / "c.html", units=["l0.x3"])
+    with pytest.raises(ValueError, match="at least one unit"):
+        html_units(rep, 0)
 
 
 def test_inspect_cells_command_on_a_saved_run(tmp_path, capsys):
@@ -171,9 +201,9 @@ def test_inspect_cells_command_on_a_saved_run(tmp_path, capsys):
     text = CODE * 4
     tok = build_tokenizer("char", [text])
     torch.manual_seed(0)
-    model = CharLM(tok.vocab_size, "lstm", 8, layers=1, emb=4)
+    model = CharLM(tok.vocab_size, "lstm", 8, layers=1, embed=4)
     cfg = {"task": "lm", "tokenizer": tok.to_json(),
-           "model": {"cell": "lstm", "hidden": 8, "layers": 1, "emb": 4, "dropout": 0.0,
+           "model": {"cell": "lstm", "hidden": 8, "layers": 1, "embed": 4, "dropout": 0.0,
                      "tie": False, "vocab_size": tok.vocab_size}}
     ckpt.save(tmp_path / "run" / "best", model, cfg)
     src = tmp_path / "code.py"
@@ -187,3 +217,8 @@ def test_inspect_cells_command_on_a_saved_run(tmp_path, capsys):
         assert f"| {feat} | {unit} | {r:+.3f} |" in out
     assert "| 0 | forget |" in out and (tmp_path / "p.html").stat().st_size > len(text)
     assert main(["inspect", "cells", str(tmp_path / "nope")]) == 2
+    # a unit named on the terminal can be put on the page by name
+    unit = rep.best()["in_string"][0]
+    rc = main(["inspect", "cells", str(tmp_path / "run"), "--text", str(src),
+               "--html", str(tmp_path / "q.html"), "--html-units", f"{unit},l0.h1"])
+    assert rc == 0 and f'"name": "{unit}"' in (tmp_path / "q.html").read_text()

@@ -1,14 +1,26 @@
 """rnnkit: recurrent sequence models that read like their equations, match torch.nn exactly,
 and run fast."""
 
+from typing import Any
+
+from rnnkit import keras
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.inspect.params import ParamFormula, count_params, param_formula
 from rnnkit.inspect.record import record
 from rnnkit.inspect.summary import summary
-from rnnkit.kernels.memory import keep_freed_memory
 from rnnkit.layers import GRU, LSTM, RNN, LayerNormLSTM, MinGRU, MinLSTM, Recurrent
+from rnnkit.runtime import keep_freed_memory
 
 __version__ = "0.1.0"
+
+
+def load(run_dir: str) -> Any:
+    """The trained model of a run folder, whatever its task (see :func:`rnnkit.tasks.load`):
+    ``rnnkit.load("runs/sms").predict(["..."])``, ``rnnkit.load("runs/lm").sample("def ")``."""
+    from rnnkit.tasks import load as load_run
+
+    return load_run(run_dir)
+
 
 __all__ = [
     "GRU",
@@ -24,6 +36,8 @@ __all__ = [
     "Recurrent",
     "count_params",
     "keep_freed_memory",
+    "keras",
+    "load",
     "param_formula",
     "record",
     "summary",

@@ -22,9 +22,13 @@ loadable (:func:`resolve` finds it).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +66,11 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    _write_synced(tmp, data.encode() if isinstance(data, str) else data)
+    try:
+        _write_synced(tmp, data.encode() if isinstance(data, str) else data)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -179,6 +187,64 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     return model
 
 
+# -- the run folder: one process at a time, no stale temporaries -------------------------------
+LOCK = ".lock"
+_held: dict[str, int] = {}  # run folder -> how many times this process holds its lock
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive OS lock on ``run_dir`` (``flock`` on ``run_dir/.lock``, created with
+    the folder) while the block runs. Another process holding it is a ValueError naming its
+    PID; a killed holder releases it by dying. Re-entrant within one process."""
+    d = Path(run_dir)
+    key = str(d.resolve())
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield d
+        finally:
+            _held[key] -= 1
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(f"{d} is in use by another rnnkit process (PID {holder}); wait "
+                             f"for it to finish or stop it, then try again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[key] = 1
+        try:
+            yield d
+        finally:
+            del _held[key]
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def clean_stale(run_dir: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporaries a killed process left in ``run_dir`` (``.last.tmp<PID>/``,
+    ``.config.json.tmp<PID>``, ...); call it while holding :func:`run_lock`. Returns their
+    names."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return []
+    gone = []
+    for p in d.iterdir():
+        if p.name.startswith(".") and ".tmp" in p.name:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            gone.append(p.name)
+    return sorted(gone)
+
+
 # -- checkpoint folders -------------------------------------------------------------------------
 def _old(d: Path) -> Path:
     return d.with_name(f".{d.name}.old")
@@ -214,16 +280,26 @@ def save(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any],
     if not dst.exists() and old.exists():  # finish a swap a crash interrupted
         os.replace(old, dst)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    _write_synced(tmp / MODEL, model_bytes(model))
-    _write_synced(tmp / CONFIG, json.dumps(config, indent=1).encode())
     record = dict(info or {})
+    files = {MODEL: model_bytes(model), CONFIG: json.dumps(config, indent=1).encode()}
     if state is not None:
         tensors: dict[str, Tensor] = {}
         record["state"] = flatten(state, tensors)
-        _write_synced(tmp / TRAINER_TENSORS, _tensor_bytes(tensors))
-    _write_synced(tmp / TRAINER_JSON, json.dumps(record, indent=1).encode())
-    _fsync_dir(tmp)
+        files[TRAINER_TENSORS] = _tensor_bytes(tensors)
+    files[TRAINER_JSON] = json.dumps(record, indent=1).encode()
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            _write_synced(tmp / name, data)
+        _fsync_dir(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            need = sum(len(b) for b in files.values())
+            raise OSError(e.errno, f"no space left on the device to save the checkpoint "
+                          f"{dst} ({need:,} bytes needed); the previous checkpoint there is "
+                          f"unchanged. Free some space and resume") from None
+        raise
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
         os.replace(dst, old)

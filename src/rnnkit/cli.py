@@ -1,48 +1,146 @@
-"""The ``rnnkit`` command. Each command lives next to its code and registers itself here."""
+"""The ``rnnkit`` command, built from the task registry (:data:`rnnkit.tasks.TASKS`):
+``rnnkit train TASK`` for every task, ``rnnkit eval RUN``, the tasks' verbs (``sample``,
+``predict``...) and experiments, and ``rnnkit explain``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from typing import Any
 
-from rnnkit.kernels.memory import keep_freed_memory
+from rnnkit import __version__, tasks
+from rnnkit.inspect import explain
+from rnnkit.runtime import keep_freed_memory
+from rnnkit.tasks.args import POS_INT, add_model_args, add_train_args, parser_kwargs
+from rnnkit.tasks.spec import TaskSpec, train_command
 
-# Modules exposing ``register(subparsers)``; add one line per command.
-COMMANDS = [
-    "rnnkit.inspect.explain",
-    "rnnkit.tasks",
-    "rnnkit.tasks.classify",
-    "rnnkit.tasks.longrange",
-    "rnnkit.inspect.cells_cli",
-]
-# Task modules exposing ``register_train(subparsers)`` for ``rnnkit train <task>``.
-TRAIN_TASKS: list[str] = [
-    "rnnkit.tasks.lm",
-    "rnnkit.tasks.classify",
-]
+GROUPS = {"inspect": "look inside models: gradient flow, interpretable cells"}
+
+
+class _Once:
+    """A parser (or group) that skips options another task already added, so tasks that
+    share a command (``eval``, ``predict``) share its flags."""
+
+    def __init__(self, target: Any, seen: set[str]) -> None:
+        self.target, self.seen = target, seen
+
+    def add_argument(self, *names: str, **kw: Any) -> Any:
+        opts = [n for n in names if n.startswith("-")]
+        if opts and any(o in self.seen for o in opts):
+            return None
+        if not opts and kw.get("dest", names[0] if names else None) in self.seen:
+            return None
+        self.seen.update(opts or names)
+        return self.target.add_argument(*names, **kw)
+
+    def add_argument_group(self, *a: Any, **kw: Any) -> _Once:
+        return _Once(self.target.add_argument_group(*a, **kw), self.seen)
+
+    def set_defaults(self, **kw: Any) -> None:
+        self.target.set_defaults(**kw)
+
+
+def _on_run(attr: str, verb: str | None = None):
+    """A command that runs the task of ``args.run_dir``'s own ``attr`` (or its verb)."""
+    def run(args: argparse.Namespace) -> int:
+        spec = tasks.spec_of_run(args.run_dir)
+        if verb is None:
+            return int(getattr(spec, attr)(args) or 0)
+        for v in spec.verbs:
+            if v.name == verb:
+                return int(v.run(args) or 0)
+        raise ValueError(f"{args.run_dir} is a {spec.name!r} run, which has no {verb!r}; "
+                         f"its commands: {', '.join(['eval', *(v.name for v in spec.verbs)])}")
+    return run
+
+
+def _add_train(tsub: argparse._SubParsersAction, spec: TaskSpec) -> None:
+    p = tsub.add_parser(spec.name, help=spec.help, **parser_kwargs(spec.description))
+    spec.add_args(p)
+    if spec.model_cells:
+        add_model_args(p, spec.defaults, spec.model_cells, spec.model_flags)
+    add_train_args(p, spec.defaults, epochs=spec.epochs)
+    p.set_defaults(func=lambda a, s=spec: train_command(s, a))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rnnkit", description="Recurrent sequence models you can read, trust and run fast.")
+        prog="rnnkit", **parser_kwargs("Recurrent sequence models you can read, trust and run "
+                                       "fast. 'rnnkit COMMAND --help' explains each command."))
+    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    if TRAIN_TASKS:
-        train = sub.add_parser("train", help="train a model for a task")
-        tsub = train.add_subparsers(dest="task", required=True, metavar="TASK")
-        for mod in TRAIN_TASKS:
-            importlib.import_module(mod).register_train(tsub)
-    for mod in COMMANDS:
-        importlib.import_module(mod).register(sub)
+    specs = tasks.specs()
+
+    train = sub.add_parser("train", help="train a model for a task",
+                           **parser_kwargs("Train a model; every task takes the same training "
+                                           "flags. 'rnnkit train TASK --help' lists them."))
+    tsub = train.add_subparsers(dest="task", required=True, metavar="TASK")
+    for spec in specs.values():
+        _add_train(tsub, spec)
+
+    ev = sub.add_parser("eval", help="evaluate a trained run",
+                        **parser_kwargs("Evaluate a run folder (or checkpoint folder); the data "
+                                        "and metric depend on the run's task."))
+    ev.add_argument("run_dir", metavar="RUN_DIR", help="run folder (uses best/, else last/) or "
+                    "checkpoint folder")
+    ev.add_argument("--data", help="the file to evaluate on (text for lm, a labelled table for "
+                    "classify)")
+    ev.add_argument("--batch-size", "--batch", type=POS_INT, default=None, dest="batch_size",
+                    help="evaluation batch size")
+    seen = {"--data", "--batch-size", "--batch"}
+    for spec in specs.values():
+        spec.add_eval_args(_Once(ev, seen))
+    ev.set_defaults(func=_on_run("evaluate"))
+
+    verbs: dict[str, tuple[argparse.ArgumentParser, set[str]]] = {}
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for spec in specs.values():
+        for v in spec.verbs:
+            if v.name not in verbs:
+                p = sub.add_parser(v.name, help=v.help, **parser_kwargs(v.description))
+                p.add_argument("run_dir", metavar="RUN_DIR",
+                               help="run folder (uses best/, else last/) or checkpoint folder")
+                p.set_defaults(func=_on_run("verbs", v.name))
+                verbs[v.name] = (p, set())
+            p, seen = verbs[v.name]
+            v.add_args(_Once(p, seen))  # type: ignore[arg-type]
+        for c in spec.commands:
+            where = sub
+            if c.group is not None:
+                if c.group not in groups:
+                    g = sub.add_parser(c.group, help=GROUPS.get(c.group, c.group),
+                                       **parser_kwargs(GROUPS.get(c.group)))
+                    groups[c.group] = g.add_subparsers(dest=f"{c.group}_command",
+                                                       required=True, metavar="WHAT")
+                where = groups[c.group]
+            p = where.add_parser(c.name, help=c.help,
+                                 **parser_kwargs(c.description or c.help))
+            c.add_args(p)
+            p.set_defaults(func=c.run)
+    explain.register(sub)
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``. A command's optional trailing positional (``predict RUN --stream -``)
+    may also come after its options."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    name = getattr(args, "_trailing", None)
+    if extra and name and getattr(args, name, None) is None and len(extra) == 1 and \
+            (extra[0] == "-" or not extra[0].startswith("-")):
+        setattr(args, name, extra[0])
+    elif extra:
+        parser.parse_args(argv)  # the usual error message, exit code 2
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     keep_freed_memory()  # training steps reuse freed memory instead of page-faulting it anew
     try:
         rc = args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: a clear message, no traceback
+    except (ValueError, OSError) as e:  # bad input, missing or unwritable files: no traceback
         print(f"rnnkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -375,3 +375,10 @@ class MinLSTM(_MinRNN):
 
     mode = "minlstm"
     cell_class = MinLSTMCell
+
+
+# The layer families by name, as every task's ``--cell`` flag spells them.
+CELLS: dict[str, type[Recurrent]] = {
+    "rnn": RNN, "lstm": LSTM, "gru": GRU, "layernorm_lstm": LayerNormLSTM, "mingru": MinGRU,
+    "minlstm": MinLSTM,
+}

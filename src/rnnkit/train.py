@@ -1,6 +1,6 @@
 """The one training loop every task uses.
 
-A task is any object with these five members (no base class needed)::
+A task is any object with these members (no base class needed)::
 
     name: str
     build_model() -> nn.Module
@@ -16,11 +16,21 @@ A task is any object with these five members (no base class needed)::
     evaluate(model) -> dict[str, float]      # called in eval mode under torch.no_grad()
     config() -> dict                         # JSON: {"task": name, model sizes, tokenizer...}
 
+and, optionally, ``unit`` (what ``n_items`` counts, e.g. ``"chars"``; shown in the progress
+line), ``loss_label`` (the loss and its unit, e.g. ``"cross-entropy (nats/char)"``, the y axis
+of ``loss.png``) and ``baselines`` (``{label: validation loss}`` drawn as lines in
+``loss.png``).
+
 :func:`train` runs AdamW with gradient-norm clipping and warmup + cosine decay under a
 ``steps`` and/or ``minutes`` budget, evaluates every ``eval_every`` steps, keeps ``last/``
 (resumable) and ``best/`` checkpoints (by any metric, ``best_metric``/``best_mode``), writes
-``metrics.jsonl`` and ``loss.png`` in the run folder, shows a progress bar, and stops with a
-clear error on a non-finite loss, before the bad update, keeping the last good checkpoint.
+``metrics.jsonl`` and ``loss.png`` in the run folder, shows progress, and stops with a clear
+error on a non-finite loss, before the bad update, keeping the last good checkpoint. The run
+folder is locked for the whole run (a second process is refused, naming the holder's PID).
+
+The budget is the run's total: training steps and evaluations, counted from the run's first
+step, across resumes. ``resume=True`` continues a run towards its budget (pass a larger one to
+train further); a run that already used its budget is refused with a message that says so.
 
 Under ``torchrun --nproc-per-node N`` it runs DistributedDataParallel (gloo on CPU, nccl on GPU):
 each rank reads its own share of the batch (``batches(rank, N)``), so the global batch, and the
@@ -29,13 +39,15 @@ loss curve, stay those of one process.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,7 +56,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from rnnkit import checkpoint as ckpt
-from rnnkit.kernels.memory import keep_freed_memory
+from rnnkit.runtime import keep_freed_memory
 
 
 class Task(Protocol):
@@ -59,6 +71,23 @@ class Task(Protocol):
 
 class TrainingDiverged(ValueError):
     """The loss or gradient norm became NaN/inf; parameters were not updated with it."""
+
+
+def _check(name: str, v: Any, *, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False, integer: bool = False, none_ok: bool = False) -> None:
+    """A config value is a finite number in range, or a ValueError naming it."""
+    if v is None and none_ok:
+        return
+    kind = "an integer" if integer else "a number"
+    if isinstance(v, bool) or not isinstance(v, int | float) or (integer and
+                                                                  not isinstance(v, int)):
+        raise ValueError(f"{name} must be {kind}, got {v!r}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi:g}, got {v:g}")
 
 
 @dataclass
@@ -90,19 +119,43 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps is None and self.minutes is None:
             raise ValueError("give a budget: steps or minutes (or both)")
-        if self.steps is not None and self.steps <= 0:
-            raise ValueError(f"steps must be positive, got {self.steps}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ValueError(f"minutes must be positive, got {self.minutes}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        _check("steps", self.steps, lo=1, integer=True, none_ok=True)
+        _check("minutes", self.minutes, lo=0, lo_open=True, none_ok=True)
+        _check("lr", self.lr, lo=0, lo_open=True)
+        _check("weight_decay", self.weight_decay, lo=0)
+        _check("warmup", self.warmup, lo=0, integer=True)
+        _check("min_lr_ratio", self.min_lr_ratio, lo=0, hi=1)
+        _check("grad_clip", self.grad_clip, lo=0, lo_open=True, none_ok=True)
+        _check("eval_every", self.eval_every, lo=1, integer=True)
+        _check("log_every", self.log_every, lo=1, integer=True)
+        _check("seed", self.seed, lo=0, integer=True)
+        self.betas = tuple(self.betas)  # type: ignore[assignment]  (JSON gives a list)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.eval_every <= 0 or self.log_every <= 0:
-            raise ValueError("eval_every and log_every must be positive")
-        self.betas = tuple(self.betas)  # type: ignore[assignment]  (JSON gives a list)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **defaults: Any) -> TrainConfig:
+        """From the shared training flags (:func:`rnnkit.tasks.args.add_train_args`): each flag
+        left out (``None``) takes ``defaults[field]`` (the task's default), else the field's
+        own default. ``--clip 0`` turns clipping off; ``--quiet`` hides the progress bar."""
+        flags = {"out": "out", "steps": "steps", "minutes": "minutes", "lr": "lr",
+                 "weight_decay": "weight_decay", "warmup": "warmup", "grad_clip": "clip",
+                 "eval_every": "eval_every", "log_every": "log_every", "seed": "seed",
+                 "device": "device"}
+        kw = {k: v for k, v in defaults.items() if v is not None}
+        for fld, flag in flags.items():
+            v = getattr(args, flag, None)
+            if v is not None:
+                kw[fld] = v
+        if kw.get("grad_clip") == 0:
+            kw["grad_clip"] = None
+        kw["progress"] = not getattr(args, "quiet", False)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in kw.items() if k in known})
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -115,12 +168,17 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in {**d, **override}.items() if k in known})
 
+    def budget(self) -> str:
+        """The budget in words: ``"1000 steps / 4.25 minutes"``."""
+        return " / ".join(([f"{self.steps:,} steps"] if self.steps else []) +
+                          ([f"{self.minutes:g} minutes"] if self.minutes else []))
+
 
 @dataclass
 class TrainResult:
     run_dir: Path
     step: int
-    elapsed: float  # seconds of training (excluding the time before a --resume)
+    elapsed: float  # seconds of training and evaluation, over the whole run (all resumes)
     metrics: dict[str, float]  # last evaluation
     best: dict[str, float]  # evaluation of the best checkpoint
     train_loss: float  # mean over the last log interval
@@ -152,7 +210,15 @@ def pick_device(name: str = "auto") -> torch.device:
         if dist.is_initialized() and torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+
+
+def is_main_process() -> bool:
+    """True in a plain process and in rank 0 under torchrun (the one that reports)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _init_distributed() -> tuple[int, int, bool]:
@@ -182,8 +248,62 @@ def _set_rng_state(st: dict[str, Tensor]) -> None:
         torch.cuda.set_rng_state(st["cuda"])
 
 
-def plot_curves(run_dir: Path, records: list[dict[str, Any]], metric: str = "loss") -> None:
-    """``loss.png``: training loss (per log interval) and validation ``metric`` against step."""
+def _clock(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else \
+        f"{s // 60}:{s % 60:02d}"
+
+
+def _rate(v: float) -> str:
+    return f"{v / 1e6:.1f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e4 else f"{v:.0f}"
+
+
+# -- the run log: metrics.jsonl and loss.png ----------------------------------------------------
+class RunLog:
+    """``metrics.jsonl`` (one JSON record per log interval and per evaluation) and the curve
+    ``loss.png`` drawn from it; rank 0 only."""
+
+    def __init__(self, run_dir: Path, task: Task, upto: int) -> None:
+        self.run_dir, self.path = run_dir, run_dir / "metrics.jsonl"
+        self.loss_label = getattr(task, "loss_label", "loss")
+        self.baselines: dict[str, float] = dict(getattr(task, "baselines", {}) or {})
+        self.records = [r for r in read_metrics(self.path) if r.get("step", 0) <= upto]
+        ckpt.atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.records.append(rec)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def plot(self, metric: str) -> None:
+        plot_curves(self.run_dir, self.records, metric, self.loss_label, self.baselines)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. A torn final line (a process killed mid-write) is
+    dropped with a notice; a bad line elsewhere is a ValueError naming the file and line."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                print(f"rnnkit: {path}: dropped a torn last line (the process writing it was "
+                      f"stopped mid-line)", file=sys.stderr)
+                break
+            raise ValueError(f"{path}, line {i + 1}, is not valid JSON ({e})") from None
+    return out
+
+
+def plot_curves(run_dir: Path, records: list[dict[str, Any]], metric: str = "loss",
+                loss_label: str = "loss", baselines: dict[str, float] | None = None) -> None:
+    """``loss.png``: training loss (per log interval) and validation ``metric`` against step,
+    with each baseline (validation loss of a reference model) as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,28 +311,165 @@ def plot_curves(run_dir: Path, records: list[dict[str, Any]], metric: str = "los
 
     tr = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
     va = [(r["step"], r[f"valid_{metric}"]) for r in records if f"valid_{metric}" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
     if tr:
-        ax.plot(*zip(*tr, strict=True), label="train loss", lw=1, alpha=0.8)
+        ax.plot(*zip(*tr, strict=True), label="training loss", lw=1, alpha=0.8)
     if va:
-        ax.plot(*zip(*va, strict=True), "o-", label=f"validation {metric}", ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per item)" if metric == "loss" else metric)
+        ax.plot(*zip(*va, strict=True), "o-", ms=3,
+                label="validation loss" if metric == "loss" else f"validation {metric}")
+    if metric == "loss":
+        for k, (name, v) in enumerate((baselines or {}).items()):
+            ax.axhline(v, ls="--", lw=1, color=f"C{k + 2}", label=f"{name} (validation)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(loss_label if metric == "loss" else metric)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.set_title(run_dir.name, fontsize=9)
     fig.tight_layout()
-    tmp = run_dir / ".loss.png.tmp.png"
+    tmp = run_dir / f".loss.png.tmp{os.getpid()}.png"
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, run_dir / "loss.png")
 
 
-def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in out if r.get("step", 0) <= upto]
+# -- progress -----------------------------------------------------------------------------------
+class Progress:
+    """Progress of a run towards its budget. On a terminal: one live bar (percent of the
+    budget, elapsed time, step, loss, rate in the task's unit, time left), redrawn at most
+    twice a second from the first step on. Elsewhere (a log file, CI, a pipe): one plain line
+    per log interval, no carriage returns. ``quiet`` hides both; :meth:`note` lines (the
+    evaluations) always print."""
+
+    def __init__(self, cfg: TrainConfig, desc: str, unit: str, start_step: int,
+                 start_elapsed: float, enabled: bool) -> None:
+        self.cfg, self.unit, self.enabled = cfg, unit, enabled
+        self.budget_s = cfg.minutes * 60 if cfg.minutes is not None else math.inf
+        self.step0, self.t0 = start_step, start_elapsed
+        self.loss: float | None = None
+        self.rate: float | None = None
+        self.shown = 0.0
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, desc=desc, file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+
+    def fraction(self, step: int, elapsed: float) -> float:
+        p = step / self.cfg.steps if self.cfg.steps else 0.0
+        return min(1.0, max(p, elapsed / self.budget_s))
+
+    def left(self, step: int, elapsed: float) -> float:
+        left = self.budget_s - elapsed
+        done = step - self.step0
+        if self.cfg.steps and done > 0:
+            left = min(left, (self.cfg.steps - step) * (elapsed - self.t0) / done)
+        return max(0.0, left)
+
+    def status(self, step: int, elapsed: float) -> str:
+        total = f"/{self.cfg.steps:,}" if self.cfg.steps else ""
+        parts = [f"step {step:,}{total}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4g}")
+        if self.rate is not None:
+            parts.append(f"{_rate(self.rate)} {self.unit}/s")
+        parts.append(f"left {_clock(self.left(step, elapsed))}")
+        return "  ".join(parts)
+
+    def update(self, step: int, elapsed: float, force: bool = False) -> None:
+        """After every step: redraw the bar when half a second has passed."""
+        if self.bar is None or (not force and time.perf_counter() - self.shown < 0.5):
+            return
+        self.shown = time.perf_counter()
+        self.bar.n = int(1000 * self.fraction(step, elapsed))
+        self.bar.set_postfix_str(self.status(step, elapsed), refresh=False)
+        self.bar.refresh()
+
+    def interval(self, step: int, elapsed: float, loss: float, rate: float) -> None:
+        """At every log interval: the plain line (off a terminal) or a bar update."""
+        self.loss, self.rate = loss, rate
+        if self.bar is not None:
+            self.update(step, elapsed, force=True)
+        elif self.enabled:
+            print(f"{self.status(step, elapsed)}  elapsed {_clock(elapsed)}", file=sys.stderr,
+                  flush=True)
+
+    def note(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self, step: int, elapsed: float, finished: bool) -> None:
+        if self.bar is not None:
+            if finished:
+                self.bar.n = 1000
+            self.bar.set_postfix_str(self.status(step, elapsed), refresh=False)
+            self.bar.close()
+
+
+# -- checkpoints: last/ (resumable) and best/ ---------------------------------------------------
+@dataclass
+class RunState:
+    """What a resumed run continues from (the trainer's own state, not the model's)."""
+
+    step: int = 0
+    elapsed: float = 0.0  # seconds used by the run before this process started
+    best_value: float | None = None
+    best: dict[str, float] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    carry: Any = None
+
+
+class Checkpoints:
+    """Writes ``last/`` (weights + optimizer, data position, carried state, RNG: resumable)
+    and ``best/`` (weights of the best evaluation so far), and reads ``last/`` back."""
+
+    def __init__(self, run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, stream: Any,
+                 config: dict[str, Any], rank: int, world: int) -> None:
+        self.last, self.best = run_dir / "last", run_dir / "best"
+        self.model, self.opt, self.stream, self.config = model, opt, stream, config
+        self.rank, self.world = rank, world
+
+    def has_last(self) -> bool:
+        return (self.last / ckpt.MODEL).is_file() or (
+            self.last.with_name(".last.old") / ckpt.MODEL).is_file()
+
+    def resume(self, device: torch.device) -> RunState:
+        src = ckpt.resolve(self.last)
+        ckpt.load_weights(self.model, src)  # clear error on a different model shape
+        rec = ckpt.load_trainer(src)
+        if "state" not in rec or "step" not in rec:
+            raise ValueError(f"{src / ckpt.TRAINER_JSON} has no trainer state ('state', "
+                             f"'step'); this checkpoint cannot be resumed")
+        st = rec["state"]
+        if len(st["ranks"]) != self.world:
+            raise ValueError(f"{self.last.parent} was trained with {len(st['ranks'])} "
+                             f"process(es); resume it with the same number, got {self.world}")
+        self.opt.load_state_dict(st["optimizer"])
+        mine = st["ranks"][self.rank]
+        self.stream.load_state_dict(mine["data"])
+        _set_rng_state(mine["rng"])
+        return RunState(rec["step"], rec["elapsed"], st.get("best_value"), rec.get("best", {}),
+                        rec.get("metrics", {}), tree_map(lambda t: t.to(device), mine["carry"]))
+
+    def save_last(self, s: RunState, elapsed: float) -> None:
+        """Every rank contributes its data position, carry and RNG; rank 0 writes."""
+        mine = {"data": self.stream.state_dict(),
+                "carry": tree_map(lambda t: t.detach().cpu(), s.carry), "rng": _rng_state()}
+        ranks = [mine]
+        if self.world > 1:
+            ranks = [None] * self.world
+            dist.all_gather_object(ranks, mine)
+        if self.rank == 0:
+            state = {"optimizer": self.opt.state_dict(), "best_value": s.best_value,
+                     "ranks": ranks}
+            ckpt.save(self.last, self.model, self.config,
+                      {"step": s.step, "elapsed": elapsed, "metrics": s.last_metrics,
+                       "best": s.best}, state)
+
+    def save_best(self, step: int, metrics: dict[str, float]) -> None:
+        ckpt.save(self.best, self.model, self.config, {"step": step, "metrics": metrics})
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -222,12 +479,16 @@ def train(task: Task, cfg: TrainConfig, *, on_step: Callable[[int], None] | None
 
     ``on_step(step)`` (optional) is called after every optimizer step (tests use it to
     simulate a crash). Makes the process keep freed memory for reuse
-    (:func:`rnnkit.kernels.memory.keep_freed_memory`): steps then reuse their buffers without
+    (:func:`rnnkit.runtime.keep_freed_memory`): steps then reuse their buffers without
     page faults."""
     keep_freed_memory()
     rank, world, own_group = _init_distributed()
     try:
-        result = _train(task, cfg, rank, world, on_step)
+        if rank == 0:
+            with ckpt.run_lock(cfg.out):
+                result = _train(task, cfg, rank, world, on_step)
+        else:
+            result = _train(task, cfg, rank, world, on_step)
         if own_group:  # every rank done (rank 0 writes the last checkpoint) before teardown:
             dist.barrier()  # a rank that tore down early aborted its peer now and then
         return result
@@ -238,213 +499,160 @@ def train(task: Task, cfg: TrainConfig, *, on_step: Callable[[int], None] | None
 
 def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
            on_step: Callable[[int], None] | None) -> TrainResult:
-    run_dir = Path(cfg.out)
-    main = rank == 0
-    device = pick_device(cfg.device)
-    last_dir, best_dir = run_dir / "last", run_dir / "best"
+    run_dir, main, device = Path(cfg.out), rank == 0, pick_device(cfg.device)
     config = {**task.config(), "train": cfg.to_json()}
 
+    # -- model, optimizer, data ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     model = task.build_model().to(device)
     if rank:
         torch.manual_seed(cfg.seed + rank)  # different dropout masks per rank
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                            betas=cfg.betas)
     stream = task.batches(rank, world)
-    carry: Any = None
-    step, prev_elapsed, best_value, best_metrics = 0, 0.0, None, {}
-    metrics_path = run_dir / "metrics.jsonl"
+    ckpts = Checkpoints(run_dir, model, opt, stream, config, rank, world)
+    budget_s = cfg.minutes * 60 if cfg.minutes is not None else math.inf
 
+    # -- a fresh run, or where the last one stopped ----------------------------------------
+    if main:
+        ckpt.clean_stale(run_dir)
     if cfg.resume:
-        if not (last_dir / ckpt.MODEL).is_file() and not (run_dir / ".last.old").is_dir():
+        if not ckpts.has_last():
             raise FileNotFoundError(f"cannot resume: {run_dir} has no checkpoint "
-                                    f"({last_dir}/{ckpt.MODEL})")
-        src = ckpt.resolve(last_dir)
-        ckpt.load_weights(model, src)  # clear error on a different model shape
-        rec = ckpt.load_trainer(src)
-        st = rec["state"]
-        if len(st["ranks"]) != world:
-            raise ValueError(f"{run_dir} was trained with {len(st['ranks'])} process(es); "
-                             f"resume it with the same number, got {world}")
-        opt.load_state_dict(st["optimizer"])
-        mine = st["ranks"][rank]
-        stream.load_state_dict(mine["data"])
-        carry = tree_map(lambda t: t.to(device), mine["carry"])
-        _set_rng_state(mine["rng"])
-        step, prev_elapsed = rec["step"], rec["elapsed"]
-        best_value, best_metrics = st.get("best_value"), rec.get("best", {})
-    elif main and ((last_dir / ckpt.MODEL).is_file() or (best_dir / ckpt.MODEL).is_file()):
-        raise ValueError(f"{run_dir} already holds a run; resume it (--resume {run_dir}) or "
-                         f"choose another output folder")
-
-    records: list[dict[str, Any]] = []
+                                    f"({ckpts.last}/{ckpt.MODEL})")
+        s = ckpts.resume(device)
+        if (cfg.steps is not None and s.step >= cfg.steps) or s.elapsed >= budget_s:
+            raise ValueError(f"{run_dir} already used its budget ({cfg.budget()}; it stopped "
+                             f"at step {s.step:,} after {s.elapsed / 60:.2f} minutes): nothing "
+                             f"to train. To train further, give a larger total budget "
+                             f"(--steps / --minutes)")
+        if main:
+            print(f"resuming {run_dir} at step {s.step:,} ({s.elapsed / 60:.2f} minutes used) "
+                  f"towards {cfg.budget()}", file=sys.stderr)
+    else:
+        s = RunState()
+        if main and (ckpts.has_last() or (ckpts.best / ckpt.MODEL).is_file()):
+            raise ValueError(f"{run_dir} already holds a run; resume it (--resume {run_dir}) "
+                             f"or choose another output folder")
+    log: RunLog | None = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write(run_dir / ckpt.CONFIG, json.dumps(config, indent=1))
-        records = _read_metrics(metrics_path, step)
-        ckpt.atomic_write(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
-
+        log = RunLog(run_dir, task, s.step)
     dmodel: nn.Module = model
     if world > 1:
         dmodel = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    last_metrics: dict[str, float] = {}
-    last_eval_step = -1
-    budget_s = cfg.minutes * 60 if cfg.minutes is not None else math.inf
-    eval_secs = 0.0
-
-    def progress_of(step: int, elapsed: float) -> float:
-        p = step / cfg.steps if cfg.steps else 0.0
-        return max(p, elapsed / budget_s)
-
-    def evaluate() -> dict[str, float]:
-        nonlocal eval_secs
-        t = time.perf_counter()
-        model.eval()
-        with torch.no_grad():
-            m = {k: float(v) for k, v in task.evaluate(model).items()}
-        model.train()
-        eval_secs = time.perf_counter() - t
-        return m
-
-    def save_last(step: int, elapsed: float) -> None:
-        state = {"optimizer": opt.state_dict(), "best_value": best_value,
-                 "ranks": [{"data": stream.state_dict(),
-                            "carry": tree_map(lambda t: t.detach().cpu(), carry),
-                            "rng": _rng_state()}]}
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, state["ranks"][0])
-            state["ranks"] = gathered
+    def evaluate_and_save(elapsed: float) -> None:
+        """Evaluate (rank 0), log, write last/ then best/ (so a kill between the two leaves
+        a resumable run), redraw the curve. Every rank joins the last/ save."""
+        nonlocal eval_secs, last_eval_step
+        last_eval_step = s.step
+        is_best = False
         if main:
-            ckpt.save(last_dir, model, config,
-                      {"step": step, "elapsed": elapsed, "metrics": last_metrics,
-                       "best": best_metrics}, state)
+            t = time.perf_counter()
+            model.eval()
+            with torch.no_grad():
+                m = {k: float(v) for k, v in task.evaluate(model).items()}
+            model.train()
+            eval_secs = time.perf_counter() - t
+            if cfg.best_metric not in m:
+                raise ValueError(f"best_metric {cfg.best_metric!r} is not among the "
+                                 f"evaluation's metrics: {', '.join(m)}")
+            v = m[cfg.best_metric]
+            is_best = math.isfinite(v) and (
+                s.best_value is None or not math.isfinite(s.best_value) or
+                (v < s.best_value if cfg.best_mode == "min" else v > s.best_value))
+            s.last_metrics = m
+            if is_best:
+                s.best_value, s.best = v, {"step": s.step, **m}
+            log.add({"step": s.step, "time": round(elapsed, 3),
+                     **{f"valid_{k}": x for k, x in m.items()}})
+            progress.note(f"step {s.step:,}: " + "  ".join(f"valid {k} {x:.4f}"
+                                                         for k, x in m.items()))
+        ckpts.save_last(s, s.elapsed + time.perf_counter() - t0)  # evaluation included
+        if main:
+            if is_best:
+                ckpts.save_best(s.step, s.last_metrics)
+            log.plot("loss" if "loss" in s.last_metrics else cfg.best_metric)
 
-    def better(v: float) -> bool:
-        if best_value is None or not math.isfinite(best_value):
-            return math.isfinite(v)
-        return v < best_value if cfg.best_mode == "min" else v > best_value
-
-    def eval_and_log(step: int, elapsed: float, bar: Any) -> None:
-        """Evaluate (rank 0), log, keep the best checkpoint, redraw the curve."""
-        nonlocal last_metrics, best_value, best_metrics, last_eval_step
-        last_eval_step = step
-        if not main:
-            return
-        m = last_metrics = evaluate()
-        rec = {"step": step, "time": round(elapsed, 3), **{f"valid_{k}": v for k, v in m.items()}}
-        records.append(rec)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if cfg.best_metric not in m:
-            raise ValueError(f"best_metric {cfg.best_metric!r} is not among the evaluation's "
-                             f"metrics: {', '.join(m)}")
-        if better(m[cfg.best_metric]):
-            best_value, best_metrics = m[cfg.best_metric], {"step": step, **m}
-            ckpt.save(best_dir, model, config, {"step": step, "metrics": m})
-        plot_curves(run_dir, records, "loss" if "loss" in m else cfg.best_metric)
-        if bar is not None:
-            bar.write(f"step {step}: " + "  ".join(f"valid {k} {v:.4f}" for k, v in m.items()))
-
-    bar = None
-    if main and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=1000, bar_format="{l_bar}{bar}| {postfix}", dynamic_ncols=True,
-                   leave=True, desc=f"train {task.name}")
+    progress = Progress(cfg, f"train {task.name}", getattr(task, "unit", "items"), s.step,
+                        s.elapsed, main and cfg.progress)
     model.train()
     t0 = time.perf_counter()
-    interval_loss, interval_n, interval_items, t_int = 0.0, 0, 0, time.perf_counter()
-    train_loss = math.nan
-    elapsed = prev_elapsed
+    t_int, sum_loss, n_losses, n_items = t0, 0.0, 0, 0
+    train_loss, eval_secs, last_eval_step = math.nan, 0.0, -1
+    elapsed, finished = s.elapsed, False
     try:
         while True:
-            elapsed = prev_elapsed + time.perf_counter() - t0
+            # -- the clock: stop when the next evaluation would overrun the budget ---------
+            elapsed = s.elapsed + time.perf_counter() - t0
             if world > 1:  # all ranks agree on the clock (stop together, same lr)
                 e = torch.tensor([elapsed], dtype=torch.float64, device=device)
                 dist.all_reduce(e, op=dist.ReduceOp.MAX)
                 elapsed = float(e)
-            prog = progress_of(step, elapsed)
-            if (cfg.steps is not None and step >= cfg.steps) or \
+            if (cfg.steps is not None and s.step >= cfg.steps) or \
                     elapsed + eval_secs >= budget_s:
+                finished = True
                 break
-            lr = lr_at(cfg, step, prog)
+            # -- learning rate -------------------------------------------------------------
+            lr = lr_at(cfg, s.step, progress.fraction(s.step, elapsed))
             for g in opt.param_groups:
                 g["lr"] = lr
+            # -- forward and backward --------------------------------------------------------
             batch = tree_map(lambda t: t.to(device, non_blocking=True), next(stream))
-            loss, carry, n_items = task.loss(dmodel, batch, carry)
-            carry = tree_map(lambda t: t.detach(), carry)
-            lval = loss.detach().clone()
+            loss, carry, items = task.loss(dmodel, batch, s.carry)
+            s.carry = tree_map(lambda t: t.detach(), carry)
+            lv = loss.detach().clone()
             if world > 1:
-                dist.all_reduce(lval)
-                lval /= world
-            lv = float(lval)
+                dist.all_reduce(lv)
+                lv /= world
+            lv = float(lv)
             if not math.isfinite(lv):
-                raise TrainingDiverged(_diverged_msg("loss", lv, step, last_dir))
+                raise TrainingDiverged(_diverged_msg("loss", lv, s.step, ckpts))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            # -- clip and step ---------------------------------------------------------------
             if cfg.grad_clip:
                 gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
                 if not math.isfinite(gn):
-                    raise TrainingDiverged(_diverged_msg("gradient norm", gn, step, last_dir))
+                    raise TrainingDiverged(_diverged_msg("gradient norm", gn, s.step, ckpts))
             opt.step()
-            step += 1
-            interval_loss += lv
-            interval_n += 1
-            interval_items += n_items * world
+            s.step += 1
+            sum_loss, n_losses, n_items = sum_loss + lv, n_losses + 1, n_items + items * world
             if on_step is not None:
-                on_step(step)
-
-            is_eval = step % cfg.eval_every == 0
-            if step % cfg.log_every == 0 or is_eval:
+                on_step(s.step)
+            progress.update(s.step, elapsed)
+            # -- log -------------------------------------------------------------------------
+            is_eval = s.step % cfg.eval_every == 0
+            if s.step % cfg.log_every == 0 or is_eval:
                 now = time.perf_counter()
-                train_loss = interval_loss / interval_n
-                rate = interval_items / max(now - t_int, 1e-9)
+                train_loss, rate = sum_loss / n_losses, n_items / max(now - t_int, 1e-9)
                 if main:
-                    rec = {"step": step, "time": round(elapsed, 3), "lr": lr,
-                           "train_loss": train_loss, "items_per_s": round(rate, 1)}
-                    records.append(rec)
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                if bar is not None:
-                    left = _time_left(cfg, step, elapsed, budget_s)
-                    bar.set_postfix_str(f"step {step} loss {train_loss:.3f} "
-                                        f"{rate:,.0f} items/s left {left}")
-                    bar.n = min(1000, int(1000 * progress_of(step, elapsed)))
-                    bar.refresh()
-                interval_loss, interval_n, interval_items, t_int = 0.0, 0, 0, time.perf_counter()
+                    log.add({"step": s.step, "time": round(elapsed, 3), "lr": lr,
+                             "train_loss": train_loss, "items_per_s": round(rate, 1)})
+                progress.interval(s.step, s.elapsed + now - t0, train_loss, rate)
+                t_int, sum_loss, n_losses, n_items = now, 0.0, 0, 0
+            # -- evaluate and checkpoint -------------------------------------------------------
             if is_eval:
-                eval_and_log(step, elapsed, bar)
-                save_last(step, prev_elapsed + time.perf_counter() - t0)
+                evaluate_and_save(s.elapsed + time.perf_counter() - t0)
                 t_int = time.perf_counter()
+        if n_losses:
+            train_loss = sum_loss / n_losses
+        if last_eval_step != s.step:  # the final evaluation and checkpoint
+            evaluate_and_save(s.elapsed + time.perf_counter() - t0)
     finally:
-        if bar is not None:
-            bar.close()
-    elapsed = prev_elapsed + time.perf_counter() - t0
-    if last_eval_step != step:  # final evaluation and checkpoint
-        if interval_n:
-            train_loss = interval_loss / interval_n
-        eval_and_log(step, elapsed, None)
-        save_last(step, elapsed)
-    return TrainResult(run_dir, step, elapsed, last_metrics, best_metrics, train_loss)
+        elapsed = s.elapsed + time.perf_counter() - t0
+        progress.close(s.step, elapsed, finished)
+    return TrainResult(run_dir, s.step, elapsed, s.last_metrics, s.best, train_loss)
 
 
-def _time_left(cfg: TrainConfig, step: int, elapsed: float, budget_s: float) -> str:
-    left = budget_s - elapsed
-    if cfg.steps:
-        left = min(left, (cfg.steps - step) * elapsed / max(step, 1))
-    left = max(0, int(left))
-    return f"{left // 60}:{left % 60:02d}"
-
-
-def _diverged_msg(what: str, value: float, step: int, last_dir: Path) -> str:
-    keep = (f"the last good checkpoint is in {last_dir}" if (last_dir / ckpt.MODEL).is_file()
+def _diverged_msg(what: str, value: float, step: int, ckpts: Checkpoints) -> str:
+    keep = (f"the last good checkpoint is in {ckpts.last}" if ckpts.has_last()
             else "no checkpoint had been written yet")
     return (f"training stopped: the {what} became {value} at step {step + 1}; the parameters "
             f"were not updated with it and {keep}. Try a lower learning rate or gradient "

@@ -150,6 +150,11 @@ def read_labelled(path: str | os.PathLike[str], *, text_column: Column = None,
 
     texts, labels, skipped = [], [], 0
     for n, row in rows:
+        short = [columns[j] for j in (ti, li) if j >= len(row) or row[j] is None]
+        if short:
+            raise ValueError(f"{path}: line {n} has no {' and no '.join(map(repr, short))} "
+                             f"field ({len(row)} field(s); the text column is "
+                             f"{columns[ti]!r}, the label column {columns[li]!r})")
         t, y = cell(row, ti), cell(row, li).strip()
         if not t.strip():
             skipped += 1

@@ -6,12 +6,14 @@ A corpus is a list of ``(name, text)`` documents.
 
 from __future__ import annotations
 
+import codecs
 import os
 import random
 import re
 import sysconfig
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 Docs = list[tuple[str, str]]
 
@@ -34,6 +36,40 @@ def decode_utf8(data: bytes, name: str | os.PathLike[str]) -> str:
         raise ValueError(f"{name} is not UTF-8 text: invalid byte 0x{data[bad]:02x} "
                          f"at byte offset {bad}")
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_pieces(stream: BinaryIO, name: str, max_chars: int = 4096,
+                by_line: bool = True) -> Iterator[str]:
+    """Text from a binary stream (a file, ``sys.stdin.buffer``) in bounded pieces, decoded as
+    strict UTF-8 like :func:`decode_utf8` (a bad byte is a ValueError naming ``name`` and its
+    byte offset; a leading BOM is dropped). ``by_line``: one piece per line, its newline kept,
+    a line longer than ``max_chars`` cut into pieces of ``max_chars``; else pieces of exactly
+    ``max_chars`` characters (the last one shorter). Memory stays bounded by ``max_chars``."""
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    dec = codecs.getincrementaldecoder("utf-8")()
+    done, text, first = 0, "", True
+    while True:
+        data = stream.readline(4 * max_chars) if by_line else stream.read(4 * max_chars)
+        held = len(dec.getstate()[0])
+        try:
+            text += dec.decode(data, final=not data)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{name} is not UTF-8 text: invalid byte at byte offset "
+                             f"{done - held + e.start}") from None
+        done += len(data)
+        if by_line:  # newlines as open() reads them
+            text = text.replace("\r\n", "\n")
+        if first and text:
+            first = False
+            text = text.removeprefix("\ufeff")
+        while len(text) >= max_chars or (text and (not data or (by_line and
+                                                                text.endswith("\n")))):
+            cut = len(text) if by_line and len(text) < max_chars else max_chars
+            yield text[:cut]
+            text = text[cut:]
+        if not data:
+            return
 
 
 def read_text_file(path: str | os.PathLike[str]) -> str:

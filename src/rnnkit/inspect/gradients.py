@@ -14,8 +14,6 @@ step's new state gets a zero "probe" added, ``h_t + p_t`` with ``p_t = 0``; then
 
 from __future__ import annotations
 
-import argparse
-import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -147,51 +145,3 @@ def plot_flows(curves: dict[str, Tensor], out: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
-
-
-def run_gradients(args: argparse.Namespace) -> None:
-    """``rnnkit inspect gradients``: the vanishing-gradient picture on the adding problem."""
-    from rnnkit.tasks.longrange import fresh_dir, make_task, parse_init
-
-    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    curves: dict[str, Tensor] = {}
-    print(f"‖∂L/∂h_t‖ on the adding problem, T={args.length}, first layer, batch "
-          f"{args.batch}; ratio = ‖∂L/∂h_0‖ / ‖∂L/∂h_T-1‖")
-    for cell in cells:
-        task = make_task("adding", args.length, cell, seed=args.seed, hidden=args.hidden,
-                         init=parse_init(args.init))
-        torch.manual_seed(args.seed)
-        model = task.build_model()
-        batch = task.test_batch(args.batch)
-        stages = [("init", model)]
-        if args.train_steps:
-            trained = task.train_model(args.train_steps, minutes=None,
-                                       out=str(fresh_dir(f"{args.out_dir}/{cell}")))
-            stages.append((f"after {args.train_steps} steps", trained))
-        for stage, m in stages:  # float64: a tanh RNN's gradient underflows float32
-            m64 = copy.deepcopy(m).double()
-            flow = gradient_flow(m64, batch, lambda mm, b, t=task: t.loss(mm, b, None))
-            n = flow.norms()["rnn.l0"]
-            label = f"{cell.upper()} ({stage})"
-            curves[label] = n
-            print(f"  {label:28s} t=0 {n[0]:.2e}  t={len(n) - 1} {n[-1]:.2e}  "
-                  f"ratio {float(n[0] / n[-1]):.1e}   loss {flow.loss:.4f}")
-    plot_flows(curves, args.out, f"gradient flow, adding problem, T={args.length}")
-    print(f"wrote {args.out}")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("gradients", help="‖∂L/∂h_t‖ over time for RNN vs LSTM vs GRU (plot)",
-                       description=run_gradients.__doc__)
-    p.add_argument("--cells", default="rnn,lstm,gru")
-    p.add_argument("--length", type=int, default=100)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--train-steps", type=int, default=0,
-                   help="also train each model this many steps on the adding problem")
-    p.add_argument("--init", default="chrono", help="keep-gate bias of LSTM/GRU: chrono "
-                   "(default, as in rnnkit longrange), torch (plain torch.nn init) or a number")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="gradient_flow.png")
-    p.add_argument("--out-dir", default="runs/gradients", help="run folders when training")
-    p.set_defaults(func=run_gradients)

@@ -22,7 +22,6 @@ are left-saturated (< 0.1) or right-saturated (> 0.9) per gate type (tanh gates 
 
 from __future__ import annotations
 
-import argparse
 import json
 import tokenize
 from dataclasses import dataclass
@@ -124,6 +123,28 @@ class UnitReport:
         return {k: (self.names[int(np.abs(v).argmax())], float(v[int(np.abs(v).argmax())]))
                 for k, v in self.r.items()}
 
+    def label(self, u: int) -> str:
+        """What unit ``u`` is known for, the one wording the table and the page share: the
+        features it is the best unit for (as in :meth:`format`), else its largest |r|."""
+        name = self.names[u]
+        mine = [(k, r) for k, (n, r) in self.best().items() if n == name]
+        if mine:
+            return "best for " + ", ".join(f"{k} (r = {r:+.2f})" for k, r in mine)
+        k = max(self.r, key=lambda f: abs(self.r[f][u]))
+        return f"r = {self.r[k][u]:+.2f} with {k}"
+
+    def index(self, name: str) -> int:
+        """The column of the unit called ``name`` (like ``"l0.c37"``)."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            layers = sorted({n.split(".")[0] for n in self.names})
+            kinds = sorted({n.split(".")[1].rstrip("0123456789") for n in self.names})
+            per = len(self.names) // (len(layers) * len(kinds))
+            raise ValueError(f"no unit {name!r} in this model: expected a name like "
+                             f"{self.names[0]!r} (layers {', '.join(layers)}; states "
+                             f"{', '.join(kinds)}; units 0-{per - 1})") from None
+
     def format(self) -> str:
         lines = [f"{len(self.text):,} characters, {len(self.names)} units "
                  f"({self.cell.upper()}: h{' and c' if self.cell == 'lstm' else ''} per layer)",
@@ -201,6 +222,7 @@ body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
 </style></head><body>
 <h3>rnnkit: unit activations over text</h3>
 <p>Unit <select id="unit"></select> <span id="info"></span></p>
+<p id="missing" style="color:#b00020" hidden></p>
 <p class="legend">activation: <span style="background:rgb(65,105,225);color:#fff">−1</span>
 <span style="background:#fff">0</span><span style="background:rgb(220,20,60);color:#fff">+1</span>
 (scaled by the unit's largest |value| on this text; URL fragment <code>#unit=N</code> or
@@ -231,11 +253,17 @@ function show(i) {
 }
 function fromHash() {
   const m = /unit=([^&]+)/.exec(decodeURIComponent(location.hash));
+  const note = document.getElementById("missing");
+  note.hidden = true;
   if (!m) return 0;
   const byName = units.findIndex(u => u.name === m[1]);
   if (byName >= 0) return byName;
-  const i = parseInt(m[1], 10);
-  return i >= 0 && i < units.length ? i : 0;
+  if (/^[0-9]+$/.test(m[1]) && +m[1] < units.length) return +m[1];
+  note.textContent = "No unit \u201c" + m[1] + "\u201d on this page (it offers " +
+    units.map(u => u.name).join(", ") + "); showing " + units[0].name +
+    ". Pick one above, or write the page again with --html-units " + m[1] + ".";
+  note.hidden = false;
+  return 0;
 }
 sel.addEventListener("change", () => { location.hash = "unit=" + sel.value; });
 window.addEventListener("hashchange", () => show(fromHash()));
@@ -251,8 +279,13 @@ def quantize(v: np.ndarray) -> tuple[str, float]:
     return "".join(ALPHABET[k] for k in q), s
 
 
-def html_units(report: UnitReport, n_units: int) -> list[int]:
-    """The units shown: the best one per feature first, then by largest |r| over features."""
+def html_units(report: UnitReport, units: int | list[str]) -> list[int]:
+    """The units shown: those named, in order; or a count of them, the best one per feature
+    first, then by largest |r| over features."""
+    if not isinstance(units, int):
+        return [report.index(n) for n in units]
+    if units < 1:
+        raise ValueError(f"the page needs at least one unit; got {units}")
     order: list[int] = []
     for v in report.r.values():
         order.append(int(np.abs(v).argmax()))
@@ -262,64 +295,22 @@ def html_units(report: UnitReport, n_units: int) -> list[int]:
     for u in order:
         if u not in seen:
             seen.append(u)
-    return seen[:n_units]
+    return seen[:units]
 
 
-def write_html(report: UnitReport, out: str | Path, n_units: int = 32,
+def write_html(report: UnitReport, out: str | Path, units: int | list[str] = 32,
                max_chars: int = 4000) -> Path:
     """A self-contained page (inline CSS/JS, no network): the text coloured per character by
-    a chosen unit's activation, with a unit picker."""
+    a chosen unit's activation, with a unit picker. ``units``: how many to offer (the
+    strongest), or their names (``["l0.c37", "l1.h5"]``)."""
     n = min(len(report.text), max_chars)
-    units = []
-    for u in html_units(report, n_units):
+    shown = []
+    for u in html_units(report, units):
         q, s = quantize(report.acts[:n, u])
-        best = max(report.r, key=lambda k, u=u: abs(report.r[k][u]))
-        units.append({"name": report.names[u], "q": q, "scale": s,
-                      "label": f"r = {report.r[best][u]:+.2f} with {best}"})
-    data = json.dumps({"alphabet": ALPHABET, "text": report.text[:n], "units": units})
+        shown.append({"name": report.names[u], "q": q, "scale": s, "label": report.label(u)})
+    data = json.dumps({"alphabet": ALPHABET, "text": report.text[:n], "units": shown})
     data = data.replace("</", "<\\/")  # the text may contain "</script>"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(PAGE.replace("__DATA__", data), encoding="utf-8")
     return out
-
-
-# -- the command --------------------------------------------------------------------------------
-def default_text(config: dict, max_chars: int) -> str:
-    """The start of the run's validation text (whole files, so the code starts cleanly)."""
-    from rnnkit.tasks.lm import read_split
-
-    return read_split(config["data"])[1][:max_chars]
-
-
-def run_cells(args: argparse.Namespace) -> None:
-    """Correlate every unit with text features; best unit per feature; gate statistics."""
-    from rnnkit.tasks.lm import load_run
-
-    if not Path(args.run_dir).exists():
-        raise FileNotFoundError(f"no run folder {args.run_dir}")
-    model, tok, config = load_run(args.run_dir)
-    if config["model"].get("cell") == "ngram":
-        raise ValueError(f"{args.run_dir} is an n-gram model; inspect cells needs a recurrent one")
-    if args.text:
-        text = Path(args.text).read_text(encoding="utf-8")[: args.max_chars]
-    else:
-        text = default_text(config, args.max_chars)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)
-    report = analyse(model, ids, text)
-    print(report.format())
-    if args.html:
-        p = write_html(report, args.html, n_units=args.html_units)
-        print(f"wrote {p} (open it in a browser; #unit=NAME in the URL picks a unit)")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cells", help="units that track strings, comments, indentation, brackets",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a character LM run folder (rnnkit train lm)")
-    p.add_argument("--text", help="UTF-8 Python source to read (default: the run's validation "
-                   "text)")
-    p.add_argument("--max-chars", type=int, default=10000)
-    p.add_argument("--html", help="write a self-contained page here")
-    p.add_argument("--html-units", type=int, default=32, help="units in the page's picker")
-    p.set_defaults(func=run_cells)

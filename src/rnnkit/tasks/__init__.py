@@ -1,63 +1,53 @@
-"""Tasks: what to train (data, model, loss, evaluation) for :func:`rnnkit.train.train`.
+"""Tasks: what to train (data, model, loss, evaluation) for :func:`rnnkit.train.train`, and
+what a trained run then does. Every task has the same slots (:mod:`rnnkit.tasks.spec`).
 
-``TASKS`` maps a run folder's ``config.json`` ``"task"`` to the module that owns it; each such
-module exposes ``evaluate_cli(args)`` (for ``rnnkit eval RUN_DIR --data FILE``) and may expose
-``sample_cli(args)`` (for ``rnnkit sample RUN_DIR``). Add one line per task.
+:data:`TASKS` is the one registry: a task is registered by one line here, and gets
+``rnnkit train TASK``, ``rnnkit eval RUN``, ``rnnkit.load(RUN)`` and its verbs from it.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-from types import ModuleType
+from pathlib import Path
+from typing import Any
 
 from rnnkit import checkpoint as ckpt
+from rnnkit.tasks.spec import Command, TaskSpec, Verb
 
-TASKS: dict[str, str] = {
+TASKS: dict[str, str] = {  # config.json "task" -> the package that owns it
     "lm": "rnnkit.tasks.lm",
     "classify": "rnnkit.tasks.classify",
+    "longrange": "rnnkit.tasks.longrange",
 }
 
 
-def task_module(run_dir: str) -> ModuleType:
-    """The module owning the run in ``run_dir`` (read from its ``config.json``)."""
-    config = ckpt.load_config(run_dir)
-    name = config.get("task")
+def spec(name: str) -> TaskSpec:
+    """The registered task ``name``."""
     if name not in TASKS:
-        raise ValueError(f"{run_dir}: config.json names task {name!r}; known tasks: "
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[name]).SPEC
+
+
+def specs() -> dict[str, TaskSpec]:
+    return {n: spec(n) for n in TASKS}
+
+
+def spec_of_run(run_dir: str | Path) -> TaskSpec:
+    """The task that owns the run (or checkpoint) folder, from its ``config.json``."""
+    config = ckpt.load_config(run_dir)
+    if not isinstance(config, dict) or "task" not in config:
+        raise ValueError(f"{run_dir}: config.json names no task")
+    if config["task"] not in TASKS:
+        raise ValueError(f"{run_dir}: config.json names task {config['task']!r}; known tasks: "
                          f"{', '.join(TASKS)}")
-    return importlib.import_module(TASKS[name])
+    return spec(config["task"])
 
 
-def _dispatch(attr: str, what: str):
-    def run(args: argparse.Namespace) -> int:
-        mod = task_module(args.run_dir)
-        if not hasattr(mod, attr):
-            raise ValueError(f"{args.run_dir}: task {mod.__name__.rsplit('.', 1)[-1]!r} does "
-                             f"not support {what}")
-        return getattr(mod, attr)(args)
-    return run
+def load(run_dir: str | Path) -> Any:
+    """The trained model of any run folder, as its task's Python API object (a
+    :class:`~rnnkit.tasks.lm.LanguageModel`, a :class:`~rnnkit.tasks.classify.TextClassifier`,
+    ...)."""
+    return spec_of_run(run_dir).load(run_dir)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """``rnnkit eval`` and ``rnnkit sample``: both dispatch on the run's task."""
-    p = sub.add_parser("eval", help="evaluate a trained run on a data file",
-                       description="Evaluate a run folder (or checkpoint folder) on a file; "
-                                   "the metric depends on the run's task (bits per character "
-                                   "for a language model).")
-    p.add_argument("run_dir", help="run folder (uses best/, else last/) or checkpoint folder")
-    p.add_argument("--data", required=True, help="text file (lm) or labelled table (classify)")
-    p.add_argument("--batch", type=int, default=None, help="evaluation batch size")
-    p.set_defaults(func=_dispatch("evaluate_cli", "eval"))
-
-    s = sub.add_parser("sample", help="generate text from a trained language model",
-                       description="Stream text from a trained run, one token at a time, "
-                                   "carrying the recurrent state.")
-    s.add_argument("run_dir", help="run folder (uses best/, else last/) or checkpoint folder")
-    s.add_argument("--prime", default="", help="text to start from (read once)")
-    s.add_argument("--length", type=int, default=500, help="tokens to generate")
-    s.add_argument("--temperature", type=float, default=0.8,
-                   help="sampling temperature; 0 = greedy (deterministic)")
-    s.add_argument("--top-k", type=int, default=None, help="sample among the K most likely")
-    s.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
-    s.set_defaults(func=_dispatch("sample_cli", "sample"))
+__all__ = ["TASKS", "Command", "TaskSpec", "Verb", "load", "spec", "spec_of_run", "specs"]

@@ -1,4 +1,6 @@
-"""Keep freed memory in the process: no page faults on every training step.
+"""Process-wide settings rnnkit makes at start.
+
+**Keep freed memory in the process: no page faults on every training step.**
 
 glibc's ``malloc`` serves each block above its *mmap threshold* (128 KiB at start, adapting up to
 32 MiB) with a fresh ``mmap`` and returns it to the system on ``free``. A training step

@@ -1,0 +1,150 @@
+"""A trained classifier from Python::
+
+    clf = rnnkit.load("runs/sms")                 # or rnnkit.tasks.classify.load
+    clf.predict(["Are we still on for lunch?"])   # ['ham']; predict_proba -> (N, C)
+    session = clf.stream()                        # unidirectional models
+    for chunk in transcript:                      # e.g. speech-to-text output, as it arrives
+        p = session.feed(chunk)                   # {'ham': 0.94, 'spam': 0.06}
+
+Streaming: ``feed(chunk)`` carries the recurrent state and a running pooling state, so each
+chunk costs time proportional to its own length and memory stays constant; after every chunk
+the probabilities equal those of the whole text so far read in one go. Tokenizers that can
+split a word at a chunk boundary (word, BPE) hold back the trailing piece that may still grow
+and score it provisionally until the next chunk decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rnnkit import checkpoint as ckpt
+from rnnkit.data import Tokenizer, tokenizer_from_json
+from rnnkit.tasks.classify.data import stable_prefix, truncate
+from rnnkit.tasks.classify.metrics import classification_metrics, decide
+from rnnkit.tasks.classify.model import Classifier, State
+from rnnkit.tasks.classify.task import predict_proba_ids
+
+
+def run_chunk(rnn: nn.Module, x: Tensor, state: State) -> tuple[Tensor, State]:
+    """One chunk of a stream through the recurrent stack: ``x`` ``(1, t, E)``, ``state`` as the
+    layer returns it (or None) → ``(out (1, t, H), new state)``. The one place a stateful
+    stepping kernel plugs in."""
+    return rnn(x, state)
+
+
+class TextClassifier:
+    """A trained classifier with its tokenizer, labels and decision rule (see :func:`load`)."""
+
+    def __init__(self, model: Classifier, tok: Tokenizer, labels: list[str],
+                 max_len: int | None = None, keep: str = "both", positive: int | None = None,
+                 threshold: float | None = None) -> None:
+        self.model, self.tok, self.labels = model.eval(), tok, labels
+        self.max_len, self.keep = max_len, keep
+        self.positive, self.threshold = positive, threshold
+
+    def encode(self, text: str) -> list[int]:
+        return truncate(self.tok.encode(text), self.max_len, self.keep)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities ``(N, C)``, columns in the order of ``labels``."""
+        return predict_proba_ids(self.model, [self.encode(t) for t in texts])
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return [self.labels[i] for i in self.decide(self.predict_proba(texts))]
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return decide(probs, self.positive, self.threshold)
+
+    def metrics(self, texts: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+        """Metrics on labelled texts; a label the model never saw is a ValueError naming it."""
+        unseen = sorted(set(labels) - set(self.labels))
+        if unseen:
+            raise ValueError(f"label(s) {', '.join(map(repr, unseen))} never seen in training; "
+                             f"the model knows: {', '.join(map(repr, self.labels))}")
+        y = np.array([self.labels.index(v) for v in labels])
+        return classification_metrics(y, self.predict_proba(texts), self.labels,
+                                      positive=self.positive, threshold=self.threshold)
+
+    def stream(self) -> StreamSession:
+        """A streaming session (unidirectional models only)."""
+        return StreamSession(self)
+
+
+class StreamSession:
+    """Scores text as it arrives. ``feed(chunk)`` returns ``{label: probability}`` for all text
+    fed so far — equal to the one-shot prediction of that text (no truncation is applied to a
+    stream) — at a cost proportional to the chunk, in constant memory: the session keeps only
+    the recurrent state, the pooling state and at most ``MAX_HELD`` characters not yet final."""
+
+    def __init__(self, clf: TextClassifier) -> None:
+        if clf.model.rnn.bidirectional:
+            raise ValueError("streaming needs a unidirectional model: a bidirectional one reads "
+                             "each text backwards from its end, which a live stream does not "
+                             "have yet; train with --no-bidirectional")
+        self.clf = clf
+        self.state: State = None
+        self.pool = clf.model.pool_init(clf.model.head.weight)
+        self.held = ""  # trailing text whose tokens may still change
+
+    @torch.no_grad()
+    def _advance(self, ids: list[int], state: State, pool: dict[str, Tensor]
+                 ) -> tuple[State, dict[str, Tensor]]:
+        if not ids:
+            return state, pool
+        m = self.clf.model
+        out, state = run_chunk(m.rnn, m.embed(torch.tensor([ids])), state)
+        return state, m.pool_update(pool, out)
+
+    @torch.no_grad()
+    def _probs(self, state: State, pool: dict[str, Tensor]) -> dict[str, float]:
+        m = self.clf.model
+        p = torch.softmax(m.head(m.pool_read(pool, state)).double(), -1)[0].tolist()
+        return dict(zip(self.clf.labels, p, strict=True))
+
+    def feed(self, chunk: str) -> dict[str, float]:
+        text = self.held + chunk
+        k = stable_prefix(self.clf.tok, text)
+        self.state, self.pool = self._advance(self.clf.tok.encode(text[:k]), self.state,
+                                              self.pool)
+        self.held = text[k:]
+        # score the held-back tail provisionally, without committing it
+        return self._probs(*self._advance(self.clf.tok.encode(self.held), self.state, self.pool))
+
+    def label(self, probs: dict[str, float]) -> str:
+        return self.clf.labels[int(self.clf.decide(np.array([list(probs.values())]))[0])]
+
+
+def load(run_dir: str | Path) -> TextClassifier:
+    """A trained classifier from a run folder (its ``best/`` checkpoint) or a checkpoint."""
+    src = ckpt.resolve(run_dir)
+    cfg = ckpt.read_json(src / ckpt.CONFIG)
+    if cfg.get("task") != "classify":
+        raise ValueError(f"{run_dir} holds a {cfg.get('task')!r} model, not a classifier")
+    tok = tokenizer_from_json(cfg["tokenizer"])
+    model = Classifier(tok.vocab_size, len(cfg["labels"]), **cfg["model"])
+    ckpt.load_weights(model, src / ckpt.MODEL)
+    pos, thr = read_decision(Path(run_dir) / "decision.json", cfg["labels"])
+    return TextClassifier(model, tok, cfg["labels"], cfg.get("max_len"),
+                          cfg.get("truncate", "both"), pos, thr)
+
+
+def read_decision(path: Path, labels: list[str]) -> tuple[int | None, float | None]:
+    """(index of the positive class, threshold) from a run's ``decision.json`` (both None
+    without one); an unknown label or a threshold that is not a number in [0, 1] is a
+    ValueError naming the file."""
+    if not path.is_file():
+        return None, None
+    d = ckpt.read_json(path)
+    if d.get("positive") not in labels:
+        raise ValueError(f"{path}: positive class {d.get('positive')!r} is not one of the "
+                         f"model's labels ({', '.join(map(repr, labels))})")
+    thr = d.get("threshold")
+    if isinstance(thr, bool) or not isinstance(thr, int | float) or not 0 <= thr <= 1:
+        raise ValueError(f"{path}: threshold must be a number in [0, 1], got {thr!r}")
+    return labels.index(d["positive"]), float(thr)

@@ -1,0 +1,229 @@
+"""What a task is made of, and the one ``rnnkit train TASK`` that every task shares.
+
+A task is a package under ``rnnkit/tasks/`` with the same slots:
+
+* ``model.py``  the ``nn.Module`` (shapes in its docstring);
+* ``data.py``   reading the data, the split, the batches;
+* ``task.py``   the task object for :func:`rnnkit.train.train` (model, batches, loss,
+  evaluation, config), rebuilt from a run's ``config.json`` for ``--resume``;
+* ``api.py``    the Python API: ``load(run_dir)`` and what a trained model does (``sample``,
+  ``predict``, ``stream``...);
+* ``cli.py``    the command line, apart from the library, ending in one :class:`TaskSpec`;
+
+and its ``__init__.py`` exports ``SPEC`` (and the API). Registering the task is one line in
+:data:`rnnkit.tasks.TASKS`; it then gets ``rnnkit train TASK`` (the shared training flags of
+:mod:`rnnkit.tasks.args` plus its own), ``rnnkit eval RUN``, ``rnnkit.load(RUN)`` and its
+verbs (``rnnkit sample RUN``, ``rnnkit predict RUN``...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rnnkit import checkpoint as ckpt
+from rnnkit.train import TrainConfig, TrainResult, is_main_process, train
+
+AddArgs = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int | None]
+
+
+@dataclass(frozen=True)
+class Verb:
+    """``rnnkit NAME RUN ...``: something a trained run does (sample, predict...). Tasks that
+    share a verb share its command; the run's task decides which one runs."""
+
+    name: str
+    help: str
+    add_args: AddArgs
+    run: Run
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Command:
+    """``rnnkit [GROUP] NAME ...``: an experiment that needs no run folder (it trains its
+    own), e.g. ``rnnkit longrange`` or ``rnnkit inspect gradients``."""
+
+    name: str
+    help: str
+    add_args: AddArgs
+    run: Run
+    description: str = ""
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One registered task.
+
+    * ``defaults``: the task's values for the shared flags (``steps``, ``minutes``,
+      ``epochs``, ``batch_size``, ``lr``, ``hidden``...), shown in its help;
+    * ``add_args(parser)``: the task's own training flags (data, tokenizer...);
+    * ``from_args(args, out)``: a fresh task object from the flags;
+    * ``from_config(config, run_dir)``: the task of a saved run (``--resume``);
+    * ``saved_flags(config)``: ``{flag dest: value}`` a resumed run keeps (a given flag that
+      differs is refused);
+    * ``report(task, result, args)``: what the job prints after training (metrics,
+      baselines, a sample);
+    * ``load(run_dir)``: the trained model's Python API;
+    * ``add_eval_args`` / ``evaluate``: ``rnnkit eval RUN`` (``args.run_dir``, ``args.data``).
+    """
+
+    name: str
+    help: str
+    description: str
+    defaults: dict[str, Any]
+    add_args: AddArgs
+    from_args: Callable[[argparse.Namespace, str], Any]
+    from_config: Callable[[dict[str, Any], Path], Any]
+    saved_flags: Callable[[dict[str, Any]], dict[str, Any]]
+    report: Callable[[Any, TrainResult, argparse.Namespace], None]
+    load: Callable[[str | Path], Any]
+    add_eval_args: AddArgs
+    evaluate: Run
+    fit: Callable[[argparse.Namespace, str], bool] | None = None  # fitted without the
+    # trainer (the n-gram baseline): returns True when it handled the run
+    epochs: bool = False
+    model_cells: list[str] | None = None  # offers the shared model flags with these cells
+    model_flags: tuple[str, ...] = ("cell", "hidden", "layers", "embed", "dropout")
+    verbs: tuple[Verb, ...] = ()
+    commands: tuple[Command, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- rnnkit train TASK ---------------------------------------------------------------------------
+BUDGET = ("steps", "minutes", "epochs")
+ALWAYS_OK = {*BUDGET, "out", "resume", "restart", "quiet", "device", "func", "task",
+             "command", "log_every"}
+
+
+def budget_of(args: argparse.Namespace, spec: TaskSpec) -> dict[str, Any]:
+    """The budget flags given, else the task's default budget."""
+    got = {k: getattr(args, k, None) for k in BUDGET if getattr(args, k, None) is not None}
+    return got or {k: spec.defaults[k] for k in BUDGET if spec.defaults.get(k) is not None}
+
+
+def steps_for(budget: dict[str, Any], task: Any) -> dict[str, Any]:
+    """``{"steps", "minutes"}`` for the trainer: epochs become steps (the task's
+    ``steps_per_epoch``)."""
+    out = {"steps": budget.get("steps"), "minutes": budget.get("minutes")}
+    if budget.get("epochs") is not None:
+        per = task.steps_per_epoch
+        out["steps"] = min(out["steps"] or math.inf, max(1, round(budget["epochs"] * per)))
+    return out
+
+
+def _tuned(spec: TaskSpec, task: Any, steps: int | None) -> dict[str, Any]:
+    """Defaults that depend on the task's data: for tasks with epochs, evaluate once an
+    epoch (at least 10 times in a step budget) and warm up over at most one epoch."""
+    d = {k: v for k, v in spec.defaults.items() if k not in BUDGET}
+    per = getattr(task, "steps_per_epoch", None)
+    if spec.epochs and per:
+        d.setdefault("eval_every", max(1, min(per, (steps or 10**9) // 10)))
+        d["warmup"] = min(d.get("warmup", 100), per)
+    d["clip"] = d.pop("clip", 1.0)
+    return {("grad_clip" if k == "clip" else k): v for k, v in d.items()}
+
+
+def check_resume_flags(spec: TaskSpec, args: argparse.Namespace, config: dict[str, Any]
+                       ) -> None:
+    """A resumed run keeps its model, data and training settings: a flag given with another
+    value than the saved one is a ValueError naming both."""
+    saved = spec.saved_flags(config)
+    tc = config.get("train", {})
+    saved.update({"lr": tc.get("lr"), "weight_decay": tc.get("weight_decay"),
+                  "warmup": tc.get("warmup"), "clip": tc.get("grad_clip") or 0.0,
+                  "eval_every": tc.get("eval_every"), "seed": tc.get("seed")})
+    for key, v in vars(args).items():
+        if v is None or key in ALWAYS_OK or key.startswith("_") or key not in saved:
+            continue
+        have = saved[key]
+        if v != have and not (isinstance(v, float | int) and isinstance(have, float | int)
+                              and math.isclose(v, have)):
+            raise ValueError(f"--{key.replace('_', '-')} {v} conflicts with the run being "
+                             f"resumed ({key} = {have}); a resumed run keeps its model, data "
+                             f"and settings. Start a new run (--out) to change them")
+
+
+def train_command(spec: TaskSpec, args: argparse.Namespace) -> int:
+    """``rnnkit train TASK``: a fresh run from the flags, or ``--resume`` of a saved one."""
+    t_start = time.perf_counter()
+    main = is_main_process()
+    if args.resume:
+        run_dir = Path(args.out if args.resume is True else args.resume)
+        if args.resume is True and not args.out:
+            raise ValueError("--resume needs the run folder: --resume RUN_DIR (or --out DIR)")
+        if args.resume is not True and args.out and Path(args.out) != run_dir:
+            raise ValueError(f"--resume {run_dir} and --out {args.out} name different folders;"
+                             f" a resumed run stays in its own folder")
+        cfg_path = run_dir / ckpt.CONFIG
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {run_dir} holds no run ({cfg_path} is "
+                                    f"missing)")
+        with ckpt.run_lock(run_dir) if main else contextlib.nullcontext():
+            config = ckpt.read_json(cfg_path)
+            if config.get("task") != spec.name:
+                raise ValueError(f"{run_dir} is a {config.get('task')!r} run, not "
+                                 f"{spec.name!r}: resume it with rnnkit train "
+                                 f"{config.get('task')} --resume {run_dir}")
+            check_resume_flags(spec, args, config)
+            task = spec.from_config(config, run_dir)
+            over = steps_for({k: getattr(args, k, None) for k in BUDGET}, task) if any(
+                getattr(args, k, None) is not None for k in BUDGET) else {}
+            cfg = TrainConfig.from_json(config["train"], out=str(run_dir), resume=True,
+                                        progress=not args.quiet, **over,
+                                        **({"device": args.device} if args.device else {}))
+            res = train(task, cfg)
+            if main:
+                spec.report(task, res, args)
+                _last_line(spec, res, t_start)
+        return 0
+    out = args.out or f"runs/{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("under torchrun give --out, so that every process names the same run "
+                         "folder")
+    with ckpt.run_lock(out) if main else contextlib.nullcontext():
+        if args.restart and main:
+            _clear_run(Path(out))
+        if spec.fit is not None and spec.fit(args, out):
+            return 0
+        task = spec.from_args(args, out)
+        budget = steps_for(budget_of(args, spec), task)
+        cfg = TrainConfig.from_args(args, out=out, **budget,
+                                    **_tuned(spec, task, budget["steps"]))
+        if main:
+            print(f"training {spec.name} for {cfg.budget()} → {out}", file=sys.stderr)
+        res = train(task, cfg)
+        if main:
+            spec.report(task, res, args)
+            _last_line(spec, res, t_start)
+    return 0
+
+
+def _clear_run(d: Path) -> None:
+    """``--restart``: empty the run folder (we hold its lock)."""
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        if p.name == ckpt.LOCK:
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    print(f"--restart: cleared {d}", file=sys.stderr)
+
+
+def _last_line(spec: TaskSpec, res: TrainResult, t_start: float) -> None:
+    best = res.best.get("step")
+    print(f"{spec.name}: {res.step:,} steps, {res.elapsed / 60:.1f} min of training and "
+          f"evaluation ({(time.perf_counter() - t_start) / 60:.1f} min wall in this process)"
+          f"{f'; best checkpoint from step {best:,}' if best is not None else ''}; run folder "
+          f"{res.run_dir}")
