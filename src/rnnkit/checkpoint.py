@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
@@ -183,6 +184,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     if extra:
         raise ValueError(f"{path} has tensors the model lacks: {', '.join(extra[:5])}: the "
                          f"checkpoint is for a different model")
+    for k, _ in model.named_parameters():  # buffers may hold -inf (masks) by design
+        t = tensors.get(k)
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{path}: weight {k!r} holds {bad:,} non-finite value(s) (NaN or "
+                             f"inf) of {t.numel():,}: the checkpoint is damaged or comes from a "
+                             f"run that diverged; use another checkpoint (best/ or last/)")
     model.load_state_dict({k: tensors[k] for k in own})
     return model
 

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  **parser_kwargs(c.description or c.help))
             c.add_args(p)
             p.set_defaults(func=c.run)
-    explain.register(sub)
+    explain.register(sub, **parser_kwargs(explain.__doc__))
     return parser
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -497,32 +498,29 @@ def train(task: Task, cfg: TrainConfig, *, on_step: Callable[[int], None] | None
             dist.destroy_process_group()
 
 
-def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
-           on_step: Callable[[int], None] | None) -> TrainResult:
-    run_dir, main, device = Path(cfg.out), rank == 0, pick_device(cfg.device)
-    config = {**task.config(), "train": cfg.to_json()}
-
-    # -- model, optimizer, data ------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
-    model = task.build_model().to(device)
-    if rank:
-        torch.manual_seed(cfg.seed + rank)  # different dropout masks per rank
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not on biases and norm gains)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-                            betas=cfg.betas)
-    stream = task.batches(rank, world)
-    ckpts = Checkpoints(run_dir, model, opt, stream, config, rank, world)
-    budget_s = cfg.minutes * 60 if cfg.minutes is not None else math.inf
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                             betas=cfg.betas)
 
-    # -- a fresh run, or where the last one stopped ----------------------------------------
+
+def start_or_resume(cfg: TrainConfig, ckpts: Checkpoints, device: torch.device,
+                    budget_s: float, main: bool) -> RunState:
+    """A fresh :class:`RunState` (refusing a folder that already holds a run), or the one
+    saved in ``last/`` for ``--resume`` (refusing a run whose budget is used up)."""
+    run_dir = ckpts.last.parent
     if main:
         ckpt.clean_stale(run_dir)
     if cfg.resume:
         if not ckpts.has_last():
-            raise FileNotFoundError(f"cannot resume: {run_dir} has no checkpoint "
-                                    f"({ckpts.last}/{ckpt.MODEL})")
+            only_best = (ckpts.best / ckpt.MODEL).is_file()
+            raise FileNotFoundError(
+                f"cannot resume: {run_dir} has no last/ checkpoint ({ckpts.last}/{ckpt.MODEL})"
+                + (f"; its best/ holds weights but not the optimizer and data position. Train "
+                   f"it afresh with --restart --out {run_dir}" if only_best else ""))
         s = ckpts.resume(device)
         if (cfg.steps is not None and s.step >= cfg.steps) or s.elapsed >= budget_s:
             raise ValueError(f"{run_dir} already used its budget ({cfg.budget()}; it stopped "
@@ -534,9 +532,68 @@ def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
                   f"towards {cfg.budget()}", file=sys.stderr)
     else:
         s = RunState()
-        if main and (ckpts.has_last() or (ckpts.best / ckpt.MODEL).is_file()):
-            raise ValueError(f"{run_dir} already holds a run; resume it (--resume {run_dir}) "
-                             f"or choose another output folder")
+        if main and ckpts.has_last():
+            raise ValueError(f"{run_dir} already holds a run; resume it (--resume {run_dir}), "
+                             f"clear it (--restart) or choose another output folder")
+        if main and (ckpts.best / ckpt.MODEL).is_file():
+            raise ValueError(f"{run_dir} holds a best/ checkpoint but no last/ to resume from; "
+                             f"clear it (--restart) or choose another output folder")
+    return s
+
+
+def evaluate_and_save(task: Task, model: nn.Module, cfg: TrainConfig, s: RunState,
+                      ckpts: Checkpoints, log: RunLog | None, progress: Progress,
+                      elapsed: float) -> float:
+    """Evaluate (rank 0), log, write last/ then best/ (so a kill between the two leaves a
+    resumable run), redraw the curve. Every rank joins the last/ save. Returns the seconds
+    the evaluation took (the clock keeps room for the next one)."""
+    eval_secs, is_best = 0.0, False
+    if log is not None:
+        t = time.perf_counter()
+        model.eval()
+        with torch.no_grad():
+            m = {k: float(v) for k, v in task.evaluate(model).items()}
+        model.train()
+        eval_secs = time.perf_counter() - t
+        if cfg.best_metric not in m:
+            raise ValueError(f"best_metric {cfg.best_metric!r} is not among the "
+                             f"evaluation's metrics: {', '.join(m)}")
+        v = m[cfg.best_metric]
+        is_best = math.isfinite(v) and (
+            s.best_value is None or not math.isfinite(s.best_value) or
+            (v < s.best_value if cfg.best_mode == "min" else v > s.best_value))
+        s.last_metrics = m
+        if is_best:
+            s.best_value, s.best = v, {"step": s.step, **m}
+        log.add({"step": s.step, "time": round(elapsed, 3),
+                 **{f"valid_{k}": x for k, x in m.items()}})
+        progress.note(f"step {s.step:,}: " + "  ".join(f"valid {k} {x:.4f}"
+                                                     for k, x in m.items()))
+    ckpts.save_last(s, elapsed + eval_secs)  # the evaluation's time included
+    if log is not None:
+        if is_best:
+            ckpts.save_best(s.step, s.last_metrics)
+        log.plot("loss" if "loss" in s.last_metrics else cfg.best_metric)
+    return eval_secs
+
+
+def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
+           on_step: Callable[[int], None] | None) -> TrainResult:
+    run_dir, main, device = Path(cfg.out), rank == 0, pick_device(cfg.device)
+    config = {**task.config(), "train": cfg.to_json()}
+
+    # -- model, optimizer, data ------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    model = task.build_model().to(device)
+    if rank:
+        torch.manual_seed(cfg.seed + rank)  # different dropout masks per rank
+    opt = make_optimizer(model, cfg)
+    stream = task.batches(rank, world)
+    ckpts = Checkpoints(run_dir, model, opt, stream, config, rank, world)
+    budget_s = cfg.minutes * 60 if cfg.minutes is not None else math.inf
+
+    # -- a fresh run, or where the last one stopped ----------------------------------------
+    s = start_or_resume(cfg, ckpts, device, budget_s, main)
     log: RunLog | None = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -547,45 +604,13 @@ def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
         dmodel = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def evaluate_and_save(elapsed: float) -> None:
-        """Evaluate (rank 0), log, write last/ then best/ (so a kill between the two leaves
-        a resumable run), redraw the curve. Every rank joins the last/ save."""
-        nonlocal eval_secs, last_eval_step
-        last_eval_step = s.step
-        is_best = False
-        if main:
-            t = time.perf_counter()
-            model.eval()
-            with torch.no_grad():
-                m = {k: float(v) for k, v in task.evaluate(model).items()}
-            model.train()
-            eval_secs = time.perf_counter() - t
-            if cfg.best_metric not in m:
-                raise ValueError(f"best_metric {cfg.best_metric!r} is not among the "
-                                 f"evaluation's metrics: {', '.join(m)}")
-            v = m[cfg.best_metric]
-            is_best = math.isfinite(v) and (
-                s.best_value is None or not math.isfinite(s.best_value) or
-                (v < s.best_value if cfg.best_mode == "min" else v > s.best_value))
-            s.last_metrics = m
-            if is_best:
-                s.best_value, s.best = v, {"step": s.step, **m}
-            log.add({"step": s.step, "time": round(elapsed, 3),
-                     **{f"valid_{k}": x for k, x in m.items()}})
-            progress.note(f"step {s.step:,}: " + "  ".join(f"valid {k} {x:.4f}"
-                                                         for k, x in m.items()))
-        ckpts.save_last(s, s.elapsed + time.perf_counter() - t0)  # evaluation included
-        if main:
-            if is_best:
-                ckpts.save_best(s.step, s.last_metrics)
-            log.plot("loss" if "loss" in s.last_metrics else cfg.best_metric)
-
     progress = Progress(cfg, f"train {task.name}", getattr(task, "unit", "items"), s.step,
                         s.elapsed, main and cfg.progress)
     model.train()
     t0 = time.perf_counter()
     t_int, sum_loss, n_losses, n_items = t0, 0.0, 0, 0
     train_loss, eval_secs, last_eval_step = math.nan, 0.0, -1
+    checkpoint = functools.partial(evaluate_and_save, task, model, cfg, s, ckpts, log, progress)
     elapsed, finished = s.elapsed, False
     try:
         while True:
@@ -639,12 +664,12 @@ def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
                 t_int, sum_loss, n_losses, n_items = now, 0.0, 0, 0
             # -- evaluate and checkpoint -------------------------------------------------------
             if is_eval:
-                evaluate_and_save(s.elapsed + time.perf_counter() - t0)
-                t_int = time.perf_counter()
+                eval_secs = checkpoint(s.elapsed + time.perf_counter() - t0)
+                last_eval_step, t_int = s.step, time.perf_counter()
         if n_losses:
             train_loss = sum_loss / n_losses
         if last_eval_step != s.step:  # the final evaluation and checkpoint
-            evaluate_and_save(s.elapsed + time.perf_counter() - t0)
+            checkpoint(s.elapsed + time.perf_counter() - t0)
     finally:
         elapsed = s.elapsed + time.perf_counter() - t0
         progress.close(s.step, elapsed, finished)

@@ -94,16 +94,29 @@ def explain(kind: str, input_size: int, hidden_size: int, *, convention: str = "
     return "\n".join(out)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+NEXT = ("next: train one on text with `rnnkit train lm --cell {kind} --minutes 1`, then "
+        "`rnnkit sample RUN --prime 'def '` (RUN: the folder its last line names)")
+
+
+def _run(a: argparse.Namespace) -> None:
+    print(explain(a.kind, a.input_size, a.hidden_size, convention=a.convention,
+                  reset_after=not a.reset_before, seed=a.seed))
+    print()
+    print(NEXT.format(kind=a.kind))
+
+
+def register(sub: argparse._SubParsersAction, **kwargs: object) -> None:
+    """``rnnkit explain``; ``kwargs`` go to ``add_parser`` (the CLI's description and help
+    formatter)."""
     p = sub.add_parser("explain", help="formula, equations, weight shapes and one step of a cell",
-                       description=__doc__)
-    p.add_argument("kind", choices=["rnn", "lstm", "gru"])
-    p.add_argument("--input-size", type=int, default=6)
-    p.add_argument("--hidden-size", type=int, default=16)
-    p.add_argument("--convention", choices=["keras", "torch"], default="keras")
+                       **kwargs)
+    p.add_argument("kind", choices=["rnn", "lstm", "gru"], help="the cell")
+    p.add_argument("--input-size", type=int, default=6, help="features per time step")
+    p.add_argument("--hidden-size", type=int, default=16, help="units")
+    p.add_argument("--convention", choices=["keras", "torch"], default="keras",
+                   help="parameter count as Keras counts it (one bias per gate) or as torch.nn "
+                        "does (two)")
     p.add_argument("--reset-before", action="store_true",
                    help="GRU: Cho et al. 2014 form (Keras reset_after=False)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda a: print(explain(
-        a.kind, a.input_size, a.hidden_size, convention=a.convention,
-        reset_after=not a.reset_before, seed=a.seed)))
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights and input")
+    p.set_defaults(func=_run)

@@ -25,7 +25,7 @@ def summary(
     *,
     dtype: torch.dtype = torch.float32,
     print_fn=print,
-) -> str:
+) -> Summary:
     """Print (and return) a table of the model's layers: name (type), output shape, params.
 
     ``input_shape`` excludes the batch, as in Keras' ``Input(shape=...)``: ``(T, F)`` for
@@ -45,7 +45,8 @@ def summary(
             else:
                 visit(full, child)
 
-    visit("", model)
+    if not isinstance(model, Recurrent):  # a layer alone is one row, its cells not listed
+        visit("", model)
     if not leaves:
         leaves = [(type(model).__name__.lower(), model)]
     for name, m in leaves:
@@ -80,7 +81,20 @@ def summary(
         lines.append(f"{n + ' (' + t + ')':<{c1}}{s:<{c2}}{p:>{c3},}")
     lines += ["─" * width, f" Total params: {total:,}", f" Trainable params: {trainable:,}",
               f" Non-trainable params: {total - trainable:,}", "─" * width]
-    text = "\n".join(lines)
+    text = Summary("\n".join(lines))
+    text.layers, text.params = len(rows), total
     if print_fn is not None:
         print_fn(text)
     return text
+
+
+class Summary(str):
+    """The table as a string (``str(s)``, ``print(s)``); in a REPL, where :func:`summary`
+    has printed it already, its echo is one short line instead of the table again."""
+
+    layers: int = 0
+    params: int = 0
+
+    def __repr__(self) -> str:
+        return (f"<rnnkit summary: {self.layers} layer{'' if self.layers == 1 else 's'}, "
+                f"{self.params:,} parameters>")

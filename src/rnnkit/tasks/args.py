@@ -94,7 +94,8 @@ class Formatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         h = action.help or ""
-        if "(default" in h or action.default in (None, False, argparse.SUPPRESS) or \
+        d = action.default  # 0 is a default to show; None, False (a switch) are not
+        if "(default" in h or d is None or d is False or d == argparse.SUPPRESS or \
                 action.option_strings == [] or isinstance(action, argparse._VersionAction):
             return h
         return f"{h} (default: {action.default})" if h else f"default: {action.default}"
@@ -166,7 +167,8 @@ def add_model_args(p: argparse.ArgumentParser, defaults: dict[str, Any], cells: 
     g = p.add_argument_group("model (the same flags for every task)")
     a = g.add_argument
     if "cell" in flags:
-        a("--cell", choices=cells, help="recurrent layer" + _dflt(defaults, "cell"))
+        a("--cell", choices=cells, metavar="CELL",
+          help=f"recurrent layer: {', '.join(cells)}" + _dflt(defaults, "cell"))
     if "hidden" in flags:
         a("--hidden", type=POS_INT, metavar="H", help="units per layer and direction"
           + (_dflt(defaults, "hidden") or " (default: per problem)"))

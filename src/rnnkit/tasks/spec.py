@@ -103,6 +103,7 @@ class TaskSpec:
 
 # -- rnnkit train TASK ---------------------------------------------------------------------------
 BUDGET = ("steps", "minutes", "epochs")
+PATHS = {"data", "valid", "test"}  # compared as the files they name
 ALWAYS_OK = {*BUDGET, "out", "resume", "restart", "quiet", "device", "func", "task",
              "command", "log_every"}
 
@@ -148,6 +149,8 @@ def check_resume_flags(spec: TaskSpec, args: argparse.Namespace, config: dict[st
         if v is None or key in ALWAYS_OK or key.startswith("_") or key not in saved:
             continue
         have = saved[key]
+        if key in PATHS and isinstance(v, str) and isinstance(have, str):
+            v, have = str(Path(v).resolve()), str(Path(have).resolve())
         if v != have and not (isinstance(v, float | int) and isinstance(have, float | int)
                               and math.isclose(v, have)):
             raise ValueError(f"--{key.replace('_', '-')} {v} conflicts with the run being "

@@ -26,7 +26,7 @@ from rnnkit.tasks.classify.metrics import choose_threshold, format_table, plot_c
 from rnnkit.tasks.classify.model import POOLS
 from rnnkit.tasks.classify.task import ClassifyTask, split_args
 from rnnkit.tasks.spec import TaskSpec, Verb
-from rnnkit.train import TrainResult
+from rnnkit.train import TrainResult, is_main_process
 
 DESCRIPTION = """Train a recurrent text classifier on a labelled CSV, TSV or JSONL file:
 embedding, rnnkit GRU/LSTM/RNN stack run with the texts' lengths, pooling over time (last, mean,
@@ -87,6 +87,9 @@ def from_args(args: argparse.Namespace, out: str) -> ClassifyTask:
                  "dropout")
     model["pool"] = s["pool"]
     task = ClassifyTask(split, s, model)
+    if not is_main_process():  # under torchrun, rank 0 writes and reports
+        return task
+    Path(out).mkdir(parents=True, exist_ok=True)
     ckpt.atomic_write(Path(out) / "split.json", json.dumps(split.record))
     skipped = ", ".join(f"{v} in {k}" for k, v in split.skipped.items())
     print(f"train {len(task.train[0]):,} ({', '.join(f'{c} {n:,}' for c, n in task.counts.items())}"

@@ -11,19 +11,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnkit import checkpoint as ckpt
-from rnnkit.tasks.longrange.data import (
-    COPY_SYMBOLS,
-    N_COPY,
-    N_TEST,
-    PROBLEMS,
-    adding_data,
-    adding_metrics,
-    copy_baseline,
-    copy_data,
-    copy_metrics,
-    digits_data,
-    digits_metrics,
-)
+from rnnkit.tasks.longrange import data as problems
+from rnnkit.tasks.longrange.data import COPY_SYMBOLS, N_COPY, N_TEST, PROBLEMS
 from rnnkit.tasks.longrange.model import LONGRANGE_CELLS, LongRangeModel
 from rnnkit.train import TrainConfig, train
 
@@ -33,7 +22,9 @@ DEFAULTS = {"adding": (64, 64, 3e-3), "copy": (128, 64, 3e-3), "digits": (128, 6
 
 class Stream:
     """Training batches; batch ``i`` comes from its own seeded generator, so the position is
-    one integer (saved with the checkpoint for ``--resume``)."""
+    one integer (saved with the checkpoint for ``--resume``). Under torchrun every rank draws
+    the same global batch and keeps its share of the rows: N processes train on the batches
+    of one."""
 
     def __init__(self, task: LongRangeTask, rank: int, world: int) -> None:
         self.task, self.rank, self.world, self.i = task, rank, world, 0
@@ -42,10 +33,12 @@ class Stream:
         return self
 
     def __next__(self) -> tuple[Tensor, Tensor]:
-        gen = torch.Generator().manual_seed(
-            (self.task.seed + 1) * 1_000_003 + self.i * self.world + self.rank)
+        gen = torch.Generator().manual_seed((self.task.seed + 1) * 1_000_003 + self.i)
         self.i += 1
-        return self.task.make_batch(self.task.batch // self.world, gen)
+        x, y = self.task.make_batch(self.task.batch, gen)
+        share = self.task.batch // self.world
+        rows = slice(self.rank * share, (self.rank + 1) * share)
+        return x[rows], y[rows]
 
     def state_dict(self) -> dict[str, int]:
         return {"i": self.i}
@@ -81,7 +74,7 @@ class LongRangeTask:
                            "digits": "cross-entropy (nats per image)"}[task]
         self.baselines = {"ignore the input": self.baseline}
         if task == "digits":
-            self.x_train, self.y_train, x_te, y_te = digits_data(permute)
+            self.x_train, self.y_train, x_te, y_te = problems.digits_data(permute)
             self.test = (x_te, y_te)
         else:
             self.test = self.make_batch(N_TEST, torch.Generator().manual_seed(10**6 + seed))
@@ -93,9 +86,9 @@ class LongRangeTask:
 
     def make_batch(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         if self.task == "adding":
-            return adding_data(n, self.length, gen)
+            return problems.adding_data(n, self.length, gen)
         if self.task == "copy":
-            return copy_data(n, self.length, gen)
+            return problems.copy_data(n, self.length, gen)
         idx = torch.randint(0, len(self.y_train), (n,), generator=gen)
         return self.x_train[idx], self.y_train[idx]
 
@@ -135,8 +128,8 @@ class LongRangeTask:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         x, y = self.test
         p = torch.cat([self.predict(model, xb) for xb in x.split(500)]).float().cpu()
-        return {"adding": adding_metrics, "copy": copy_metrics,
-                "digits": digits_metrics}[self.task](p, y)
+        return {"adding": problems.adding_metrics, "copy": problems.copy_metrics,
+                "digits": problems.digits_metrics}[self.task](p, y)
 
     def config(self) -> dict[str, Any]:
         return {"task": "longrange", "problem": self.task, "length": self.length,
@@ -149,7 +142,7 @@ class LongRangeTask:
         if self.task == "adding":
             return 1 / 6
         if self.task == "copy":
-            return copy_baseline(self.length)
+            return problems.copy_baseline(self.length)
         return math.log(10)
 
     def train_model(self, steps: int | None, out: str, minutes: float | None = None,

@@ -1,0 +1,193 @@
+"""Nothing lost, nothing wrong: the run lock, stale temporaries, a full disk, a torn metrics
+line, a run with best/ but no last/, damaged weights, and bad input as one clear error (each a
+regression test for a failure an adversarial probe found)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit import checkpoint as ckpt
+from rnnkit.cli import main
+
+TEXT = "def f(x):\n    return x + 1\n\n" * 60
+LM = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq", "16", "--log-every", "5",
+      "--sample-length", "0", "--baseline-order", "2", "--quiet"]
+
+
+def corpus(tmp: Path) -> str:
+    f = tmp / "t.txt"
+    f.write_text(TEXT)
+    return str(f)
+
+
+def lm(tmp: Path, run: Path, *extra: str) -> int:
+    return main(["train", "lm", "--data", corpus(tmp), *LM, "--out", str(run), *extra])
+
+
+def err_of(capsys) -> str:
+    return capsys.readouterr().err
+
+
+def test_best_without_last_is_refused_with_the_way_out_and_restart_works(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert lm(tmp_path, run, "--steps", "10", "--eval-every", "5") == 0
+    import shutil
+
+    shutil.rmtree(run / "last")  # what a kill between best/ and last/ used to leave
+    capsys.readouterr()
+    assert main(["train", "lm", "--resume", str(run), "--steps", "20"]) == 2
+    e = err_of(capsys)
+    assert "no last/ checkpoint" in e and "--restart" in e
+    assert lm(tmp_path, run, "--steps", "10") == 2
+    assert "--restart" in err_of(capsys)
+    assert lm(tmp_path, run, "--steps", "10", "--restart") == 0
+    assert json.loads((run / "last/trainer.json").read_text())["step"] == 10
+
+
+def test_a_second_process_is_refused_with_the_holders_pid_until_it_dies(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from rnnkit import checkpoint as c\n"
+         "with c.run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)",
+         str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert lm(tmp_path, run, "--steps", "4") == 2
+        e = err_of(capsys)
+        assert f"in use by another rnnkit process (PID {holder.pid})" in e
+        assert not (run / "config.json").exists()  # nothing written into the held folder
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert lm(tmp_path, run, "--steps", "4") == 0  # the lock died with its holder
+
+
+def test_stale_temporaries_are_cleaned_and_a_torn_metrics_line_is_dropped(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert lm(tmp_path, run, "--steps", "6", "--eval-every", "3") == 0
+    (run / ".last.tmp4242").mkdir()
+    (run / ".last.tmp4242" / "model.safetensors").write_bytes(b"partial")
+    (run / ".config.json.tmp4242").write_text("{")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "train_lo')  # a kill mid-append
+    assert main(["train", "lm", "--resume", str(run), "--steps", "9", "--quiet"]) == 0
+    assert not list(run.glob(".*.tmp*"))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    recs = [json.loads(s) for s in lines]  # every line parses again
+    assert recs[-1]["step"] == 9 and [r["step"] for r in recs if "train_loss" in r][-1] == 9
+
+
+def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_stays(tmp_path,
+                                                                          monkeypatch):
+    model = nn.Linear(3, 2)
+    ckpt.save(tmp_path / "c", model, {"v": 1})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_synced", full)
+    with pytest.raises(OSError, match=r"no space left .* bytes needed.*previous checkpoint"):
+        ckpt.save(tmp_path / "c", model, {"v": 2})
+    monkeypatch.undo()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    back = ckpt.load_weights(nn.Linear(3, 2), tmp_path / "c")
+    for k, v in back.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert ckpt.load_config(tmp_path / "c") == {"v": 1}
+
+
+def test_a_nan_weight_is_refused_on_load_naming_the_tensor(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert lm(tmp_path, run, "--steps", "4") == 0
+    tensors, meta = ckpt.read_tensors(run / "best" / ckpt.MODEL)
+    name = next(k for k in tensors if "weight" in k)
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(run / "best" / ckpt.MODEL), metadata=meta)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", corpus(tmp_path)]) == 2
+    e = err_of(capsys)
+    assert f"weight {name!r} holds 1 non-finite" in e and "nan bits" not in e
+
+
+# -- every numeric flag checked once, naming the flag ---------------------------------------
+BAD_FLAGS = [
+    ("--minutes", "nan"), ("--minutes", "inf"), ("--minutes", "-1"), ("--steps", "0"),
+    ("--clip", "-1"), ("--lr", "nan"), ("--lr", "0"), ("--epochs", "0"), ("--epochs", "-1"),
+    ("--batch-size", "0"), ("--batch-size", "-4"), ("--batch", "-2"), ("--dropout", "nan"),
+    ("--dropout", "1.5"), ("--max-chars", "-5"), ("--hidden", "0"), ("--eval-every", "0"),
+    ("--warmup", "-3"), ("--seed", "x"), ("--weight-decay", "inf"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value"), BAD_FLAGS)
+def test_a_bad_number_is_exit_2_with_one_line_naming_the_flag(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "lm", "--data", corpus(tmp_path), f"{flag}={value}",
+              "--out", str(tmp_path / "r")])
+    assert e.value.code == 2
+    msg = err_of(capsys)
+    assert flag in msg and "Traceback" not in msg, msg
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["sample", "RUN", "--length", "-5"], ["sample", "RUN", "--temperature", "nan"],
+    ["sample", "RUN", "--temperature", "inf"], ["predict", "RUN", "x", "--chunk-chars", "0"],
+])
+def test_verbs_check_their_numbers_too(argv, tmp_path, capsys):
+    argv = [str(tmp_path) if a == "RUN" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and argv[-2] in err_of(capsys)
+
+
+def test_classify_flags_and_inputs(tmp_path, capsys):
+    rows = ["text\tlabel"] + [f"text {i}\t{'ab'[i % 2]}" for i in range(30)]
+    rows.insert(7, "a row without its label")
+    f = tmp_path / "d.tsv"
+    f.write_text("\n".join(rows) + "\n")
+    out = str(tmp_path / "r")
+    assert main(["train", "classify", "--data", str(f), "--steps", "2", "--out", out]) == 2
+    assert "line 8" in err_of(capsys)  # names the row that lacks the label, not "empty"
+    assert main(["train", "classify", "--data", str(tmp_path), "--steps", "2",
+                 "--out", out]) == 2
+    assert "folder" in err_of(capsys)
+    with pytest.raises(SystemExit):
+        main(["train", "classify", "--data", str(f), "--max-len", "0", "--out", out])
+    assert "--max-len" in err_of(capsys)
+
+
+def test_stdin_is_strict_utf8_with_the_byte_offset(tmp_path):
+    rows = ["text\tlabel"] + [f"good {i}\t{'ab'[i % 2]}" for i in range(24)]
+    (tmp_path / "d.tsv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", "classify", "--data", str(tmp_path / "d.tsv"), "--steps", "2",
+                 "--hidden", "8", "--embed", "8", "--quiet", "--out", str(run)]) == 0
+    cp949 = "좋은 영화".encode("cp949")
+    for extra in ([], ["--stream"]):
+        t = time.time()
+        r = subprocess.run([sys.executable, "-m", "rnnkit.cli", "predict", str(run), *extra,
+                            "-"], input=b"fine\n" + cp949 + b"\n", capture_output=True,
+                           timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+        assert r.returncode == 2, (extra, r.stderr)
+        err = r.stderr.decode()
+        assert "stdin is not UTF-8 text" in err and "byte offset 5" in err, err
+        assert "Traceback" not in err and time.time() - t < 120
