@@ -2,9 +2,10 @@
 
 ``moving-digits`` is synthetic motion on real digits: each clip is 10 frames of 32×32 in
 which one of scikit-learn's 8×8 handwritten digits (upscaled to 16×16) moves in a straight
-line at 1.5 pixels per frame in one of 8 directions (E, NE, N, NW, W, SW, S, SE: the label),
-starting from a random position that keeps it inside the frame. A single frame shows a digit
-somewhere, never which way it moves, so a last-frame model stays near chance (1/8). The digit
+line at 2 pixels per frame in one of 8 directions (E, NE, N, NW, W, SW, S, SE: the label),
+from a uniform random start, wrapping around the edges (a torus). Every single frame is then a
+digit at a uniformly random place whatever the direction, so no frame alone tells the label,
+and a last-frame model stays at chance (1/8). The digit
 images are split by image: clips of the test split use digits no training clip uses.
 """
 
@@ -18,22 +19,21 @@ import numpy as np
 from rnnkit.tasks.sequences.data import Sequences
 
 DIRECTIONS = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
-SIZE, DIGIT, FRAMES, SPEED = 32, 16, 10, 1.5
+SIZE, DIGIT, FRAMES, SPEED = 32, 16, 10, 2.0
 
 
 def _clip(img: np.ndarray, direction: int, rng: np.random.Generator) -> np.ndarray:
-    """Frames ``(FRAMES, SIZE, SIZE, 1)`` of ``img`` ``(DIGIT, DIGIT)`` moving ``direction``."""
+    """Frames ``(FRAMES, SIZE, SIZE, 1)`` of ``img`` ``(DIGIT, DIGIT)`` moving ``direction``
+    from a uniform random start, wrapping around the frame's edges."""
     ang = direction * np.pi / 4
     dx, dy = SPEED * np.cos(ang), -SPEED * np.sin(ang)      # rows grow downwards
-    travel = (FRAMES - 1) * SPEED
-    lo_x, hi_x = max(0.0, -dx * (FRAMES - 1)), SIZE - DIGIT - max(0.0, dx * (FRAMES - 1))
-    lo_y, hi_y = max(0.0, -dy * (FRAMES - 1)), SIZE - DIGIT - max(0.0, dy * (FRAMES - 1))
-    assert hi_x >= lo_x and hi_y >= lo_y, travel
-    x0, y0 = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
-    out = np.zeros((FRAMES, SIZE, SIZE, 1), dtype=np.float32)
+    x0, y0 = rng.uniform(0, SIZE, 2)
+    canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
+    canvas[:DIGIT, :DIGIT] = img
+    out = np.empty((FRAMES, SIZE, SIZE, 1), dtype=np.float32)
     for t in range(FRAMES):
-        c, r = round(x0 + dx * t), round(y0 + dy * t)
-        out[t, r:r + DIGIT, c:c + DIGIT, 0] = img
+        shift = (round(y0 + dy * t) % SIZE, round(x0 + dx * t) % SIZE)
+        out[t, :, :, 0] = np.roll(canvas, shift, axis=(0, 1))
     return out
 
 
