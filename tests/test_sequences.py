@@ -280,3 +280,31 @@ def test_video_run_end_to_end(tmp_path, monkeypatch):
 def test_sequences_dataclass_take():
     d = Sequences([np.zeros((2, 1)), np.ones((3, 1))], ["a", "b"], ["x", "y"])
     assert d.take([1]).ids == ["y"] and d.step_shape == (1,)
+
+
+def test_clip_folder_reads_frames_in_name_order(tmp_path):
+    import matplotlib.image as mpimg
+
+    clips = moving_digits("test", n=2)
+    with open(tmp_path / "labels.tsv", "w") as f:
+        for k, (x, lab) in enumerate(zip(clips.X, clips.y, strict=True)):
+            d = tmp_path / f"clip{k}"
+            d.mkdir()
+            for t, frame in enumerate(x):
+                mpimg.imsave(d / f"{t:03d}.png", frame[..., 0], cmap="gray", vmin=0, vmax=1)
+            f.write(f"clip{k}\t{lab}\n")
+    d = read_file(tmp_path)
+    assert d.y == clips.y and d.ids == ["clip0", "clip1"]
+    assert d.X[0].shape == (10, 32, 32, 3)                   # saved as RGB(A): 3 channels
+    np.testing.assert_allclose(d.X[1][..., 0], clips.X[1][..., 0], atol=1 / 255 + 1e-6)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    run = str(tmp_path / "r")
+    assert main(["train", "sequences", "--out", run, "--steps", "4", "--hidden", "8",
+                 "--quiet"]) == 0
+    assert main(["train", "sequences", "--resume", run, "--steps", "6", "--quiet"]) == 0
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1]).get("step") == 6
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["model"]["hidden"] == 8 and len(cfg["normalisation"]["mean"]) == 6
