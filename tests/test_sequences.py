@@ -308,3 +308,10 @@ def test_resume_continues_the_same_run(tmp_path):
     assert json.loads(lines[-1]).get("step") == 6
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["model"]["hidden"] == 8 and len(cfg["normalisation"]["mean"]) == 6
+
+
+@pytest.mark.parametrize("cmd", [["train", "sequences"], ["eval"], ["predict"]])
+def test_help_renders(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0 and "usage" in capsys.readouterr().out

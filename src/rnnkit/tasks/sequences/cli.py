@@ -185,7 +185,7 @@ def report(task: SequenceTask, res: TrainResult, args: argparse.Namespace) -> No
 # -- rnnkit eval --------------------------------------------------------------------------------
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early", action="store_true", help="sequences: also accuracy against the "
-                   "% of each sequence observed (a plot)")
+                   "%% of each sequence observed (a plot)")
 
 
 def evaluate(args: argparse.Namespace) -> int:
