@@ -257,3 +257,16 @@ def test_tiny_run_then_eval_load_and_forecast(tmp_path, capsys):
         fc.forecast(recent.drop(columns="x"))
     with pytest.raises(ValueError, match=r"has 10 rows; the model reads the last 24"):
         fc.forecast(recent.iloc[:10])
+
+
+def test_seq2seq_teacher_forcing_in_training_own_predictions_at_inference():
+    net = ForecastNet(3, 1, 1, 5, hidden=6, head="gaussian", arch="seq2seq")
+    past, fut = torch.randn(4, 8, 3), torch.randn(4, 5, 1)
+    y, y2 = torch.randn(4, 5, 1), torch.randn(4, 5, 1)
+    net.train()
+    a, b = net(past, fut, y), net(past, fut, y2)
+    torch.testing.assert_close(a[:, 0], b[:, 0])  # step 0 reads the last observed value
+    assert not torch.allclose(a[:, 1:], b[:, 1:])  # later steps read the truth
+    net.eval()
+    torch.testing.assert_close(net(past, fut, y), net(past, fut, y2))  # its own predictions
+    assert (net(past, fut)[..., 1] > 0).all()  # the scale is positive
