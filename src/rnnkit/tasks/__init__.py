@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {  # config.json "task" -> the package that owns it
     "classify": "rnnkit.tasks.classify",
     "longrange": "rnnkit.tasks.longrange",
     "sequences": "rnnkit.tasks.sequences",
+    "forecast": "rnnkit.tasks.forecast",
 }
 
 
