@@ -14,6 +14,14 @@ from rnnkit.runtime import keep_freed_memory
 __version__ = "0.1.0"
 
 
+def export_onnx(model: Any, example_inputs: Any, path: Any, **kw: Any) -> Any:
+    """Export ``model`` (rnnkit layers, or a module built of them) to ONNX; see
+    :func:`rnnkit.export.export_onnx` (needs ``pip install 'rnnkit[onnx]'``)."""
+    from rnnkit.export import export_onnx as _export
+
+    return _export(model, example_inputs, path, **kw)
+
+
 def load(run_dir: str) -> Any:
     """The trained model of a run folder, whatever its task (see :func:`rnnkit.tasks.load`):
     ``rnnkit.load("runs/sms").predict(["..."])``, ``rnnkit.load("runs/lm").sample("def ")``."""
@@ -35,6 +43,7 @@ __all__ = [
     "RNNCell",
     "Recurrent",
     "count_params",
+    "export_onnx",
     "keep_freed_memory",
     "keras",
     "load",
