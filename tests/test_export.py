@@ -149,3 +149,69 @@ def test_unsupported_is_an_error_at_export(tmp_path):
     with pytest.raises(ValueError, match="expects 4 input features"):
         export_onnx(rnnkit.GRU(4, 3), (torch.zeros(1, 2, 5),), tmp_path / "f.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_export_of_a_saved_classify_run(tmp_path, capsys):
+    """`rnnkit train classify` on a tiny table, then `rnnkit export RUN --onnx`: onnxruntime's
+    logits equal the loaded model's at other batch sizes and lengths (with padding)."""
+    import argparse
+    import csv
+    import random
+
+    from rnnkit.cli import main
+    from rnnkit.export_cli import register
+    from rnnkit.tasks import classify
+
+    rng = random.Random(0)
+    path = tmp_path / "train.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "text"])
+        for _ in range(80):
+            y = rng.random() < 0.5
+            words = [rng.choice(["the", "film", "was", "a", "story"]) for _ in range(4)]
+            w.writerow(["pos" if y else "neg", " ".join([*words, "good" if y else "bad"])])
+    run = tmp_path / "run"
+    assert main(["train", "classify", "--data", str(path), "--out", str(run), "--epochs", "1",
+                 "--hidden", "8", "--embed", "8", "--quiet", "--batch-size", "16",
+                 "--bidirectional", "--layers", "2", "--cell", "lstm"]) == 0
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export", str(run), "--onnx", str(tmp_path / "clf.onnx")])
+    assert args.func(args) == 0
+    assert "max |diff|" in capsys.readouterr().out
+
+    clf = classify.load(run)
+    texts = ["the film was good", "bad", "a story the film was a story was bad good"]
+    ids = [clf.encode(t) for t in texts]
+    T = max(len(i) for i in ids)
+    batch = torch.tensor([i + [0] * (T - len(i)) for i in ids])
+    lengths = torch.tensor([len(i) for i in ids])
+    with torch.no_grad():
+        want = clf.model(batch, lengths)
+    (got,) = run_onnx(tmp_path / "clf.onnx", ids=batch, lengths=lengths)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: __import__("rnnkit.tasks.lm.model", fromlist=["x"]).CharLM(30, "lstm", 12, 2, 8),
+    lambda: __import__("rnnkit.tasks.lm.model", fromlist=["x"]).CharLM(30, "mingru", 12, 1, 8),
+    lambda: __import__("rnnkit.tasks.longrange.model", fromlist=["x"]).LongRangeModel(
+        "gru", 2, 8, 1),
+    lambda: __import__("rnnkit.tasks.classify.model", fromlist=["x"]).Classifier(
+        40, 3, cell="gru", embed=8, hidden=8, pool="attention"),
+    lambda: __import__("rnnkit.tasks.classify.model", fromlist=["x"]).Classifier(
+        40, 3, cell="layernorm_lstm", embed=8, hidden=8, pool="max", bidirectional=True),
+], ids=["lm_lstm", "lm_mingru", "longrange_gru", "classify_attention", "classify_lnlstm_bi"])
+def test_every_task_model(tmp_path, make):
+    from rnnkit.export_cli import _example, _flat
+
+    torch.manual_seed(0)
+    model = make().eval()
+    g = torch.Generator().manual_seed(0)
+    args, ins, outs = _example(model, 2, 5, g)
+    path = export_onnx(model, args, tmp_path / "m.onnx", input_names=ins, output_names=outs)
+    args, _, _ = _example(model, 6, 17, g)
+    with torch.no_grad():
+        want = model(*args)
+    _close(run_onnx(path, *_flat(args)), [want] if torch.is_tensor(want) else _flat(want))

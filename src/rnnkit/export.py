@@ -514,14 +514,15 @@ def _signature(model: nn.Module, args: tuple[Any, ...], input_names: Sequence[st
         raise ValueError("leave optional arguments out at the end of example_inputs, not as None")
     with torch.no_grad():
         outs = _flat(model(*args))
-    in_names = list(input_names or [f"input{i}" for i in range(len(args))])
+    flat_in = _flat(args)  # a tuple argument (an LSTM state) is one input per tensor
+    in_names = list(input_names or [f"input{i}" for i in range(len(flat_in))])
     out_names = list(output_names or [f"output{i}" for i in range(len(outs))])
-    if len(in_names) != len(args):
-        raise ValueError(f"input_names: expected {len(args)} names (one per example input), "
-                         f"got {len(in_names)}")
+    if len(in_names) != len(flat_in):
+        raise ValueError(f"input_names: expected {len(flat_in)} names (one per example input "
+                         f"tensor), got {len(in_names)}")
     axes = dynamic_axes
     if axes is None:
-        axes = {**_default_axes(in_names, list(args), False),
+        axes = {**_default_axes(in_names, flat_in, False),
                 **_default_axes(out_names, outs, True)}
     return model, args, in_names, out_names, axes
 
