@@ -8,6 +8,7 @@ from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.inspect.params import ParamFormula, count_params, param_formula
 from rnnkit.inspect.record import record
 from rnnkit.inspect.summary import summary
+from rnnkit.keras import from_keras
 from rnnkit.layers import GRU, LSTM, RNN, LayerNormLSTM, MinGRU, MinLSTM, Recurrent
 from rnnkit.runtime import keep_freed_memory
 
@@ -44,6 +45,7 @@ __all__ = [
     "Recurrent",
     "count_params",
     "export_onnx",
+    "from_keras",
     "keep_freed_memory",
     "keras",
     "load",
