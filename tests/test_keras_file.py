@@ -144,6 +144,10 @@ def test_the_notes_two_layer_simple_rnn(tmp_path):
     y2, _ = np_rnn("SimpleRNN", w2, y1)
     close(model(torch.tensor(x, dtype=torch.float32)), dense(y2, wd))
     assert [k for _, _, k in model.keras_layers] == [0, 368, 200, 9]   # Keras' summary: 577
+    table = rnnkit.summary(model, (20, 6), print_fn=None)
+    assert "rnn_b (SimpleRNN)" in table and "Total params: 601 (Keras counts 577)" in table
+    row = next(r for r in table.splitlines() if "rnn_a" in r)
+    assert row.split()[-2:] == ["384", "368"]      # torch.nn's count, then Keras'
 
 
 @pytest.mark.parametrize("merge", ["concat", "sum"])

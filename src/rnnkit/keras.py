@@ -254,6 +254,12 @@ class _Step(nn.Module):
         self.kind, self.keras_name, self.config = kind, name, config
         self.keras_params = keras_params
 
+    def forward(self, x: Any, lengths: Tensor | None = None) -> tuple[Any, Tensor | None]:
+        return _apply(self, x, lengths)
+
+    def extra_repr(self) -> str:
+        return f"Keras {self.kind} {self.keras_name!r}, {self.keras_params:,} Keras parameters"
+
 
 class KerasModel(nn.Module):
     """A Keras model read from a ``.keras`` file, built of torch / rnnkit layers.
@@ -272,19 +278,19 @@ class KerasModel(nn.Module):
 
     def __init__(self, steps: list[_Step], name: str = "keras") -> None:
         super().__init__()
-        self.steps = nn.ModuleList(steps)
+        self.steps = nn.ModuleDict({s.keras_name.replace(".", "_"): s for s in steps})
         self.keras_model_name = name
 
     @property
     def keras_layers(self) -> list[tuple[str, str, int]]:
-        return [(s.keras_name, s.kind, s.keras_params) for s in self.steps]
+        return [(s.keras_name, s.kind, s.keras_params) for s in self.steps.values()]
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Any:
         own_lengths = lengths is not None
         out: Any = x
-        for i, s in enumerate(self.steps):
+        for i, s in enumerate(self.steps.values()):
             last = i == len(self.steps) - 1
-            out, new_len = _apply(s, out, lengths)
+            out, new_len = s(out, lengths)
             if not own_lengths:
                 lengths = new_len
             if isinstance(out, tuple) and not last:
