@@ -1,4 +1,5 @@
-"""Weights to and from Keras (``layer.get_weights()`` / ``layer.set_weights()`` lists).
+"""Weights to and from Keras (``layer.get_weights()`` / ``layer.set_weights()`` lists), and
+whole Keras 3 ``.keras`` model files (:func:`from_keras`, at the end of this module).
 
 Keras stores, per direction, ``kernel`` ``(I, G*H)``, ``recurrent_kernel`` ``(H, G*H)`` and
 ``bias``: transposed relative to torch.nn, with gate blocks in its own order:
