@@ -20,10 +20,12 @@ Shapes, for a layer (batch first, as everywhere in rnnkit): ``x`` ``(B, T, I)``,
 (``c_n``) ``(L*D, B, H)``. The step graph: ``x`` ``(B, I)``, ``h`` (``c``) ``(L, B, H)`` ->
 ``y`` ``(B, H)``, ``h_n`` (``c_n``) ``(L, B, H)``.
 
-Not exported (a ``ValueError`` at export, never a wrong graph): a model in training mode with
-random parts (dropout between layers, recurrent dropout, zoneout draws), float64 or half
-weights (export float32), a step graph of a bidirectional layer (the backward direction needs
-the whole sequence), recurrent layers other than rnnkit's six families.
+The graph is the model in eval mode (``export_onnx`` switches it there while tracing and back
+after): dropout off, LayerNormLSTM's zoneout its expectation. Not exported (a ``ValueError``
+at export, never a wrong graph): float64 or half weights (export float32), a step graph of a
+bidirectional layer (the backward direction needs the whole sequence), ``torch.nn``
+recurrent modules and recurrent layers other than rnnkit's six families, a layer being
+recorded by ``rnnkit.record``.
 """
 
 from __future__ import annotations
