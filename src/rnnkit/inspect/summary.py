@@ -40,7 +40,8 @@ def summary(
     def visit(prefix: str, m: nn.Module) -> None:
         for name, child in m.named_children():
             full = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, Recurrent) or not list(child.children()):
+            if isinstance(child, Recurrent) or not list(child.children()) or hasattr(
+                    child, "keras_params"):  # a layer read from Keras (rnnkit.from_keras)
                 leaves.append((full, child))
             else:
                 visit(full, child)
@@ -51,7 +52,8 @@ def summary(
         leaves = [(type(model).__name__.lower(), model)]
     for name, m in leaves:
         def hook(mod, inp, out, name=name):
-            rows.append((name, type(mod).__name__, _shape(out), count_params(mod)))
+            rows.append((name, getattr(mod, "kind", None) if hasattr(mod, "keras_params")
+                         else type(mod).__name__, _shape(out), count_params(mod)))
         hooks.append(m.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -71,16 +73,25 @@ def summary(
             rows.append((name, type(m).__name__, "(not called)", count_params(m)))
     total = count_params(model)
     trainable = count_params(model, trainable_only=True)
+    # A model read from Keras also shows Keras' own count (its convention: one bias per gate
+    # block) beside torch.nn's
+    kmods = dict(leaves)
+    keras = {n: kmods[n].keras_params for n, *_ in rows if hasattr(kmods.get(n), "keras_params")}
     c1 = max([len("Layer (type)")] + [len(f"{n} ({t})") for n, t, _, _ in rows]) + 2
     c2 = max([len("Output Shape")] + [len(s) for _, _, s, _ in rows]) + 2
     c3 = max([len("Param #")] + [len(f"{p:,}") for *_, p in rows])
-    width = c1 + c2 + c3
+    c4 = max([len("Keras #")] + [len(f"{p:,}") for p in keras.values()]) + 2 if keras else 0
+    width = c1 + c2 + c3 + c4
+    head = f"{'Layer (type)':<{c1}}{'Output Shape':<{c2}}{'Param #':>{c3}}"
     lines = [f'Model: "{type(model).__name__}"', "─" * width,
-             f"{'Layer (type)':<{c1}}{'Output Shape':<{c2}}{'Param #':>{c3}}", "━" * width]
+             head + (f"{'Keras #':>{c4}}" if keras else ""), "━" * width]
     for n, t, s, p in rows:
-        lines.append(f"{n + ' (' + t + ')':<{c1}}{s:<{c2}}{p:>{c3},}")
-    lines += ["─" * width, f" Total params: {total:,}", f" Trainable params: {trainable:,}",
-              f" Non-trainable params: {total - trainable:,}", "─" * width]
+        k = f"{keras[n]:>{c4},}" if n in keras else " " * c4
+        lines.append(f"{n + ' (' + t + ')':<{c1}}{s:<{c2}}{p:>{c3},}" + k)
+    lines += ["─" * width, f" Total params: {total:,}" + (
+        f" (Keras counts {sum(keras.values()):,})" if keras else ""),
+        f" Trainable params: {trainable:,}",
+        f" Non-trainable params: {total - trainable:,}", "─" * width]
     text = Summary("\n".join(lines))
     text.layers, text.params = len(rows), total
     if print_fn is not None:

@@ -41,7 +41,8 @@ def quantiles_for(level: float) -> tuple[float, float, float]:
 
 class Stream:
     """Training batches of windows at random training origins; batch ``i`` comes from its
-    own seeded generator, so the position is one integer."""
+    own seeded generator, so the position is one integer. Under torchrun every rank draws the
+    same global batch and keeps its share: N processes train on the batches of one."""
 
     def __init__(self, task: ForecastTask, rank: int, world: int) -> None:
         self.task, self.rank, self.world, self.i = task, rank, world, 0
@@ -50,12 +51,12 @@ class Stream:
         return self
 
     def __next__(self) -> dict[str, Tensor]:
-        rng = np.random.default_rng((self.task.seed + 1) * 1_000_003 + self.i * self.world
-                                    + self.rank)
+        rng = np.random.default_rng((self.task.seed + 1) * 1_000_003 + self.i)
         self.i += 1
         o = self.task.train_origins
-        t = o[rng.integers(0, len(o), self.task.batch_size // self.world)]
-        return self.task.batch(t)
+        t = o[rng.integers(0, len(o), self.task.batch_size)]
+        share = self.task.batch_size // self.world
+        return self.task.batch(t[self.rank * share: (self.rank + 1) * share])
 
     def state_dict(self) -> dict[str, int]:
         return {"i": self.i}
