@@ -18,6 +18,7 @@ TASKS: dict[str, str] = {  # config.json "task" -> the package that owns it
     "lm": "rnnkit.tasks.lm",
     "classify": "rnnkit.tasks.classify",
     "longrange": "rnnkit.tasks.longrange",
+    "translate": "rnnkit.tasks.translate",
 }
 
 
