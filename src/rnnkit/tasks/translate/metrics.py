@@ -22,8 +22,11 @@ def bleu_tokenize(lang: str) -> str:
 def scores(hyps: Sequence[str], refs: Sequence[str], lang: str = "other") -> dict[str, Any]:
     """Corpus chrF and BLEU of ``hyps`` against one reference each: ``{"chrf", "bleu",
     "chrf_signature", "bleu_signature"}``."""
-    import sacrebleu
-
+    try:
+        import sacrebleu
+    except ImportError:
+        raise ValueError("translation metrics need sacrebleu: pip install 'rnnkit[translate]' "
+                         "(or sacrebleu)") from None
     if len(hyps) != len(refs):
         raise ValueError(f"expected one hypothesis per reference, got {len(hyps)} hypotheses "
                          f"and {len(refs)} references")
