@@ -57,6 +57,8 @@ TINY = {
                                "--batch-size", "8"], []),
     "sequences": lambda tmp: (["--hidden", "8", "--batch-size", "8", "--dropout", "0"], []),
     "forecast": lambda tmp: (["--hidden", "8", "--batch-size", "8", "--dropout", "0"], []),
+    "translate": lambda tmp: (["--hidden", "8", "--embed", "8", "--batch-size", "8",
+                               "--dropout", "0"], []),
 }
 BUDGET = ["--steps", "6", "--eval-every", "3", "--log-every", "1", "--warmup", "2",
           "--lr", "0.01"]
@@ -178,7 +180,7 @@ def test_predict_stream_dash_reads_stdin(tmp_path):
 FLOORS = [  # bottom to top; a module may import its own floor and those below
     {"cells", "data", "checkpoint", "runtime", "timeindex"},
     {"kernels"},
-    {"layers", "keras", "export"},
+    {"layers", "keras", "export", "seq2seq"},
     {"inspect"},
     {"train"},
     {"tasks"},

@@ -20,6 +20,7 @@ TASKS: dict[str, str] = {  # config.json "task" -> the package that owns it
     "longrange": "rnnkit.tasks.longrange",
     "sequences": "rnnkit.tasks.sequences",
     "forecast": "rnnkit.tasks.forecast",
+    "translate": "rnnkit.tasks.translate",
 }
 
 

@@ -1,0 +1,105 @@
+"""A trained translator from Python::
+
+    tr = rnnkit.load("runs/translate-...")         # or rnnkit.tasks.translate.load
+    tr.translate(["Save the file"], beam=5)        # ['파일 저장']
+    tr.translate(["Save the file"], beam=5, n_best=3)   # [[best, second, third]]
+    tr.attention("Save the file")                  # (tokens, source pieces, weights (T, S))
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from rnnkit import checkpoint as ckpt
+from rnnkit.data import Tokenizer, tokenizer_from_json
+from rnnkit.seq2seq import Hypothesis, Seq2Seq
+from rnnkit.tasks.translate.metrics import scores
+from rnnkit.tasks.translate.model import build_model, translate_ids
+
+
+class Translator:
+    """A trained encoder–decoder with its source and target tokenizers (see :func:`load`)."""
+
+    def __init__(self, model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer,
+                 config: dict[str, Any]) -> None:
+        self.model, self.src_tok, self.tgt_tok, self.config = model.eval(), src_tok, tgt_tok, \
+            config
+        s = config.get("settings", {})
+        self.max_len = s.get("max_len")
+        self.ratio, self.extra = s.get("max_ratio", 2.0), s.get("max_extra", 10)
+        self.lang = s.get("target_lang", "other")
+        self.cut = 0  # sources cut to max_len by the last call
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Source ids, cut to ``max_len`` (counted in ``self.cut``); unknown characters
+        become ``<unk>``; an empty text is a ValueError."""
+        out, self.cut = [], 0
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"text {i} is empty; expected a sentence to translate")
+            ids = self.src_tok.encode(t.strip()) or [self.src_tok.unk_id]
+            if self.max_len and len(ids) > self.max_len:
+                ids, self.cut = ids[:self.max_len], self.cut + 1
+            out.append(ids)
+        return out
+
+    def hypotheses(self, texts: Sequence[str], beam: int = 5, n_best: int = 1,
+                   alpha: float = 0.6, block_ngram: int = 0, attention: bool = False
+                   ) -> list[list[Hypothesis]]:
+        if isinstance(texts, str):
+            raise ValueError("expected a list of texts, got one string (wrap it in a list)")
+        if beam < 1 or not 1 <= n_best <= beam:
+            raise ValueError(f"need beam >= 1 and 1 <= n_best <= beam, got beam {beam}, "
+                             f"n_best {n_best}")
+        return translate_ids(self.model, self.encode(texts), beam=beam, alpha=alpha,
+                             n_best=n_best, ratio=self.ratio, extra=self.extra,
+                             block_ngram=block_ngram, attention=attention)
+
+    def translate(self, texts: Sequence[str], beam: int = 5, n_best: int = 1,
+                  alpha: float = 0.6, block_ngram: int = 0) -> list[str] | list[list[str]]:
+        """Translations of ``texts``: one string each, or with ``n_best > 1`` a list of the
+        ``n_best`` best, best first. ``beam=1`` is greedy decoding."""
+        hs = self.hypotheses(texts, beam, n_best, alpha, block_ngram)
+        dec = [[self.tgt_tok.decode(h.tokens) for h in hyp] for hyp in hs]
+        return [d[0] for d in dec] if n_best == 1 else dec
+
+    def attention(self, text: str, beam: int = 1) -> tuple[list[str], list[str], Tensor]:
+        """(target pieces with ``</s>`` last, source pieces, weights ``(T, S)``) of the best
+        translation of ``text``."""
+        h = self.hypotheses([text], beam, attention=True)[0][0]
+        if h.attention is None:
+            raise ValueError("this model has no attention (it was trained with --attention "
+                             "none)")
+        src = [self.src_tok.decode([i]) for i in self.encode([text])[0]]
+        tgt = [self.tgt_tok.decode([i]) for i in h.tokens]
+        tgt = [*tgt, "</s>"] if len(tgt) < h.attention.shape[0] else tgt
+        return tgt, src, h.attention[:len(tgt)]
+
+    def evaluate(self, src: Sequence[str], refs: Sequence[str], beam: int = 5,
+                 alpha: float = 0.6) -> dict[str, Any]:
+        """chrF and BLEU (sacrebleu, with signatures) of the translations of ``src``."""
+        hyps = self.translate(src, beam=beam, alpha=alpha)
+        return {**scores(hyps, refs, self.lang), "n": len(src), "beam": beam}
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> Translator:
+    """The translator of a run folder (its ``best/`` checkpoint) or a checkpoint folder."""
+    src = ckpt.resolve(run_dir)
+    cfg = ckpt.read_json(src / ckpt.CONFIG)
+    if cfg.get("task") != "translate":
+        raise ValueError(f"{run_dir} is a {cfg.get('task')!r} run, not a translation model")
+    model = build_model(cfg["model"])
+    ckpt.load_weights(model, src / ckpt.MODEL)
+    return Translator(model.to(device), tokenizer_from_json(cfg["src_tokenizer"]),
+                      tokenizer_from_json(cfg["tgt_tokenizer"]), cfg)
+
+
+def warn_cut(tr: Translator) -> None:
+    if tr.cut:
+        print(f"rnnkit: {tr.cut} source(s) longer than {tr.max_len} tokens were cut",
+              file=sys.stderr)

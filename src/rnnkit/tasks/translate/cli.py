@@ -1,0 +1,291 @@
+"""The translator's command line: ``rnnkit train translate``, ``rnnkit translate RUN``,
+``rnnkit eval RUN``."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rnnkit import checkpoint as ckpt
+from rnnkit.data import KINDS
+from rnnkit.data.text import read_pieces
+from rnnkit.seq2seq import ATTENTIONS, BRIDGES, DECODER_CELLS
+from rnnkit.tasks.args import FRACTION, NONNEG_FLOAT, NONNEG_INT, POS_INT, SEED, pick
+from rnnkit.tasks.spec import TaskSpec, Verb
+from rnnkit.tasks.translate.api import Translator, load, warn_cut
+from rnnkit.tasks.translate.data import Pairs, make_split, read_pairs, target_language
+from rnnkit.tasks.translate.metrics import baselines, scores
+from rnnkit.tasks.translate.task import TranslateTask, load_split
+from rnnkit.train import TrainResult
+
+DESCRIPTION = """Train an encoder-decoder with attention to translate: a bidirectional rnnkit
+LSTM/GRU encoder, a decoder with additive (Bahdanau) or multiplicative (Luong dot, general)
+attention, masked so that padding never gets weight, input feeding and a bridge from the
+encoder's final state. --data names a TSV/CSV/JSONL file of sentence pairs (source and target
+columns guessed or named); without it, the built-in corpus: numbers to their English words
+(40,512 -> forty thousand five hundred twelve), needing no data. A fixed test and validation
+split (--test-fraction, --valid-fraction by --split-seed) is recorded in split.json; the best
+checkpoint is kept by validation chrF. The job ends with chrF and BLEU (sacrebleu) of greedy
+and beam-search translations of the test split, beside two baselines on the same split:
+copying the source, and retrieval (the translation of the nearest training source by
+character n-gram TF-IDF)."""
+
+DEFAULTS: dict[str, Any] = {
+    "epochs": 10, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.0, "warmup": 100,
+    "clip": 1.0, "log_every": 20, "seed": 0, "device": "auto",
+    "cell": "lstm", "hidden": 256, "layers": 1, "embed": 128, "dropout": 0.2,
+    "bidirectional": True, "best_metric": "chrf", "best_mode": "max",
+}
+OWN: dict[str, Any] = {
+    "test_fraction": 0.05, "valid_fraction": 0.05, "split_seed": 0, "src_tokenizer": "char",
+    "tgt_tokenizer": "char", "src_vocab_size": None, "tgt_vocab_size": None, "min_freq": 1,
+    "max_len": 200, "attention": "general", "input_feed": True, "bridge": "linear",
+    "tie": False, "label_smoothing": 0.1, "eval_sentences": 500, "beam": 5, "alpha": 0.6,
+    "max_ratio": 2.0, "max_extra": 10, "synthetic_size": 8000,
+}
+SETTINGS = ("data", "source_column", "target_column", "target_lang", *OWN)
+MODEL_KEYS = ("cell", "embed", "hidden", "layers", "bidirectional", "dropout")
+
+
+def add_columns(p: Any) -> None:
+    p.add_argument("--source-column", help="source column: name or index (default: the "
+                   "first)")
+    p.add_argument("--target-column", help="target column: name or index (default: the "
+                   "second)")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("translation")
+    a = g.add_argument
+    a("--data", metavar="PAIRS", help="sentence pairs (.tsv, .csv, .jsonl); default: the "
+      "built-in numbers-to-words corpus")
+    add_columns(g)
+    a("--target-lang", help="target language code (BLEU tokenizes ko/ja/zh by character; "
+      "default: the target column's name, else guessed from the script)")
+    a("--test-fraction", type=FRACTION, help="held out for testing (default: 0.05)")
+    a("--valid-fraction", type=FRACTION, help="held out for validation (default: 0.05)")
+    a("--split-seed", type=SEED, help="seed of the split (default: 0)")
+    a("--src-tokenizer", choices=KINDS, help="source tokenizer (default: char)")
+    a("--tgt-tokenizer", choices=KINDS, help="target tokenizer (default: char; jamo for "
+      "Korean)")
+    a("--src-vocab-size", type=POS_INT, help="cap (char/jamo/word) or target (bpe)")
+    a("--tgt-vocab-size", type=POS_INT, help="cap (char/jamo/word) or target (bpe)")
+    a("--min-freq", type=POS_INT, help="symbols seen fewer times become <unk> (default: 1)")
+    a("--max-len", type=POS_INT, help="tokens kept per sentence, longer ones cut and counted "
+      "(default: 200)")
+    a("--attention", choices=ATTENTIONS, help="score function; none: the plain encoder-"
+      "decoder (default: general)")
+    a("--input-feed", action=argparse.BooleanOptionalAction, default=None,
+      help="feed the previous attentional vector into the next step (default: on)")
+    a("--bridge", choices=BRIDGES, help="decoder's initial state from the encoder's final "
+      "state (linear) or zeros (default: linear)")
+    a("--tie", action=argparse.BooleanOptionalAction, default=None,
+      help="tie the output layer to the target embedding (needs --embed = --hidden)")
+    a("--label-smoothing", type=FRACTION, help="default: 0.1")
+    a("--eval-sentences", type=NONNEG_INT, help="validation pairs translated at each "
+      "evaluation, 0 = all (default: 500)")
+    add_decode_args(g, final=True)
+    a("--synthetic-size", type=POS_INT, help="pairs of the built-in corpus (default: 8000)")
+
+
+def add_decode_args(g: Any, final: bool = False) -> None:
+    a = g.add_argument
+    a("--beam", type=POS_INT, help=("beam size of the final test translations" if final else
+                                    "beam size, 1 = greedy") + " (default: 5)")
+    a("--alpha", type=NONNEG_FLOAT, help="GNMT length penalty ((5+len)/6)^alpha (default: 0.6)")
+    a("--max-ratio", type=NONNEG_FLOAT, help="longest translation: ratio x source length "
+      "+ --max-extra (default: 2.0)")
+    a("--max-extra", type=NONNEG_INT, help="default: 10")
+
+
+def from_args(args: argparse.Namespace, out: str) -> TranslateTask:
+    s: dict[str, Any] = {**pick(args, OWN, *OWN), "data": args.data,
+                         "source_column": args.source_column, "target_column": args.target_column,
+                         **pick(args, DEFAULTS, "batch_size", "seed")}
+    split = load_split({**s, "target_lang": None})
+    lang = target_language(Pairs(split.train[0], split.train[1],
+                                 columns=tuple(split.record["columns"])), args.target_lang)
+    s.update(target_lang=lang, rows=split.record["rows"])
+    if s["tie"] and pick(args, DEFAULTS, "embed")["embed"] != pick(args, DEFAULTS,
+                                                                  "hidden")["hidden"]:
+        raise ValueError("--tie needs --embed equal to --hidden (the output layer reads the "
+                         "attentional vector, of --hidden features)")
+    model = {**pick(args, DEFAULTS, *MODEL_KEYS), "attention": s["attention"],
+             "input_feed": s["input_feed"], "bridge": s["bridge"], "tie": s["tie"]}
+    if model["cell"] not in DECODER_CELLS:
+        raise ValueError(f"--cell for translation must be one of {', '.join(DECODER_CELLS)}, "
+                         f"got {model['cell']!r}")
+    task = TranslateTask(split, s, model)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write(Path(out) / "split.json", json.dumps(split.record))
+    sk = split.record["skipped"]
+    print(f"{split.record['data'] or 'built-in corpus'}: {split.record['rows']:,} pairs "
+          f"(skipped: {sk['one_column']} with one column, {sk['empty']} with an empty side); "
+          f"train {len(task.train[0]):,}, validation {len(task.valid[0]):,}, test "
+          f"{len(split.test[0]):,}; cut to {s['max_len']} tokens: {sum(task.cut.values())}; "
+          f"source {task.src_tok.kind} vocabulary {task.src_tok.vocab_size:,}, target "
+          f"{task.tgt_tok.kind} {task.tgt_tok.vocab_size:,}; target language {lang}",
+          file=sys.stderr)
+    return task
+
+
+def from_config(config: dict[str, Any], run_dir: Path) -> TranslateTask:
+    return TranslateTask.from_config(config)
+
+
+def saved_flags(config: dict[str, Any]) -> dict[str, Any]:
+    s = config.get("settings", {})
+    return {**{k: s.get(k) for k in SETTINGS}, **{k: config["model"].get(k) for k in MODEL_KEYS},
+            "batch_size": s.get("batch_size")}
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    w = max(len(k) for k in rows)
+    lines = [f"{'system':<{w}}  {'chrF':>6}  {'BLEU':>6}"]
+    lines += [f"{k:<{w}}  {v['chrf']:6.1f}  {v['bleu']:6.1f}" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def report(task: TranslateTask, res: TrainResult, args: argparse.Namespace) -> None:
+    out = res.run_dir
+    tr = load(out)
+    s = task.settings
+    test = task.split.test if task.split.test[0] else task.split.valid
+    part = "test" if task.split.test[0] else "validation"
+    rows = baselines(task.split.train, test, s["target_lang"])
+    greedy = tr.translate(test[0], beam=1)
+    rows["rnnkit greedy"] = scores(greedy, test[1], s["target_lang"])
+    rows[f"rnnkit beam {s['beam']}"] = tr.evaluate(test[0], test[1], beam=s["beam"],
+                                                   alpha=s["alpha"])
+    print(f"{part} split, {len(test[0]):,} pairs:")
+    print(table(rows))
+    print(f"signatures: {rows['copy']['chrf_signature']}; {rows['copy']['bleu_signature']}")
+    best = rows[f"rnnkit beam {s['beam']}"]["chrf"]
+    d = best - rows["retrieval"]["chrf"]
+    print(f"rnnkit (beam {s['beam']}) is {abs(d):.1f} chrF {'above' if d >= 0 else 'below'} "
+          f"the retrieval baseline and {best - rows['copy']['chrf']:+.1f} against copying")
+    for i in range(min(3, len(test[0]))):
+        print(f"  {test[0][i]}\n    → {greedy[i]}\n    ref {test[1][i]}")
+    ckpt.atomic_write(out / "metrics.json", json.dumps(
+        {"split": part, "n": len(test[0]), "best_step": res.best.get("step"),
+         "steps": res.step, "train_seconds": round(res.elapsed, 1), "systems": rows,
+         "examples": [{"source": test[0][i], "greedy": greedy[i], "reference": test[1][i]}
+                      for i in range(min(3, len(test[0])))]}, indent=1, ensure_ascii=False))
+    print(f"wrote {out / 'metrics.json'}")
+
+
+# -- rnnkit eval ---------------------------------------------------------------------------------
+def add_eval_args(p: Any) -> None:
+    add_columns(p)
+    add_decode_args(p)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``rnnkit eval RUN [--data PAIRS]``: chrF and BLEU of greedy and beam translations of
+    the run's test split (or of a file of pairs)."""
+    run = Path(args.run_dir)
+    tr = load(run)
+    s = tr.config["settings"]
+    if getattr(args, "max_ratio", None) is not None:
+        tr.ratio = args.max_ratio
+    if getattr(args, "max_extra", None) is not None:
+        tr.extra = args.max_extra
+    if args.data:
+        p = read_pairs(args.data, args.source_column, args.target_column)
+        src, ref, name = p.src, p.tgt, Path(args.data).stem
+    else:
+        sp = load_split(s)
+        src, ref, name = (*sp.test, "test") if sp.test[0] else (*sp.valid, "valid")
+    beam = args.beam or s.get("beam", 5)
+    alpha = s.get("alpha", 0.6) if args.alpha is None else args.alpha
+    rows = {"rnnkit greedy": tr.evaluate(src, ref, beam=1)}
+    if beam > 1:
+        rows[f"rnnkit beam {beam}"] = tr.evaluate(src, ref, beam=beam, alpha=alpha)
+    warn_cut(tr)
+    print(f"{name}: {len(src):,} pairs")
+    print(table(rows))
+    ckpt.atomic_write(run / f"eval_{name}.json", json.dumps(rows, indent=1))
+    print(f"wrote {run / f'eval_{name}.json'}")
+    return 0
+
+
+# -- rnnkit translate ----------------------------------------------------------------------------
+def add_translate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", metavar="TEXT", help="a sentence, or '-' for stdin (one "
+                   "per line)")
+    p.add_argument("--file", help="one sentence per line")
+    p.add_argument("--n-best", type=POS_INT, default=1, help="print the N best translations "
+                   "(tab-separated)")
+    p.add_argument("--block-ngram", type=NONNEG_INT, default=0, help="forbid repeating an "
+                   "n-gram of this size (0 = off)")
+    p.add_argument("--attention-png", metavar="PNG", help="draw the attention matrix of the "
+                   "(first) sentence")
+    add_decode_args(p)
+    p.set_defaults(_trailing="text")
+
+
+def translate(args: argparse.Namespace) -> int:
+    """Translate TEXT, each line of --file, or stdin line by line (empty lines are printed
+    as empty lines)."""
+    tr = load(args.run_dir)
+    beam = args.beam or 5
+    if args.n_best > beam:
+        raise ValueError(f"--n-best {args.n_best} needs --beam of at least {args.n_best}, got "
+                         f"{beam}")
+    if args.max_ratio is not None:
+        tr.ratio = args.max_ratio
+    if args.max_extra is not None:
+        tr.extra = args.max_extra
+    alpha = 0.6 if args.alpha is None else args.alpha
+    if args.text not in (None, "-") and not args.file:
+        lines = iter([args.text])
+    else:
+        if args.file:
+            if not Path(args.file).is_file():
+                raise FileNotFoundError(f"{args.file}: no such file")
+            f = open(args.file, "rb")
+            name = args.file
+        else:
+            f = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
+            name = "stdin"
+        lines = (ln.removesuffix("\n") for ln in read_pieces(f, name, 10**6))
+    first = None
+    try:
+        for line in lines:
+            if not line.strip():
+                print()
+                continue
+            first = first or line
+            out = tr.translate([line], beam=beam, n_best=args.n_best, alpha=alpha,
+                               block_ngram=args.block_ngram)[0]
+            print(out if isinstance(out, str) else "\t".join(out), flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    warn_cut(tr)
+    if first is None:
+        raise ValueError("no text to translate: give TEXT, --file FILE or '-' for stdin")
+    if args.attention_png:
+        from rnnkit.tasks.translate.plot import plot_attention
+        note = plot_attention(tr, first, args.attention_png, beam=beam)
+        print(f"wrote {args.attention_png}{note}", file=sys.stderr)
+    return 0
+
+
+SPEC = TaskSpec(
+    name="translate", help="train an encoder-decoder with attention to translate (TSV pairs)",
+    description=DESCRIPTION, defaults=DEFAULTS, add_args=add_args, from_args=from_args,
+    from_config=from_config, saved_flags=saved_flags, report=report, load=load,
+    add_eval_args=add_eval_args, evaluate=evaluate, epochs=True,
+    model_cells=list(DECODER_CELLS),
+    model_flags=("cell", "hidden", "layers", "embed", "dropout", "bidirectional"),
+    verbs=(Verb("translate", "translate text with a trained translation model",
+                add_translate_args, translate, translate.__doc__ or ""),),
+)
+
+__all__ = ["SPEC", "Translator", "make_split"]

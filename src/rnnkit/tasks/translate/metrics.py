@@ -1,0 +1,67 @@
+"""Translation metrics through ``sacrebleu`` (chrF and BLEU with their signatures), and the
+two baselines every run is compared with: copying the source, and retrieval (the target of
+the nearest training source by character n-gram TF-IDF)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+CHAR_BLEU_LANGS = {"ko", "ja", "zh", "cjk"}
+
+
+def bleu_tokenize(lang: str) -> str:
+    """sacrebleu's BLEU tokenizer for a target language: ``char`` for Korean, Japanese,
+    Chinese (no spaces between words, or syllable blocks that are words' parts), else
+    ``13a`` (sacrebleu's default)."""
+    return "char" if lang in CHAR_BLEU_LANGS else "13a"
+
+
+def scores(hyps: Sequence[str], refs: Sequence[str], lang: str = "other") -> dict[str, Any]:
+    """Corpus chrF and BLEU of ``hyps`` against one reference each: ``{"chrf", "bleu",
+    "chrf_signature", "bleu_signature"}``."""
+    try:
+        import sacrebleu
+    except ImportError:
+        raise ValueError("translation metrics need sacrebleu: pip install 'rnnkit[translate]' "
+                         "(or sacrebleu)") from None
+    if len(hyps) != len(refs):
+        raise ValueError(f"expected one hypothesis per reference, got {len(hyps)} hypotheses "
+                         f"and {len(refs)} references")
+    chrf = sacrebleu.metrics.CHRF()
+    bleu = sacrebleu.metrics.BLEU(tokenize=bleu_tokenize(lang))
+    c = chrf.corpus_score(list(hyps), [list(refs)])
+    b = bleu.corpus_score(list(hyps), [list(refs)])
+    return {"chrf": c.score, "bleu": b.score, "chrf_signature": str(chrf.get_signature()),
+            "bleu_signature": str(bleu.get_signature())}
+
+
+class Retrieval:
+    """The retrieval baseline: TF-IDF over character 1–4-grams (within word boundaries,
+    sublinear tf, L2-normalised) of the training sources; a sentence's translation is the
+    target of the training source with the highest cosine similarity."""
+
+    def __init__(self, src: Sequence[str], tgt: Sequence[str]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True,
+                                   lowercase=True)
+        self.X = self.vec.fit_transform(list(src))
+        self.tgt = list(tgt)
+
+    def __call__(self, texts: Sequence[str], chunk: int = 512) -> list[str]:
+        out = []
+        for k in range(0, len(texts), chunk):
+            sim = self.vec.transform(list(texts[k:k + chunk])) @ self.X.T
+            best = np.asarray(sim.argmax(1)).ravel()
+            out += [self.tgt[i] for i in best]
+        return out
+
+
+def baselines(train: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
+              lang: str) -> dict[str, dict[str, Any]]:
+    """``{"copy": scores, "retrieval": scores}`` on ``test``."""
+    return {"copy": scores(test[0], test[1], lang),
+            "retrieval": scores(Retrieval(*train)(test[0]), test[1], lang)}

@@ -1,0 +1,140 @@
+"""The translator in the trainer's protocol: teacher-forced cross-entropy (label smoothing
+optional) over length-bucketed pair batches; validation loss, chrF and BLEU of greedy
+translations (the best checkpoint is kept by chrF)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.data import Tokenizer, build_tokenizer, tokenizer_from_json
+from rnnkit.tasks.translate.data import (
+    PairStream,
+    Split,
+    collate,
+    make_split,
+    read_pairs,
+    synthetic_pairs,
+)
+from rnnkit.tasks.translate.metrics import scores
+from rnnkit.tasks.translate.model import build_model, translate_ids
+
+
+def load_split(s: dict[str, Any]) -> Split:
+    """The split of a run's ``settings`` (a file, or the built-in corpus)."""
+    pairs = (read_pairs(s["data"], s.get("source_column"), s.get("target_column"))
+             if s.get("data") else synthetic_pairs(s.get("synthetic_size", 8000), 0))
+    return make_split(pairs, test_fraction=s["test_fraction"],
+                      valid_fraction=s["valid_fraction"], seed=s["split_seed"])
+
+
+def cut(ids: list[int], max_len: int | None) -> tuple[list[int], bool]:
+    """``ids`` cut to ``max_len`` tokens, and whether it was cut."""
+    if max_len is None or len(ids) <= max_len:
+        return ids, False
+    return ids[:max_len], True
+
+
+class TranslateTask:
+    """What :func:`rnnkit.train.train` needs, from a :class:`Split`, the run's ``settings``
+    and the model config; tokenizers are trained on the training pairs (or given, on
+    resume). Target ids: the tokenizer's ``0 .. V-1``, then BOS ``V`` and EOS ``V + 1``."""
+
+    name = "translate"
+    unit = "sentences"
+    loss_label = "cross-entropy (nats per target token)"
+
+    def __init__(self, split: Split, settings: dict[str, Any], model_cfg: dict[str, Any],
+                 src_tok: Tokenizer | None = None, tgt_tok: Tokenizer | None = None) -> None:
+        s = self.settings = settings
+        self.split = split
+        self.src_tok = src_tok or build_tokenizer(s["src_tokenizer"], split.train[0],
+                                                  vocab_size=s.get("src_vocab_size"),
+                                                  min_freq=s.get("min_freq", 1))
+        self.tgt_tok = tgt_tok or build_tokenizer(s["tgt_tokenizer"], split.train[1],
+                                                  vocab_size=s.get("tgt_vocab_size"),
+                                                  min_freq=s.get("min_freq", 1))
+        V = self.tgt_tok.vocab_size
+        self.bos, self.eos = V, V + 1
+        self.model_cfg = {**model_cfg, "src_vocab": self.src_tok.vocab_size,
+                          "tgt_vocab": V + 2, "bos": V, "eos": V + 1}
+        self.cut: dict[str, int] = {}
+        self.train = self._encode("train", *split.train)
+        self.valid = self._encode("valid", *split.valid)
+        n = s.get("eval_sentences") or len(self.valid[0])
+        self.eval_part = (self.valid[0][:n], split.valid[1][:n], self.valid[1][:n])
+        self.batch_size, self.seed = s["batch_size"], s["seed"]
+        self.steps_per_epoch = math.ceil(len(self.train[0]) / self.batch_size)
+
+    def _encode(self, name: str, src: list[str], tgt: list[str]
+                ) -> tuple[list[list[int]], list[list[int]]]:
+        m = self.settings.get("max_len")
+        n_cut = 0
+        es, et = [], []
+        for a, b in zip(src, tgt, strict=True):
+            (x, c1), (y, c2) = cut(self.src_tok.encode(a), m), cut(self.tgt_tok.encode(b), m)
+            n_cut += c1 or c2
+            es.append(x or [1])
+            et.append(y)
+        self.cut[name] = n_cut
+        return es, et
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TranslateTask:
+        s = config["settings"]
+        split = load_split(s)
+        if split.record["rows"] != s["rows"]:
+            raise ValueError(f"{s['data']} changed since the run started ({split.record['rows']}"
+                             f" pairs now, {s['rows']} then); cannot resume exactly")
+        model = {k: v for k, v in config["model"].items()
+                 if k not in ("src_vocab", "tgt_vocab", "bos", "eos")}
+        return cls(split, s, model, tokenizer_from_json(config["src_tokenizer"]),
+                   tokenizer_from_json(config["tgt_tokenizer"]))
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.model_cfg)
+
+    def batches(self, rank: int, world: int) -> PairStream:
+        return PairStream(*self.train, self.batch_size, self.seed, self.bos, self.eos, rank,
+                          world)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], carry: Any
+             ) -> tuple[Tensor, None, int]:
+        logits = model(batch["src"], batch["src_len"], batch["y_in"])
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["y_out"].flatten(), ignore_index=0,
+                               label_smoothing=self.settings.get("label_smoothing", 0.0))
+        return loss, None, len(batch["src_len"])
+
+    def nll(self, model: nn.Module, src: list[list[int]], tgt: list[list[int]],
+            batch_size: int = 128) -> float:
+        """Teacher-forced nats per target token (EOS included)."""
+        tot, n = 0.0, 0
+        dev = next(model.parameters()).device
+        with torch.no_grad():
+            for k in range(0, len(src), batch_size):
+                b = collate(src[k:k + batch_size], tgt[k:k + batch_size], self.bos, self.eos)
+                b = {key: v.to(dev) for key, v in b.items()}
+                lg = model(b["src"], b["src_len"], b["y_in"])
+                tot += float(F.cross_entropy(lg.flatten(0, 1), b["y_out"].flatten(),
+                                             ignore_index=0, reduction="sum"))
+                n += int((b["y_out"] != 0).sum())
+        return tot / max(n, 1)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        src, refs, tgt = self.eval_part
+        hyps = [self.tgt_tok.decode(h[0].tokens) for h in translate_ids(
+            model, src, ratio=self.settings["max_ratio"], extra=self.settings["max_extra"])]
+        m = scores(hyps, refs, self.settings["target_lang"])
+        return {"loss": self.nll(model, src, tgt), "chrf": m["chrf"], "bleu": m["bleu"]}
+
+    def config(self) -> dict[str, Any]:
+        sp = self.split
+        return {"task": self.name, "model": self.model_cfg, "settings": self.settings,
+                "src_tokenizer": self.src_tok.to_json(), "tgt_tokenizer": self.tgt_tok.to_json(),
+                "data": {"train": len(sp.train[0]), "valid": len(sp.valid[0]),
+                         "test": len(sp.test[0]), "skipped": sp.record["skipped"],
+                         "cut": self.cut, "columns": sp.record["columns"]}}

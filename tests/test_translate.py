@@ -1,0 +1,119 @@
+"""The translation task: pairs from files, the built-in corpus, metrics against sacrebleu,
+the baselines, and a tiny run end to end (train, eval, load, translate)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sacrebleu
+
+import rnnkit
+from rnnkit.cli import main
+from rnnkit.tasks.translate import (
+    Retrieval,
+    make_split,
+    number_words,
+    read_pairs,
+    scores,
+    synthetic_pairs,
+)
+
+
+def test_scores_equal_sacrebleu():
+    hyps = ["the cat sat on the mat", "a dog barked", "hello there world"]
+    refs = ["the cat sat on a mat", "the dog barked loudly", "hello world"]
+    m = scores(hyps, refs)
+    assert m["bleu"] == sacrebleu.corpus_bleu(hyps, [refs]).score
+    assert m["chrf"] == sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert "tok:13a" in m["bleu_signature"]
+    ko_h, ko_r = ["파일을 저장합니다", "열기"], ["파일 저장", "파일 열기"]
+    k = scores(ko_h, ko_r, "ko")
+    assert k["bleu"] == sacrebleu.corpus_bleu(ko_h, [ko_r], tokenize="char").score
+    assert "tok:char" in k["bleu_signature"]
+    assert scores(refs, refs)["bleu"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="one hypothesis per reference"):
+        scores(hyps[:2], refs)
+
+
+def test_read_pairs_header_quotes_and_skips(tmp_path):
+    p = tmp_path / "p.tsv"
+    p.write_text('en\tko\tdomain\nOpen file\t파일 열기\tgtk\n"Say ""hi"""\t"""안녕"""\tx\n'
+                 'only one column\n\t빈 원문\tx\nSave\t저장\tgtk\n', encoding="utf-8")
+    d = read_pairs(p)
+    assert d.src == ["Open file", 'Say "hi"', "Save"]
+    assert d.tgt == ["파일 열기", '"안녕"', "저장"]
+    assert d.skipped == {"one_column": 1, "empty": 1}
+    assert d.columns == ("en", "ko")
+    assert read_pairs(p, "ko", "en").src[0] == "파일 열기"
+    with pytest.raises(ValueError, match="column 'de' not found"):
+        read_pairs(p, target_column="de")
+    one = tmp_path / "one.tsv"
+    one.write_text("a\nb\n")
+    with pytest.raises(ValueError, match="found one column"):
+        read_pairs(one)
+
+
+def test_number_words_and_split():
+    assert number_words(40512) == "forty thousand five hundred twelve"
+    assert number_words(7) == "seven" and number_words(100) == "one hundred"
+    assert number_words(2_000_021) == "two million twenty-one"
+    p = synthetic_pairs(400, 0)
+    assert len(set(p.src)) == 400
+    sp = make_split(p, test_fraction=0.05, valid_fraction=0.05, seed=0)
+    assert len(sp.test[0]) == 20 and len(sp.valid[0]) == 20 and len(sp.train[0]) == 360
+    assert not set(sp.test[0]) & set(sp.train[0])
+    assert make_split(p, seed=0).record["test_rows"] == sp.record["test_rows"]
+
+
+def test_retrieval_returns_the_nearest_training_target():
+    r = Retrieval(["open the file", "close the window", "save all"], ["A", "B", "C"])
+    assert r(["close this window", "save all now"]) == ["B", "C"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tr") / "run"
+    rc = main(["train", "translate", "--out", str(out), "--steps", "12", "--eval-every", "6",
+               "--hidden", "16", "--embed", "8", "--synthetic-size", "300",
+               "--eval-sentences", "10", "--beam", "2", "--max-ratio", "1.5", "--max-extra",
+               "4", "--quiet"])
+    assert rc == 0
+    return out
+
+
+def test_tiny_run_train_eval_load_translate(tiny_run, capsys, tmp_path):
+    out = tiny_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"copy", "retrieval", "rnnkit greedy", "rnnkit beam 2"} <= set(m["systems"])
+    assert (out / "split.json").is_file() and (out / "best" / "model.safetensors").is_file()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["task"] == "translate" and cfg["train"]["best_metric"] == "chrf"
+    capsys.readouterr()
+    assert main(["eval", str(out), "--beam", "2"]) == 0
+    assert "rnnkit beam 2" in capsys.readouterr().out
+    tr = rnnkit.load(out)
+    got = tr.translate(["40,512", "7"], beam=2)
+    assert len(got) == 2 and all(isinstance(t, str) for t in got)
+    assert tr.translate(["7"], beam=1) == tr.translate(["7"], beam=1, n_best=1)
+    nb = tr.translate(["12"], beam=3, n_best=3)[0]
+    assert len(nb) == 3
+    assert len(tr.translate(["ünknöwn ☃ 12"], beam=2)) == 1    # <unk>, never a crash
+    with pytest.raises(ValueError, match="is empty"):
+        tr.translate(["  "])
+    assert main(["translate", str(out), "123", "--beam", "2", "--n-best", "2"]) == 0
+    assert len(capsys.readouterr().out.strip().split("\t")) == 2
+    pairs = tmp_path / "held.tsv"
+    pairs.write_text("12\ttwelve\n30\tthirty\n", encoding="utf-8")
+    assert main(["eval", str(out), "--data", str(pairs), "--beam", "1"]) == 0
+    assert "held: 2 pairs" in capsys.readouterr().out
+
+
+def test_other_task_run_is_refused(tmp_path):
+    run = tmp_path / "clf"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "config.json").write_text(json.dumps({"task": "classify"}))
+    (run / "best" / "model.safetensors").write_bytes(b"")
+    from rnnkit.tasks.translate import load
+    with pytest.raises(ValueError, match="not a translation model"):
+        load(run)
