@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.data import LabelledData, Tokenizer, read_labelled, stratified_split
+from rnnkit.data.batches import EpochBatches
 
 TRUNCATE = ("start", "end", "both")
 
@@ -74,54 +75,19 @@ def collate(seqs: Sequence[list[int]], labels: Sequence[int] | None = None
     return batch
 
 
-class BucketStream:
-    """Endless training batches of similar-length texts: each epoch is a fresh permutation cut
-    into pools of 50 batches, each pool sorted by length and cut into batches, the batches then
-    shuffled. Deterministic in (seed, epoch); ``state_dict`` = epoch and position. With several
-    processes, each takes every ``world``-th text of each batch."""
+class BucketStream(EpochBatches):
+    """Endless training batches of similar-length texts (:class:`EpochBatches` with the text
+    lengths as key): ``next()`` -> ``{"ids" (B, T), "lengths" (B,), "y" (B,)}``."""
 
     def __init__(self, seqs: list[list[int]], labels: list[int], batch_size: int, seed: int,
                  rank: int = 0, world: int = 1) -> None:
-        self.seqs, self.labels, self.bs, self.seed = seqs, labels, batch_size, seed
-        self.rank, self.world = rank, world
-        self.epoch, self.pos = 0, 0
-        self._plan = self._make_plan(0)
+        self.seqs, self.labels = seqs, labels
+        super().__init__(len(seqs), batch_size, seed, rank, world, key=[len(s) for s in seqs])
 
-    def _make_plan(self, epoch: int) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(len(self.seqs))
-        lens = np.array([len(s) for s in self.seqs])
-        pool = self.bs * 50
-        plan = []
-        for k in range(0, len(perm), pool):
-            chunk = perm[k:k + pool]
-            chunk = chunk[np.argsort(lens[chunk], kind="stable")]
-            plan += [chunk[j:j + self.bs] for j in range(0, len(chunk), self.bs)]
-        return [plan[i] for i in rng.permutation(len(plan))]
-
-    def __len__(self) -> int:
-        return len(self._plan)
-
-    def __iter__(self) -> BucketStream:
-        return self
-
-    def __next__(self) -> dict[str, Tensor]:
-        if self.pos >= len(self._plan):
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._plan = self._make_plan(self.epoch)
-        idx = self._plan[self.pos][self.rank::self.world]
-        self.pos += 1
+    def make(self, idx: np.ndarray) -> dict[str, Tensor]:
         return collate([self.seqs[i] for i in idx], [self.labels[i] for i in idx])
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
 
-    def load_state_dict(self, d: dict[str, int]) -> None:
-        self.epoch, self.pos = int(d["epoch"]), int(d["pos"])
-        self._plan = self._make_plan(self.epoch)
-
-
-# -- reading and splitting ---------------------------------------------------------------------
 def column(c: str | None) -> str | int | None:
     """A ``--text-column``/``--label-column`` value: digits are an index, else a name."""
     return int(c) if c is not None and c.lstrip("-").isdigit() else c

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.data import stratified_split
+from rnnkit.data.batches import EpochBatches
 
 BUILTINS = ("synthetic", "basicmotions", "japanesevowels", "moving-digits")
 FILLS = ("ffill", "zero")
@@ -347,36 +348,14 @@ def collate(seqs: Sequence[np.ndarray], labels: Sequence[int] | None = None
     return b
 
 
-class Batches:
-    """Endless training batches: each epoch a fresh permutation (deterministic in seed and
-    epoch) cut into batches; ``state_dict`` = epoch and position. With several processes each
-    takes every ``world``-th sequence of each batch."""
+class Batches(EpochBatches):
+    """Endless training batches (:class:`EpochBatches`, in permutation order):
+    ``next()`` -> ``{"x" (B, T, ...), "lengths" (B,), "y" (B,)}``."""
 
     def __init__(self, X: list[np.ndarray], y: list[int], batch_size: int, seed: int,
                  rank: int = 0, world: int = 1) -> None:
-        self.X, self.y, self.bs, self.seed, self.rank, self.world = X, y, batch_size, seed, \
-            rank, world
-        self.epoch = self.pos = 0
-        self._plan = self._make_plan(0)
+        self.X, self.y = X, y
+        super().__init__(len(X), batch_size, seed, rank, world)
 
-    def _make_plan(self, epoch: int) -> list[np.ndarray]:
-        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.X))
-        return [perm[k:k + self.bs] for k in range(0, len(perm), self.bs)]
-
-    def __iter__(self) -> Batches:
-        return self
-
-    def __next__(self) -> dict[str, Tensor]:
-        if self.pos >= len(self._plan):
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._plan = self._make_plan(self.epoch)
-        idx = self._plan[self.pos][self.rank::self.world]
-        self.pos += 1
+    def make(self, idx: np.ndarray) -> dict[str, Tensor]:
         return collate([self.X[i] for i in idx], [self.y[i] for i in idx])
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, d: dict[str, int]) -> None:
-        self.epoch, self.pos = int(d["epoch"]), int(d["pos"])
-        self._plan = self._make_plan(self.epoch)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.data.batches import EpochBatches
 from rnnkit.data.text import read_text_file
 
 HEADER_NAMES = {"source", "target", "src", "tgt", "input", "output", "text", "translation",
@@ -236,49 +237,16 @@ def collate(src: Sequence[list[int]], tgt: Sequence[list[int]] | None, bos: int,
     return out
 
 
-class PairStream:
-    """Endless training batches of pairs of similar source length: each epoch a fresh
-    permutation cut into pools of 50 batches, each pool sorted by (source, target) length and
-    cut into batches, the batches shuffled. Deterministic in (seed, epoch); ``state_dict`` =
-    epoch and position. With several processes, each takes every ``world``-th pair of a
-    batch."""
+class PairStream(EpochBatches):
+    """Endless training batches of pairs of similar length (:class:`EpochBatches` keyed by
+    (source, target) length): ``next()`` -> :func:`collate`'s batch."""
 
     def __init__(self, src: list[list[int]], tgt: list[list[int]], batch_size: int, seed: int,
                  bos: int, eos: int, rank: int = 0, world: int = 1) -> None:
-        self.src, self.tgt, self.bs, self.seed = src, tgt, batch_size, seed
-        self.bos, self.eos, self.rank, self.world = bos, eos, rank, world
-        self.epoch, self.pos = 0, 0
-        self._plan = self._make_plan(0)
+        self.src, self.tgt, self.bos, self.eos = src, tgt, bos, eos
+        key = [len(s) * 1000 + len(t) for s, t in zip(src, tgt, strict=True)]
+        super().__init__(len(src), batch_size, seed, rank, world, key=key)
 
-    def _make_plan(self, epoch: int) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(len(self.src))
-        key = np.array([len(s) * 1000 + len(t) for s, t in zip(self.src, self.tgt, strict=True)])
-        plan = []
-        for k in range(0, len(perm), self.bs * 50):
-            chunk = perm[k:k + self.bs * 50]
-            chunk = chunk[np.argsort(key[chunk], kind="stable")]
-            plan += [chunk[j:j + self.bs] for j in range(0, len(chunk), self.bs)]
-        return [plan[i] for i in rng.permutation(len(plan))]
-
-    def __len__(self) -> int:
-        return len(self._plan)
-
-    def __iter__(self) -> PairStream:
-        return self
-
-    def __next__(self) -> dict[str, Tensor]:
-        if self.pos >= len(self._plan):
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._plan = self._make_plan(self.epoch)
-        idx = self._plan[self.pos][self.rank::self.world]
-        self.pos += 1
+    def make(self, idx: np.ndarray) -> dict[str, Tensor]:
         return collate([self.src[i] for i in idx], [self.tgt[i] for i in idx], self.bos,
                        self.eos)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state_dict(self, d: dict[str, int]) -> None:
-        self.epoch, self.pos = int(d["epoch"]), int(d["pos"])
-        self._plan = self._make_plan(self.epoch)
