@@ -54,7 +54,7 @@ def _sniff_format(path: Path, text: str) -> str:
     return "tsv" if "\t" in first or ext == ".txt" else "csv"
 
 
-def _rows(text: str, fmt: str, path: Path) -> tuple[list[str] | None, list[tuple[int, list]]]:
+def parse_rows(text: str, fmt: str, path: Path) -> tuple[list[str] | None, list[tuple[int, list]]]:
     """(column names, or None when the first row may be a header; [(line number, values)])."""
     if fmt == "jsonl":
         rows, keys = [], {}
@@ -82,7 +82,7 @@ def _rows(text: str, fmt: str, path: Path) -> tuple[list[str] | None, list[tuple
     return None, out
 
 
-def _resolve(col: Column, columns: list[str], what: str, path: Path) -> int | None:
+def resolve_column(col: Column, columns: list[str], what: str, path: Path) -> int | None:
     if col is None:
         return None
     if isinstance(col, int) and -len(columns) <= col < len(columns):
@@ -113,7 +113,7 @@ def read_labelled(path: str | os.PathLike[str], *, text_column: Column = None,
     the line. Labels are returned as stripped strings."""
     path = Path(path)
     fmt = _sniff_format(path, raw := read_text_file(path))
-    columns, rows = _rows(raw, fmt, path)
+    columns, rows = parse_rows(raw, fmt, path)
     if columns is None:  # csv / tsv: header row or not?
         first = [c.strip() for c in rows[0][1]] if rows else []
         given = {c for c in (text_column, label_column) if isinstance(c, str)}
@@ -130,8 +130,8 @@ def read_labelled(path: str | os.PathLike[str], *, text_column: Column = None,
         v = row[j] if j < len(row) else None
         return "" if v is None else v if isinstance(v, str) else json.dumps(v)
 
-    ti = _resolve(text_column, columns, "text", path)
-    li = _resolve(label_column, columns, "label", path)
+    ti = resolve_column(text_column, columns, "text", path)
+    li = resolve_column(label_column, columns, "label", path)
     sample = [r for _, r in rows[:2000]]
     if ti is None:
         ti = _by_name(TEXT_NAMES, columns, li)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.data.batches import EpochBatches
+from rnnkit.data.tables import parse_rows, resolve_column
 from rnnkit.data.text import read_text_file
 
 HEADER_NAMES = {"source", "target", "src", "tgt", "input", "output", "text", "translation",
@@ -64,19 +64,8 @@ def read_pairs(path: str | Path, source_column: str | None = None,
     sc, tc = _column(source_column), _column(target_column)
     skipped = {"one_column": 0, "empty": 0}
     if ext in (".jsonl", ".ndjson") or raw.lstrip().startswith("{"):
-        rows, cols = [], []
-        for n, line in enumerate(raw.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n} is not valid JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {n} is not a JSON object")
-            cols = cols or list(obj)
-            rows.append([obj.get(k) for k in cols])
-        header = [str(c) for c in cols]
+        cols, numbered = parse_rows(raw, "jsonl", path)
+        rows, header = [v for _, v in numbered], cols or []
     else:
         delim = "," if ext == ".csv" else "\t"
         rows = [r for r in csv.reader(io.StringIO(raw), delimiter=delim)
@@ -117,12 +106,7 @@ def _resolve(col: str | int | None, header: list[str], what: str, path: Path, df
             raise ValueError(f"{path}: expected a source and a target column, found one "
                              f"column ({header[0]!r})")
         return dflt
-    if isinstance(col, int) and -len(header) <= col < len(header):
-        return col % len(header)
-    if isinstance(col, str) and col in header:
-        return header.index(col)
-    raise ValueError(f"{path}: {what} column {col!r} not found; columns are: "
-                     f"{', '.join(map(repr, header))}")
+    return resolve_column(col, header, what, path)
 
 
 def target_language(pairs: Pairs, given: str | None = None) -> str:
