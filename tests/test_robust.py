@@ -191,3 +191,51 @@ def test_stdin_is_strict_utf8_with_the_byte_offset(tmp_path):
         err = r.stderr.decode()
         assert "stdin is not UTF-8 text" in err and "byte offset 5" in err, err
         assert "Traceback" not in err and time.time() - t < 120
+
+
+# -- the Python API ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_dtype_the_weights_do_not_have_is_a_clear_error(dtype):
+    import rnnkit
+
+    with pytest.raises(ValueError, match=rf"float32 weights but got {dtype}"):
+        rnnkit.LSTM(4, 8)(torch.randn(2, 3, 4, dtype=dtype))
+
+
+@pytest.mark.parametrize("cls", ["RNN", "LSTM", "GRU", "LayerNormLSTM", "MinGRU"])
+def test_an_empty_batch_with_lengths_gives_empty_outputs(cls):
+    import rnnkit
+
+    layer = getattr(rnnkit, cls)(4, 8, num_layers=2)
+    out, _ = layer(torch.randn(0, 3, 4), lengths=torch.zeros(0, dtype=torch.long))
+    ref, _ = layer(torch.randn(0, 3, 4))
+    assert out.shape == ref.shape == (0, 3, 8)
+
+
+@pytest.mark.parametrize("kernel", ["auto", "fast"])
+def test_layernorm_lstm_without_bias_runs_on_every_kernel_and_equals_the_reference(kernel):
+    import rnnkit
+
+    torch.manual_seed(0)
+    ref = rnnkit.LayerNormLSTM(4, 8, bias=False, kernel="reference")
+    fast = rnnkit.LayerNormLSTM(4, 8, bias=False, kernel=kernel)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    a, b = fast(x)[0], ref(x)[0]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    ga = torch.autograd.grad(a.square().sum(), [x, *fast.parameters()])
+    gb = torch.autograd.grad(b.square().sum(), [x, *ref.parameters()])
+    for p, q in zip(ga, gb, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-4)
+
+
+def test_resume_budget_is_the_new_total_and_an_exhausted_one_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert lm(tmp_path, run, "--steps", "6", "--eval-every", "3") == 0
+    capsys.readouterr()
+    assert main(["train", "lm", "--resume", str(run), "--steps", "6"]) == 2
+    e = err_of(capsys)
+    assert "already used its budget" in e and "stopped at step 6" in e
+    assert main(["train", "lm", "--resume", str(run), "--steps", "9"]) == 0
+    assert "resuming" in err_of(capsys) and \
+        json.loads((run / "last/trainer.json").read_text())["step"] == 9

@@ -105,6 +105,10 @@ class Recurrent(nn.Module):
         B, T, _ = x.shape
         lengths = self._check_lengths(lengths, B, T, x.device)
         st = self._check_state(state, B, x)
+        if B == 0:  # an empty batch: empty outputs and states, with or without lengths
+            out = x.new_zeros(0, T, self.output_size)
+            empty = tuple(s.new_zeros(s.shape) for s in st)
+            return out, (empty[0] if len(empty) == 1 else empty)
         record = bool(self._recorders)
         out, new_state, records, name = kernels.run(self, x, st, lengths, record)
         self.last_kernel = name
@@ -141,6 +145,12 @@ class Recurrent(nn.Module):
                              f"got {x.shape[-1]} in shape {tuple(x.shape)}")
         if x.shape[1] == 0:
             raise ValueError(f"{cls} expects at least one time step, got shape {tuple(x.shape)}")
+        w = next(self.parameters(), None)
+        if w is not None and x.dtype != w.dtype and not torch.is_autocast_enabled(
+                x.device.type):
+            raise ValueError(f"{cls} has {w.dtype} weights but got {x.dtype} input: convert one "
+                             f"to the other (x.to({w.dtype}) or layer.to({x.dtype})), or run "
+                             f"under torch.autocast")
         return x
 
     def _check_lengths(self, lengths: Any, B: int, T: int, device: torch.device) -> Tensor | None:
@@ -153,6 +163,8 @@ class Recurrent(nn.Module):
                              f"got shape {tuple(lengths.shape)}")
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise ValueError(f"{cls} expects integer lengths, got {lengths.dtype}")
+        if B == 0:
+            return lengths.to(device=device, dtype=torch.long)
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo <= 0 or hi > T:
             raise ValueError(f"{cls} expects every length in [1, {T}] (T = {T} time steps), "

@@ -765,8 +765,10 @@ def run_direction(
             rec.update(zip(cell.gate_names, G.split(H, 1), strict=True))
         return Y, (hN, cN), rec
     if mode == "layernorm_lstm":
+        beta = _bias_sum(cell)  # bias=False: the layer norms shift by zero
         Y, hN, cN, G, CC = _LNLSTM.apply(
-            X, cell.weight_ih, cell.ln_ih_weight, _bias_sum(cell), cell.weight_hh,
+            X, cell.weight_ih, cell.ln_ih_weight,
+            X.new_zeros(4 * H) if beta is None else beta, cell.weight_hh,
             cell.ln_hh_weight, cell.ln_c_weight, cell.ln_c_bias, state[0], state[1], plan, cell)
         if record:
             rec = {"h": Y, "c": CC}
