@@ -239,3 +239,11 @@ def test_resume_budget_is_the_new_total_and_an_exhausted_one_says_so(tmp_path, c
     assert main(["train", "lm", "--resume", str(run), "--steps", "9"]) == 0
     assert "resuming" in err_of(capsys) and \
         json.loads((run / "last/trainer.json").read_text())["step"] == 9
+
+
+def test_auto_never_picks_the_low_precision_log_scan():
+    from rnnkit.kernels.scan import resolve
+
+    for dtype in (torch.float32, torch.float64):
+        assert resolve("auto", torch.zeros(2, 3, 4, dtype=dtype)) in ("native", "chunked")
+    assert resolve("log", torch.zeros(2, 3, 4)) == "log"  # only when asked for by name
