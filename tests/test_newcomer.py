@@ -72,3 +72,46 @@ def test_every_flag_has_help_and_its_default_zero_included(argv, capsys, monkeyp
     for line, after in zip(opts, [*opts[1:], ""], strict=True):
         if re.match(r"^  (-\S+(?: \S+)?(?:, --\S+(?: \S+)?)?)$", line):
             assert re.match(r"^ {10,}\S", after), f"{argv}: {line!r} has no help"
+
+
+class _Tty:
+    """A terminal stand-in for stderr: the bar's writes, kept."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_shows_at_the_first_step_names_its_unit_and_ends_at_100(monkeypatch):
+    from rnnkit.train import Progress, TrainConfig
+
+    tty = _Tty()
+    monkeypatch.setattr("sys.stderr", tty)
+    cfg = TrainConfig(minutes=1.0)
+    p = Progress(cfg, "train lm", "chars", 0, 0.0, True)
+    p.update(1, 0.2)  # the first step draws at once
+    assert re.search(r" 0%\|[^|]*\| train lm  step 1\b", tty.text), tty.text
+    p.interval(20, 6.0, 1.25, 23_600.0)
+    assert "23.6k chars/s" in tty.text and "loss 1.25" in tty.text
+    p.close(40, 60.0, finished=True)  # the time budget ended
+    last = tty.text.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("100%|") and last.endswith("elapsed 1:00"), last
+    assert ", step" not in tty.text and "| ," not in tty.text  # no stray leading comma
+
+
+def test_quiet_hides_the_bar_but_not_the_evaluations(monkeypatch, capsys):
+    from rnnkit.train import Progress, TrainConfig
+
+    p = Progress(TrainConfig(steps=10), "train lm", "chars", 0, 0.0, False)
+    p.interval(5, 1.0, 2.0, 100.0)
+    p.note("step 5: valid loss 2.0000")
+    assert capsys.readouterr().err == "step 5: valid loss 2.0000\n"

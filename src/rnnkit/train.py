@@ -353,8 +353,10 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
+            # the status goes in {desc}, after the bar: tqdm's {postfix} starts with ", "
             self.bar = tqdm(total=1000, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+                            bar_format="{percentage:3.0f}%|{bar}| {desc}")
+        self.name = desc
 
     def fraction(self, step: int, elapsed: float) -> float:
         p = step / self.cfg.steps if self.cfg.steps else 0.0
@@ -377,13 +379,18 @@ class Progress:
         parts.append(f"left {_clock(self.left(step, elapsed))}")
         return "  ".join(parts)
 
+    def line(self, step: int, elapsed: float) -> str:
+        """What the bar shows after itself: the run, its status, the training time so far
+        (resumed runs included)."""
+        return f"{self.name}  {self.status(step, elapsed)}  elapsed {_clock(elapsed)}"
+
     def update(self, step: int, elapsed: float, force: bool = False) -> None:
         """After every step: redraw the bar when half a second has passed."""
         if self.bar is None or (not force and time.perf_counter() - self.shown < 0.5):
             return
         self.shown = time.perf_counter()
         self.bar.n = int(1000 * self.fraction(step, elapsed))
-        self.bar.set_postfix_str(self.status(step, elapsed), refresh=False)
+        self.bar.set_description_str(self.line(step, elapsed), refresh=False)
         self.bar.refresh()
 
     def interval(self, step: int, elapsed: float, loss: float, rate: float) -> None:
@@ -405,7 +412,7 @@ class Progress:
         if self.bar is not None:
             if finished:
                 self.bar.n = 1000
-            self.bar.set_postfix_str(self.status(step, elapsed), refresh=False)
+            self.bar.set_description_str(self.line(step, elapsed), refresh=False)
             self.bar.close()
 
 
