@@ -247,3 +247,60 @@ def test_auto_never_picks_the_low_precision_log_scan():
     for dtype in (torch.float32, torch.float64):
         assert resolve("auto", torch.zeros(2, 3, 4, dtype=dtype)) in ("native", "chunked")
     assert resolve("log", torch.zeros(2, 3, 4)) == "log"  # only when asked for by name
+
+
+# -- a kill before each file operation of the run ---------------------------------------------
+_KILLER = """
+import os, shutil, signal, sys
+from rnnkit import checkpoint as c
+K, n = int(sys.argv[1]), [0]
+def wrap(mod, name):
+    f = getattr(mod, name)
+    def g(*a, **k):
+        n[0] += 1
+        if n[0] == K:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return f(*a, **k)
+    setattr(mod, name, g)
+for mod, name in ((c, "_write_synced"), (c, "_fsync_dir"), (os, "replace"), (os, "rename"),
+                  (shutil, "rmtree")):
+    wrap(mod, name)
+from rnnkit.cli import main
+rc = main(sys.argv[2:])
+print("ops", n[0])
+sys.exit(rc)
+"""
+
+
+def test_a_kill_before_any_file_operation_resumes_to_the_uninterrupted_weights(tmp_path):
+    args = ["train", "lm", "--data", corpus(tmp_path), *LM, "--steps", "6", "--eval-every",
+            "3", "--device", "cpu"]
+    ref = tmp_path / "ref"
+    assert main([*args, "--out", str(ref)]) == 0
+    want = ckpt.read_tensors(ref / "last" / ckpt.MODEL)[0]
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def child(k: int, run: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), str(k), *args, "--out", str(run)],
+                              capture_output=True, text=True, env=env, timeout=240)
+
+    r = child(10 ** 9, tmp_path / "count")
+    assert r.returncode == 0, r.stderr[-2000:]
+    n_ops = int(r.stdout.split("ops")[-1])
+    assert n_ops >= 8  # two saves of last/ and best/, config, metrics
+    for k in sorted({1, 2, *range(3, n_ops + 1, max(1, n_ops // 6)), n_ops}):
+        run = tmp_path / f"k{k}"
+        r = child(k, run)
+        assert r.returncode == -signal.SIGKILL, (k, r.returncode, r.stderr[-1000:])
+        if (run / "last").exists() or (run / ".last.old").exists():
+            rc = main(["train", "lm", "--resume", str(run), "--steps", "6", "--quiet"])
+            assert rc in (0, 2), k  # 2: the kill came after the final save ("budget used")
+        else:  # killed before the first checkpoint: nothing to resume, start again
+            assert main([*args, "--out", str(run), "--restart", "--quiet"]) == 0
+        got = ckpt.read_tensors(ckpt.resolve(run / "last") / ckpt.MODEL)[0]
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=0,
+                                       msg=f"kill at file operation {k}: {name}")
