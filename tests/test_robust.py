@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from rnnkit import checkpoint as ckpt
@@ -304,3 +306,69 @@ def test_a_kill_before_any_file_operation_resumes_to_the_uninterrupted_weights(t
         for name in want:
             torch.testing.assert_close(got[name], want[name], rtol=0, atol=0,
                                        msg=f"kill at file operation {k}: {name}")
+
+
+# -- every numeric flag of every command, fuzzed at the argument layer ----------------------
+def _commands() -> list[tuple[list[str], object]]:
+    """(argv prefix, subparser) for every leaf command of `rnnkit`."""
+    import argparse
+
+    from rnnkit.cli import build_parser
+
+    out = []
+
+    def walk(prefix: list[str], p: argparse.ArgumentParser) -> None:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            out.append((prefix, p))
+        for a in subs:
+            for name, sp in a.choices.items():
+                walk([*prefix, name], sp)
+
+    walk([], build_parser())
+    return out
+
+
+def _numeric_flags():
+    rows = []
+    for prefix, p in _commands():
+        positional = ["RUN" if a.dest == "run_dir" else (next(iter(a.choices)) if a.choices
+                                                          else "x")
+                      for a in p._actions if not a.option_strings and a.nargs is None]
+        for a in p._actions:
+            t = getattr(a, "type", None)
+            if a.option_strings and getattr(t, "__name__", "") in ("int", "float") and \
+                    a.option_strings[-1].startswith("--"):
+                rows.append((prefix, positional, a.option_strings[-1], a))
+    return rows
+
+
+NUMERIC = _numeric_flags()
+
+
+def test_the_fuzz_covers_every_command_with_numbers():
+    cmds = {" ".join(p) for p, *_ in NUMERIC}
+    assert {"train lm", "train classify", "sample", "predict", "explain"} <= cmds, cmds
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(row=st.sampled_from(NUMERIC),
+       value=st.sampled_from(["0", "-1", "-4", "nan", "inf", "-inf", "1e30", "x", "", "0.5",
+                              "3", "1e-12", "99999999999999999999999"]))
+def test_a_numeric_flag_parses_or_exits_2_naming_itself(row, value):
+    import contextlib
+    import io
+
+    from rnnkit.cli import parse
+
+    prefix, positional, flag, action = row
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            args = parse([*prefix, *positional, f"{flag}={value}"])
+        except SystemExit as e:
+            msg = err.getvalue().strip().splitlines()[-1]
+            assert e.code == 2 and flag in msg and "Traceback" not in err.getvalue(), msg
+            return
+    v = getattr(args, action.dest)  # accepted: a finite number, in the flag's range
+    assert isinstance(v, int | float) and v == v and abs(v) != float("inf"), (flag, value, v)
