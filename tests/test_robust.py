@@ -372,3 +372,20 @@ def test_a_numeric_flag_parses_or_exits_2_naming_itself(row, value):
             return
     v = getattr(args, action.dest)  # accepted: a finite number, in the flag's range
     assert isinstance(v, int | float) and v == v and abs(v) != float("inf"), (flag, value, v)
+
+
+def test_a_tampered_config_is_refused_before_anything_is_allocated(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert lm(tmp_path, run, "--steps", "2") == 0
+    cfg_path = run / "best" / ckpt.CONFIG
+    good = json.loads(cfg_path.read_text())
+    for change, needle in ((lambda c: c["model"].update(vocab_size=10 ** 12), "'emb.weight' has "
+                            "shape"), (lambda c: c["model"].update(vocab_size=-1),
+                                       "does not describe a model"),
+                           (lambda c: c.pop("model"), "has no model description")):
+        bad = json.loads(json.dumps(good))
+        change(bad)
+        cfg_path.write_text(json.dumps(bad))
+        capsys.readouterr()
+        assert main(["sample", str(run), "--length", "3"]) == 2
+        assert needle in err_of(capsys)

@@ -28,7 +28,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,37 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
                              f"run that diverged; use another checkpoint (best/ or last/)")
     model.load_state_dict({k: tensors[k] for k in own})
     return model
+
+
+def build_checked(build: Callable[[], nn.Module], path: str | os.PathLike[str]) -> nn.Module:
+    """The model ``build()`` makes from a run's config, with the weights of the checkpoint at
+    ``path`` (a folder or its ``model.safetensors``). The config is checked first, on the meta
+    device (no memory): a config that does not build (a missing or wrong field) or that
+    describes other shapes than the checkpoint holds (a tampered ``vocab_size``) is a
+    ``ValueError`` naming the tensor, before anything is allocated."""
+    path = Path(path)
+    file = resolve(path) / MODEL if path.is_dir() else path
+    try:
+        with torch.device("meta"):
+            shape_model = build()
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{file.parent / CONFIG} does not describe a model this rnnkit can "
+                         f"build ({type(e).__name__}: {e})") from None
+    _refuse_pickle(file, file.read_bytes()[:16] if file.is_file() else b"")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"{file} is not a valid safetensors file ({e})") from None
+    for alias, name in json.loads(meta.get("aliases", "{}")).items():
+        shapes[alias] = shapes[name]
+    for k, v in shape_model.state_dict().items():
+        if k in shapes and shapes[k] != tuple(v.shape):
+            raise ValueError(f"{file}: tensor {k!r} has shape {shapes[k]} in the checkpoint but "
+                             f"{tuple(v.shape)} in the model its config.json describes: the "
+                             f"config was changed or belongs to another model")
+    return load_weights(build(), file)
 
 
 # -- the run folder: one process at a time, no stale temporaries -------------------------------

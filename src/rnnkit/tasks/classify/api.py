@@ -127,8 +127,8 @@ def load(run_dir: str | Path) -> TextClassifier:
     if cfg.get("task") != "classify":
         raise ValueError(f"{run_dir} holds a {cfg.get('task')!r} model, not a classifier")
     tok = tokenizer_from_json(cfg["tokenizer"])
-    model = Classifier(tok.vocab_size, len(cfg["labels"]), **cfg["model"])
-    ckpt.load_weights(model, src / ckpt.MODEL)
+    model = ckpt.build_checked(
+        lambda: Classifier(tok.vocab_size, len(cfg["labels"]), **cfg["model"]), src)
     pos, thr = read_decision(Path(run_dir) / "decision.json", cfg["labels"])
     return TextClassifier(model, tok, cfg["labels"], cfg.get("max_len"),
                           cfg.get("truncate", "both"), pos, thr)

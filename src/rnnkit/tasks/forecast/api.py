@@ -120,7 +120,7 @@ def load(run_dir: str | Path) -> Forecaster:
     if cfg.get("task") != "forecast":
         raise ValueError(f"{run_dir} holds a {cfg.get('task')!r} model, not a forecaster")
     F = len(cfg["features"])
-    model = ForecastNet(F, F - cfg["n_past"], len(cfg["schema"]["target"]),
-                        int(cfg["settings"]["horizon"]), **cfg["model"])
-    ckpt.load_weights(model, src / ckpt.MODEL)
+    model = ckpt.build_checked(
+        lambda: ForecastNet(F, F - cfg["n_past"], len(cfg["schema"]["target"]),
+                            int(cfg["settings"]["horizon"]), **cfg["model"]), src)
     return Forecaster(model, cfg, Path(run_dir))

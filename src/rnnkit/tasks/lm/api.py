@@ -33,12 +33,14 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Token
     config = ckpt.load_config(d)
     if config.get("task") != "lm":
         raise ValueError(f"{run_dir} is a {config.get('task')!r} run, not a language model")
-    m = config["model"]
+    m = config.get("model")
+    if not isinstance(m, dict) or "cell" not in m:
+        raise ValueError(f"{d / ckpt.CONFIG} has no model description ('model' with 'cell')")
     if m["cell"] == "ngram":
         tensors, _ = ckpt.read_tensors(d / ckpt.MODEL)
         model: nn.Module = NGramLM.from_state(tensors, m["vocab_size"], m["order"])
     else:
-        model = ckpt.load_weights(build_model(m), d).to(device)
+        model = ckpt.build_checked(lambda: build_model(m), d).to(device)
     return model.eval(), tokenizer_from_json(config["tokenizer"]), config
 
 

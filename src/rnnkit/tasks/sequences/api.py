@@ -129,6 +129,6 @@ def load(run_dir: str | Path) -> SequenceModel:
     if cfg.get("task") != "sequences":
         raise ValueError(f"{run_dir} holds a {cfg.get('task')!r} model, not a sequence "
                          f"classifier")
-    model = SequenceClassifier(cfg["step_shape"], len(cfg["labels"]), **cfg["model"])
-    ckpt.load_weights(model, src / ckpt.MODEL)
+    model = ckpt.build_checked(
+        lambda: SequenceClassifier(cfg["step_shape"], len(cfg["labels"]), **cfg["model"]), src)
     return SequenceModel(model, cfg["labels"], cfg)

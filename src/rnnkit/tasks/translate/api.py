@@ -93,8 +93,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> Translator:
     cfg = ckpt.read_json(src / ckpt.CONFIG)
     if cfg.get("task") != "translate":
         raise ValueError(f"{run_dir} is a {cfg.get('task')!r} run, not a translation model")
-    model = build_model(cfg["model"])
-    ckpt.load_weights(model, src / ckpt.MODEL)
+    model = ckpt.build_checked(lambda: build_model(cfg["model"]), src)
     return Translator(model.to(device), tokenizer_from_json(cfg["src_tokenizer"]),
                       tokenizer_from_json(cfg["tgt_tokenizer"]), cfg)
 
