@@ -1,4 +1,6 @@
-"""Process-wide settings rnnkit makes at start.
+"""Process-wide settings rnnkit makes at start: glibc keeps freed memory (below), and OpenMP
+threads sleep rather than spin when idle, with a thread count from the cores actually free
+(the section "threads on a busy machine" further down).
 
 **Keep freed memory in the process: no page faults on every training step.**
 
