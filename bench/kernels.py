@@ -10,8 +10,10 @@ that both see the same machine load, and reports the median of each and their ra
 glibc told to keep freed memory for reuse, as the ``rnnkit`` command does
 (:mod:`rnnkit.runtime`; ``--glibc-default-malloc`` measures without it). Rows:
 
-* ``auto``: ``kernel="auto"`` (whatever it dispatches to) vs torch.nn RNN/LSTM/GRU, forward
-  and forward+backward, 1x256 and 2x512;
+* ``auto``: ``kernel="auto"`` (whatever it dispatches to) vs the faster of ``kernel="fused"``
+  (torch.nn's kernel) and ``kernel="fast"`` in the same race, and vs torch.nn, RNN/LSTM/GRU,
+  forward and forward+backward, 1x256 and 2x512; ``--write-table`` writes the measured table
+  ``auto`` ships with (``src/rnnkit/kernels/auto_table.py``);
 * ``fast``: the own fast path vs torch.nn, and vs the textbook eager loop over the cells
   (``kernel="reference"``), forward+backward; also the GRU with its reset gate before the
   product (``reset_after=False``), which ``auto`` runs on the fast path;
@@ -114,18 +116,45 @@ def torch_twin(cls: type, I: int, H: int, L: int, dev: torch.device) -> tuple[nn
     return ref, cls.from_torch(ref).to(dev)
 
 
+AUTO_FAMILIES = ((rnnkit.RNN, "rnn_tanh"), (rnnkit.LSTM, "lstm"), (rnnkit.GRU, "gru"))
+
+
 def bench_auto(a: argparse.Namespace, dev: torch.device) -> None:
+    """``auto`` vs the faster of ``fused`` and ``fast`` on the same call (one race of three);
+    with ``--write-table`` the fused/fast times become ``rnnkit/kernels/auto_table.py``, the
+    table ``auto`` reads (run the section again to see ``auto`` on the new table)."""
+    from rnnkit.kernels import size_class
+
     x = torch.randn(a.batch, a.T, a.E, device=dev, requires_grad=True)
-    for cls in (rnnkit.RNN, rnnkit.LSTM, rnnkit.GRU):
+    table: dict[str, dict[str, float]] = {}
+    for cls, mode in AUTO_FAMILIES:
         for L, H in a.sizes:
-            ref, ours = torch_twin(cls, a.E, H, L, dev)
+            ref, auto = torch_twin(cls, a.E, H, L, dev)
+            fused = cls.from_torch(ref, kernel="fused").to(dev)
+            fast = cls.from_torch(ref, kernel="fast").to(dev)
             name = f"{cls.__name__} {L}x{H}"
-            tf = race([fwd(ours, x), fwd(ref, x)], a.reps, dev)
-            tb = race([train_step(ours, x), train_step(ref, x)], a.reps, dev)
-            row("auto", f"{name} forward", tf[0], tf[1], "torch.nn", 0.97,
-                note=f"[{ours.last_kernel}]")
-            row("auto", f"{name} fwd+bwd", tb[0], tb[1], "torch.nn", 0.97,
-                note=f"[{ours.last_kernel}]")
+            for what, prog, key in (("forward", fwd, "infer"), ("fwd+bwd", train_step, "train")):
+                t = race([prog(auto, x), prog(fused, x), prog(fast, x)], a.reps, dev)
+                best = min(t[1], t[2])
+                peer = "fused" if t[1] <= t[2] else "fast"
+                row("auto", f"{name} {what}", t[0], best, f"max(fused, fast): {peer}", 0.97,
+                    note=f"[{auto.last_kernel}] fused {t[1] * 1e3:.1f} / fast "
+                         f"{t[2] * 1e3:.1f} ms")
+                row("auto", f"{name} {what} vs torch.nn", t[0], t[1], "torch.nn (fused)", None,
+                    note=f"[{auto.last_kernel}]")
+                dtype = str(x.dtype).removeprefix("torch.")
+                table[f"{dev.type}|{dtype}|{mode}|{key}|{size_class(H)}"] = {
+                    "fused": round(t[1], 5), "fast": round(t[2], 5)}
+    if a.write_table:
+        path = Path(rnnkit.__file__).parent / "kernels" / "auto_table.py"
+        head = path.read_text().split("SOURCE = ")[0]
+        src = (f"{platform.machine()} {dev.type}, {a.threads} threads, {os.cpu_count()} cores, "
+               f"B={a.batch}, T={a.T}, E={a.E}, torch {torch.__version__}, "
+               f"{time.strftime('%Y-%m-%d')}: bench/kernels.py --only auto --write-table")
+        body = "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(table.items()))
+        path.write_text(f"{head}SOURCE = {src!r}\n\nTABLE: dict[str, dict[str, float]] = "
+                        f"{{\n{body}}}\n")
+        print(f"  wrote {path}", flush=True)
 
 
 def bench_fast(a: argparse.Namespace, dev: torch.device) -> None:
@@ -383,12 +412,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     ap.add_argument("--reps", type=int, default=15, help="timed repetitions per program")
     ap.add_argument("--only", help=f"comma-separated sections of {', '.join(SECTIONS)}, flops")
+    ap.add_argument("--write-table", action="store_true", help="write the auto section's "
+                    "fused/fast times to rnnkit/kernels/auto_table.py (what kernel=auto reads)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     ap.add_argument("--out", default="bench/results", help="folder for the JSON and PNG")
     ap.add_argument("--glibc-default-malloc", action="store_true",
                     help="leave glibc's malloc returning freed blocks to the system (then every "
                          "step page-faults its large buffers anew, both programs alike)")
     a = ap.parse_args()
+    if a.quick and a.write_table:
+        ap.error("--write-table needs the real sizes, not --quick")
     # both programs run in this process: as the rnnkit command does, keep freed memory for reuse
     keep = False if a.glibc_default_malloc else keep_freed_memory()
     dev = torch.device(a.device)

@@ -3,6 +3,7 @@ and run fast."""
 
 from typing import Any
 
+import rnnkit.runtime  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
 from rnnkit import keras
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.inspect.params import ParamFormula, count_params, param_formula

@@ -12,9 +12,11 @@
   that step: what ``pack_padded_sequence`` + torch.nn gives, without packing anything.
 
 Which code runs is chosen in one place, :func:`rnnkit.kernels.select`, from ``kernel=``:
-``"auto"`` (torch.nn's fused kernel whenever it can serve, else rnnkit's own fast path, the
-parallel scan or the reference loop), or one of them by name. ``layer.last_kernel`` names the
-one that ran last. ``layer.stepper()`` runs one time step at a time (generation, streaming).
+``"auto"`` (of torch.nn's fused kernel and rnnkit's own fast path the one measured faster for
+the call, from a shipped table; else the one that can serve, the parallel scan or the reference
+loop), or one of them by name. ``layer.last_kernel`` names the one that ran last (its ``.why``
+says why; :func:`rnnkit.kernels.explain` tells before running). ``layer.stepper()`` runs one
+time step at a time (generation, streaming).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from rnnkit import checkpoint as ckpt
-from rnnkit.runtime import keep_freed_memory
+from rnnkit.runtime import choose_threads, keep_freed_memory, usable_cores
 
 
 class Task(Protocol):
@@ -116,6 +116,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None: the cores free at start (runtime)
 
     def __post_init__(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -130,6 +131,7 @@ class TrainConfig:
         _check("eval_every", self.eval_every, lo=1, integer=True)
         _check("log_every", self.log_every, lo=1, integer=True)
         _check("seed", self.seed, lo=0, integer=True)
+        _check("threads", self.threads, lo=1, integer=True, none_ok=True)
         self.betas = tuple(self.betas)  # type: ignore[assignment]  (JSON gives a list)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
@@ -146,7 +148,7 @@ class TrainConfig:
         flags = {"out": "out", "steps": "steps", "minutes": "minutes", "lr": "lr",
                  "weight_decay": "weight_decay", "warmup": "warmup", "grad_clip": "clip",
                  "eval_every": "eval_every", "log_every": "log_every", "seed": "seed",
-                 "device": "device"}
+                 "device": "device", "threads": "threads"}
         kw = {k: v for k, v in defaults.items() if v is not None}
         for fld, flag in flags.items():
             v = getattr(args, flag, None)
@@ -162,6 +164,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d.pop("resume")
         d.pop("progress")
+        d.pop("threads")  # a setting of the machine it runs on, not of the run
         return d
 
     @classmethod
@@ -339,7 +342,14 @@ class Progress:
     budget, elapsed time, step, loss, rate in the task's unit, time left), redrawn at most
     twice a second from the first step on. Elsewhere (a log file, CI, a pipe): one plain line
     per log interval, no carriage returns. ``quiet`` hides both; :meth:`note` lines (the
-    evaluations) always print."""
+    evaluations) always print.
+
+    **Slowdown notice**: the best rate of the first :data:`BASE_INTERVALS` log intervals is the
+    rate the machine gave at start; when a later interval runs below :data:`SLOW_FRACTION` of
+    it (another job took the CPU), one line says so and how to react, once per run."""
+
+    BASE_INTERVALS = 3
+    SLOW_FRACTION = 0.4
 
     def __init__(self, cfg: TrainConfig, desc: str, unit: str, start_step: int,
                  start_elapsed: float, enabled: bool) -> None:
@@ -350,6 +360,8 @@ class Progress:
         self.rate: float | None = None
         self.shown = 0.0
         self.bar = None
+        self.rates: list[float] = []  # the rates of the first intervals
+        self.slow_noted = False
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -396,11 +408,29 @@ class Progress:
     def interval(self, step: int, elapsed: float, loss: float, rate: float) -> None:
         """At every log interval: the plain line (off a terminal) or a bar update."""
         self.loss, self.rate = loss, rate
+        self.check_rate(rate)
         if self.bar is not None:
             self.update(step, elapsed, force=True)
         elif self.enabled:
             print(f"{self.status(step, elapsed)}  elapsed {_clock(elapsed)}", file=sys.stderr,
                   flush=True)
+
+    def check_rate(self, rate: float) -> str | None:
+        """The slowdown notice, when this interval's ``rate`` is far below the start's (printed
+        once; also returned)."""
+        if len(self.rates) < self.BASE_INTERVALS:
+            self.rates.append(rate)
+            return None
+        base = max(self.rates)
+        if self.slow_noted or not rate < self.SLOW_FRACTION * base:
+            return None
+        self.slow_noted = True
+        line = (f"notice: training slowed to {_rate(rate)} {self.unit}/s, {rate / base:.0%} of "
+                f"the {_rate(base)} {self.unit}/s measured at start: another job is using the "
+                f"CPU? (torch uses {torch.get_num_threads()} threads; --threads 1 leaves it a "
+                f"core)")
+        self.note(line)
+        return line
 
     def note(self, line: str) -> None:
         if self.bar is not None:
@@ -491,6 +521,10 @@ def train(task: Task, cfg: TrainConfig, *, on_step: Callable[[int], None] | None
     page faults."""
     keep_freed_memory()
     rank, world, own_group = _init_distributed()
+    if cfg.threads is not None or world == 1:  # torchrun sets OMP_NUM_THREADS itself
+        threads, why = choose_threads(cfg.threads)
+        if rank == 0 and cfg.progress and threads < usable_cores():
+            print(f"threads: {threads} ({why})", file=sys.stderr, flush=True)
     try:
         if rank == 0:
             with ckpt.run_lock(cfg.out):

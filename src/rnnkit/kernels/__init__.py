@@ -24,9 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 from rnnkit.kernels import fast, fused, reference, scan
+from rnnkit.kernels.auto_table import SOURCE as TABLE_SOURCE
+from rnnkit.kernels.auto_table import TABLE
 
 if TYPE_CHECKING:
     from rnnkit.layers import Recurrent
@@ -53,32 +56,127 @@ def why_not(name: str, layer: Recurrent, x: Tensor, record: bool) -> str | None:
     return None
 
 
-def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) -> str:
-    """Name of the kernel that runs this call.
+class Choice(str):
+    """A kernel's name (compares equal to the plain string) that also says why it was chosen:
+    ``layer.last_kernel == "fast"``, ``layer.last_kernel.why``."""
 
-    ``kernel="auto"``: torch.nn's fused vendor kernel (oneDNN on CPU, cuDNN on GPU) whenever it
-    can serve the configuration, else rnnkit's own fast path (:mod:`rnnkit.kernels.fast`)
-    where it supports the cell, else the parallel scan (:mod:`rnnkit.kernels.scan`) for cells
-    linear in their state (minGRU, minLSTM), else the reference loop over the cells. One
-    exception: sequences of different lengths on CPU go to the fast path, which shrinks the
-    active batch as sequences end, because torch.nn's CPU kernel runs a packed batch outside
-    oneDNN, in a slower loop (``python bench/kernels.py --only lengths`` measures both). An
-    explicit choice that cannot serve the call is an error, never a silent fallback.
-    """
+    why: str
+
+    def __new__(cls, name: str, why: str) -> Choice:
+        c = super().__new__(cls, name)
+        c.why = why
+        return c
+
+
+# -- the measured table behind kernel="auto" ----------------------------------------------------
+MARGIN = 0.03  # the fast path only when measured at least 3% faster than fused
+SIZE_CLASSES = ((384, "small"), (None, "large"))  # hidden <= 384: measured at 256; else at 512
+
+
+def size_class(hidden: int) -> str:
+    """The table's size class of a layer of ``hidden`` units per direction."""
+    for top, name in SIZE_CLASSES:
+        if top is None or hidden <= top:
+            return name
+    raise AssertionError
+
+
+def _is_training(layer: Recurrent, x: Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(
+        p.requires_grad for p in layer.parameters()))
+
+
+def table_key(layer: Recurrent, x: Tensor) -> tuple[str, str, str, str, str] | None:
+    """``(device, dtype, mode, "train"|"infer", size class)``, the key of this call in
+    :data:`rnnkit.kernels.auto_table.TABLE`; ``None`` under autocast (no row measured: its
+    lower-precision kernel is torch.nn's)."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) if dev in ("cpu", "cuda") else False:
+        return None
+    dtype = str(x.dtype).removeprefix("torch.")
+    return (dev, dtype, layer.mode, "train" if _is_training(layer, x) else "infer",
+            size_class(layer.hidden_size))
+
+
+def measured(layer: Recurrent, x: Tensor) -> tuple[str, str] | None:
+    """``(faster kernel, why)`` from the shipped table for this call, or ``None`` when the table
+    has no row for it (another device, dtype, autocast, or a cell it did not measure)."""
+    key = table_key(layer, x)
+    times = TABLE.get("|".join(key)) if key is not None else None
+    if not times:
+        return None
+    best = min(times, key=lambda k: (times[k], k))  # ties: by name, deterministic
+    if best != "fused" and "fused" in times and times[best] > times["fused"] * (1 - MARGIN):
+        best = "fused"  # within the margin: torch.nn bit for bit at no measurable cost
+    other = {k: v for k, v in times.items() if k != best}
+    vs = ", ".join(f"{times[k] * 1e3:.1f} ms {k}" for k in other)
+    return best, (f"measured faster for {key[2]} {key[3]} {key[4]} on {key[0]} {key[1]} "
+                  f"({times[best] * 1e3:.1f} ms {best} vs {vs}; {TABLE_SOURCE})")
+
+
+def decide(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) -> Choice:
+    """The kernel for this call and why (see :func:`select`)."""
     wanted = layer.kernel
     if wanted != "auto":
         reason = why_not(wanted, layer, x, record)
         if reason is not None:
             raise ValueError(f"kernel={wanted!r} cannot run this call: {reason}")
-        return wanted
+        return Choice(wanted, f"kernel={wanted!r} was asked for")
     ragged = lengths is not None and x.device.type == "cpu" and bool(
         (lengths != x.shape[1]).any())
-    for name in ("fused", "fast", "scan", "reference"):
-        if name == "fused" and ragged and why_not("fast", layer, x, record) is None:
-            continue
-        if why_not(name, layer, x, record) is None:
-            return name
+    can = {name: why_not(name, layer, x, record) is None for name in KERNELS}
+    if ragged and can["fast"]:
+        return Choice("fast", "sequences of different lengths on CPU: the fast path shrinks the "
+                              "batch as they end (torch.nn's packed CPU kernel runs outside "
+                              "oneDNN, slower)")
+    if can["fused"] and can["fast"]:
+        m = measured(layer, x)
+        if m is not None:
+            return Choice(*m)
+        return Choice("fused", "no measured row for this call (device, dtype, autocast or size): "
+                               "torch.nn's fused vendor kernel")
+    order = ("fused", "fast", "scan", "reference")
+    for i, name in enumerate(order):
+        if can[name]:
+            nots = "; ".join(f"not {k}: {why_not(k, layer, x, record)}" for k in order[:i])
+            return Choice(name, "the first kernel that can serve the call"
+                          + (f" ({nots})" if nots else ""))
     raise AssertionError("the reference kernel serves every configuration")
+
+
+def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) -> Choice:
+    """Name of the kernel that runs this call (a :class:`Choice`: also says why).
+
+    ``kernel="auto"``: where both torch.nn's fused vendor kernel (oneDNN on CPU, cuDNN on GPU)
+    and rnnkit's own fast path (:mod:`rnnkit.kernels.fast`) can serve the call, the one
+    measured faster for its device, dtype, cell, training or inference and size class, from the
+    table ``python bench/kernels.py --only auto --write-table`` measured and ships as
+    :mod:`rnnkit.kernels.auto_table` (deterministic: a lookup, no timing at run time); fused
+    where the table has no row (other devices, autocast). Otherwise the one that can serve:
+    fused, else the fast path, else the parallel scan (:mod:`rnnkit.kernels.scan`) for cells
+    linear in their state (minGRU, minLSTM), else the reference loop over the cells. Sequences
+    of different lengths on CPU go to the fast path, which shrinks the active batch as
+    sequences end (``python bench/kernels.py --only lengths``). Both fused and fast equal
+    torch.nn within 1e-5 in float32; ``kernel="fused"`` is torch.nn bit for bit. An explicit
+    choice that cannot serve the call is an error, never a silent fallback.
+    """
+    return decide(layer, x, lengths, record)
+
+
+def explain(layer: Recurrent, x: Tensor, lengths: Tensor | None = None,
+            record: bool = False) -> str:
+    """Which kernel ``layer`` runs on ``x`` ``(B, T, I)`` (in the current grad/autocast mode)
+    and why, with what each other kernel says about the call: a few lines of text."""
+    c = decide(layer, x, lengths, record)
+    lines = [f"{type(layer).__name__} ({layer.describe_cell()}, hidden {layer.hidden_size}, "
+             f"{'training' if _is_training(layer, x) else 'inference'}, {x.device.type} "
+             f"{str(x.dtype).removeprefix('torch.')}): kernel={layer.kernel!r} runs {c!s}",
+             f"  why: {c.why}"]
+    for name in KERNELS:
+        if name != c:
+            r = why_not(name, layer, x, record)
+            lines.append(f"  {name}: {'could run' if r is None else r}")
+    return "\n".join(lines)
 
 
 def run(
@@ -87,8 +185,8 @@ def run(
     state: tuple[Tensor, ...],
     lengths: Tensor | None,
     record: bool = False,
-) -> tuple[Tensor, tuple[Tensor, ...], list | None, str]:
-    """Select a kernel and run it; also returns the kernel's name."""
+) -> tuple[Tensor, tuple[Tensor, ...], list | None, Choice]:
+    """Select a kernel and run it; also returns the kernel's name (a :class:`Choice`)."""
     name = select(layer, x, lengths, record)
     out, new_state, records = KERNELS[name](layer, x, state, lengths, record)
     return out, new_state, records, name

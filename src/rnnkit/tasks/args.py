@@ -152,6 +152,8 @@ def add_train_args(p: argparse.ArgumentParser, defaults: dict[str, Any], *,
       + _dflt(defaults, "seed"))
     a("--device", help="auto (a GPU if there is one), cpu, cuda, cuda:N"
       + _dflt(defaults, "device"))
+    a("--threads", type=POS_INT, metavar="N", help="torch CPU threads (default: the cores "
+      "free at start; OMP_NUM_THREADS when set)")
     a("--quiet", action="store_true", default=None,
       help="no progress bar or lines (evaluations still print)")
     a("--no-progress", action="store_true", dest="quiet", default=None, help=argparse.SUPPRESS)

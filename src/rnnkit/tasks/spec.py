@@ -104,7 +104,7 @@ class TaskSpec:
 # -- rnnkit train TASK ---------------------------------------------------------------------------
 BUDGET = ("steps", "minutes", "epochs")
 PATHS = {"data", "valid", "test"}  # compared as the files they name
-ALWAYS_OK = {*BUDGET, "out", "resume", "restart", "quiet", "device", "func", "task",
+ALWAYS_OK = {*BUDGET, "out", "resume", "restart", "quiet", "device", "threads", "func", "task",
              "command", "log_every"}
 
 
@@ -185,6 +185,7 @@ def train_command(spec: TaskSpec, args: argparse.Namespace) -> int:
                 getattr(args, k, None) is not None for k in BUDGET) else {}
             cfg = TrainConfig.from_json(config["train"], out=str(run_dir), resume=True,
                                         progress=not args.quiet, **over,
+                                        threads=getattr(args, "threads", None),
                                         **({"device": args.device} if args.device else {}))
             res = train(task, cfg)
             if main:
