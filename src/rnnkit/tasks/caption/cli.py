@@ -131,6 +131,21 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def exact_by_length(hyps: list[str], refs: list[list[str]]) -> dict[int, tuple[float, int]]:
+    """``{words in the first reference: (exact-match fraction, images)}``."""
+    by: dict[int, list[bool]] = {}
+    for h, r in zip(hyps, refs, strict=True):
+        by.setdefault(len(r[0].split()), []).append(h in r)
+    return {n: (sum(v) / len(v), len(v)) for n, v in sorted(by.items())}
+
+
+def print_exact(hyps: list[str], refs: list[list[str]]) -> dict[str, Any]:
+    e = exact_by_length(hyps, refs)
+    print("exact match by caption length (words): " + ", ".join(
+        f"{n}: {f:.3f} of {k}" for n, (f, k) in e.items()))
+    return {str(n): {"exact": f, "images": k} for n, (f, k) in e.items()}
+
+
 def test_part(split: Any) -> tuple[list[int], str]:
     return (split.test, "test") if split.test else (split.valid, "validation")
 
@@ -150,6 +165,7 @@ def report(task: CaptionTask, res: TrainResult, args: argparse.Namespace) -> Non
         rows[f"{s['decoder']} beam {s['beam']}"] = cap.evaluate(imgs, refs, beam=s["beam"])
     print(f"{part} split, {len(idx):,} images:")
     print(table(rows))
+    by_len = print_exact(greedy, refs)
     best = max(v["chrf"] for k, v in rows.items() if k.startswith(s["decoder"]))
     nn_ = rows["nearest neighbour (pixels)"]["chrf"]
     print(f"rnnkit ({s['decoder']}) is {abs(best - nn_):.1f} chrF "
@@ -169,7 +185,8 @@ def report(task: CaptionTask, res: TrainResult, args: argparse.Namespace) -> Non
         pass
     ckpt.atomic_write(out / "metrics.json", json.dumps(
         {"split": part, "n": len(idx), "best_step": res.best.get("step"), "steps": res.step,
-         "train_seconds": round(res.elapsed, 1), "systems": rows, "examples": ex},
+         "train_seconds": round(res.elapsed, 1), "systems": rows,
+         "greedy_exact_by_length": by_len, "examples": ex},
         indent=1, ensure_ascii=False))
     print(f"wrote {out / 'metrics.json'}")
 
@@ -194,11 +211,13 @@ def evaluate(args: argparse.Namespace) -> int:
         idx, name = test_part(sp)
         imgs, refs = sp.data.images[idx], [sp.data.captions[i] for i in idx]
     beam = args.beam or s.get("beam", 5)
-    rows = {"greedy": cap.evaluate(imgs, refs, beam=1)}
+    rows: dict[str, Any] = {"greedy": cap.evaluate(imgs, refs, beam=1)}
     if beam > 1:
         rows[f"beam {beam}"] = cap.evaluate(imgs, refs, beam=beam)
     print(f"{name}: {len(refs):,} images")
     print(table(rows))
+    norm = [[" ".join(cap.tok.split(c)) for c in r] for r in refs]
+    rows["greedy_exact_by_length"] = print_exact(cap.caption(imgs, beam=1), norm)
     ckpt.atomic_write(run / f"eval_{name}.json", json.dumps(rows, indent=1))
     print(f"wrote {run / f'eval_{name}.json'}")
     return 0
