@@ -37,7 +37,7 @@ class CNNEncoder(nn.Module):
     """``(B, C, H, W)`` → feature grid ``(B, N, D)``: per stage two 3×3 convolutions (padding
     1) with ReLU, then 2×2 max-pooling with ``ceil_mode`` (so odd sizes keep their border);
     ``N = ceil(H / 2^k) * ceil(W / 2^k)`` for ``k`` stages, ``D = channels[-1]``. No batch
-    norm: every image is encoded on its own (batch independent)."""
+    norm: every image is encoded on its own (batch independent). He-initialised."""
 
     def __init__(self, channels: Sequence[int] = (32, 64, 128), in_channels: int = 3) -> None:
         super().__init__()
@@ -50,6 +50,10 @@ class CNNEncoder(nn.Module):
                        nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
             c = d
         self.net = nn.Sequential(*layers)
+        for m in self.net:  # He initialisation for the ReLU stack (PyTorch's default starves it)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
         self.in_channels = in_channels
         self.output_size = int(channels[-1])
 
