@@ -59,6 +59,9 @@ TINY = {
     "forecast": lambda tmp: (["--hidden", "8", "--batch-size", "8", "--dropout", "0"], []),
     "translate": lambda tmp: (["--hidden", "8", "--embed", "8", "--batch-size", "8",
                                "--dropout", "0"], []),
+    "caption": lambda tmp: (["--data-size", "60", "--hidden", "8", "--embed", "8",
+                             "--channels", "4,4", "--image-vector", "8", "--batch-size", "8",
+                             "--dropout", "0", "--eval-images", "4", "--beam", "2"], []),
 }
 BUDGET = ["--steps", "6", "--eval-every", "3", "--log-every", "1", "--warmup", "2",
           "--lr", "0.01"]

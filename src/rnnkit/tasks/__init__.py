@@ -21,6 +21,7 @@ TASKS: dict[str, str] = {  # config.json "task" -> the package that owns it
     "sequences": "rnnkit.tasks.sequences",
     "forecast": "rnnkit.tasks.forecast",
     "translate": "rnnkit.tasks.translate",
+    "caption": "rnnkit.tasks.caption",
 }
 
 
