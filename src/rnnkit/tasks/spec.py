@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -99,6 +100,15 @@ class TaskSpec:
     verbs: tuple[Verb, ...] = ()
     commands: tuple[Command, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def record_split(out: str | Path, record: dict[str, Any]) -> None:
+    """Write the run's ``split.json`` (which examples train, validate, test), once: rank 0
+    under torchrun, creating the run folder."""
+    if not is_main_process():
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write(Path(out) / "split.json", json.dumps(record))
 
 
 # -- rnnkit train TASK ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from rnnkit.tasks.caption.data import read_folder
 from rnnkit.tasks.caption.metrics import baselines, caption_scores
 from rnnkit.tasks.caption.model import DECODERS
 from rnnkit.tasks.caption.task import CaptionTask, load_split
-from rnnkit.tasks.spec import TaskSpec, Verb
+from rnnkit.tasks.spec import TaskSpec, Verb, record_split
 from rnnkit.train import TrainResult
 
 DESCRIPTION = """Train an image captioner: a small CNN written in rnnkit (no pretrained
@@ -100,8 +100,7 @@ def from_args(args: argparse.Namespace, out: str) -> CaptionTask:
         raise ValueError(f"--cell for captioning must be one of {', '.join(DECODER_CELLS)}, "
                          f"got {model['cell']!r}")
     task = CaptionTask(split, s, model)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(Path(out) / "split.json", json.dumps(split.record))
+    record_split(out, split.record)
     r = split.record
     print(f"{r['data']}: {r['images']:,} images, {r['captions']:,} captions (skipped: "
           f"{r['skipped']}); train {len(split.train):,} images ({len(task.pairs):,} pairs), "

@@ -25,7 +25,7 @@ from rnnkit.tasks.classify.data import TRUNCATE, make_split, read_data
 from rnnkit.tasks.classify.metrics import choose_threshold, format_table, plot_confusion
 from rnnkit.tasks.classify.model import POOLS
 from rnnkit.tasks.classify.task import ClassifyTask, split_args
-from rnnkit.tasks.spec import TaskSpec, Verb
+from rnnkit.tasks.spec import TaskSpec, Verb, record_split
 from rnnkit.train import TrainResult, is_main_process
 
 DESCRIPTION = """Train a recurrent text classifier on a labelled CSV, TSV or JSONL file:
@@ -87,10 +87,9 @@ def from_args(args: argparse.Namespace, out: str) -> ClassifyTask:
                  "dropout")
     model["pool"] = s["pool"]
     task = ClassifyTask(split, s, model)
-    if not is_main_process():  # under torchrun, rank 0 writes and reports
+    record_split(out, split.record)
+    if not is_main_process():  # under torchrun, rank 0 reports
         return task
-    Path(out).mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(Path(out) / "split.json", json.dumps(split.record))
     skipped = ", ".join(f"{v} in {k}" for k, v in split.skipped.items())
     print(f"train {len(task.train[0]):,} ({', '.join(f'{c} {n:,}' for c, n in task.counts.items())}"
           f"), validation {len(task.valid[0]):,}, test {len(split.test[1]) if split.test else 0:,}"

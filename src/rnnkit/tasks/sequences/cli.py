@@ -28,7 +28,7 @@ from rnnkit.tasks.sequences.data import (
     make_split,
 )
 from rnnkit.tasks.sequences.task import SequenceTask, baselines
-from rnnkit.tasks.spec import TaskSpec, Verb
+from rnnkit.tasks.spec import TaskSpec, Verb, record_split
 from rnnkit.train import TrainResult
 
 DESCRIPTION = """Classify sequences of real-valued vectors (sensor streams, shape (T, F)) or
@@ -98,7 +98,7 @@ def from_args(args: argparse.Namespace, out: str) -> SequenceTask:
     model = {**pick(args, DEFAULTS, "cell", "hidden", "layers", "bidirectional", "dropout",
                     "embed"), "pool": s["pool"]}
     task = SequenceTask(split, s, model)
-    ckpt.atomic_write(Path(out) / "split.json", json.dumps(split.record))
+    record_split(out, split.record)
     n_test = len(split.test) if split.test is not None else 0
     lens = [len(x) for x in split.train.X]
     counts = ", ".join(f"{c} {n}" for c, n in task.counts.items())

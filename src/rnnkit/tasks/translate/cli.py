@@ -16,7 +16,7 @@ from rnnkit.data import KINDS
 from rnnkit.data.text import read_pieces
 from rnnkit.seq2seq import ATTENTIONS, BRIDGES, DECODER_CELLS
 from rnnkit.tasks.args import FRACTION, NONNEG_FLOAT, NONNEG_INT, POS_INT, SEED, pick
-from rnnkit.tasks.spec import TaskSpec, Verb
+from rnnkit.tasks.spec import TaskSpec, Verb, record_split
 from rnnkit.tasks.translate.api import Translator, load, warn_cut
 from rnnkit.tasks.translate.data import Pairs, make_split, read_pairs, target_language
 from rnnkit.tasks.translate.metrics import baselines, scores
@@ -121,8 +121,7 @@ def from_args(args: argparse.Namespace, out: str) -> TranslateTask:
         raise ValueError(f"--cell for translation must be one of {', '.join(DECODER_CELLS)}, "
                          f"got {model['cell']!r}")
     task = TranslateTask(split, s, model)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(Path(out) / "split.json", json.dumps(split.record))
+    record_split(out, split.record)
     sk = split.record["skipped"]
     print(f"{split.record['data'] or 'built-in corpus'}: {split.record['rows']:,} pairs "
           f"(skipped: {sk['one_column']} with one column, {sk['empty']} with an empty side); "
