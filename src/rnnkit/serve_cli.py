@@ -1,0 +1,94 @@
+"""``rnnkit serve RUN [RUN ...]``: trained classifiers over HTTP and WebSocket (see
+:mod:`rnnkit.serve` for the endpoints). Binds to 127.0.0.1 unless ``--host`` says otherwise.
+A run may be named: ``rnnkit serve sms=runs/sms``; otherwise it is named by its folder.
+
+Also ``python -m rnnkit.serve_cli RUN ...``. Sessions live in one process: for several
+processes, run one server per port behind a load balancer that routes by session id (HTTP)
+and keeps each WebSocket on its connection (sticky routing)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from rnnkit.tasks.args import POS_INT, parser_kwargs
+
+HELP = {
+    "max_sessions": "live streaming sessions, HTTP and WebSocket together (429 beyond)",
+    "idle_timeout": "seconds a session may stay unfed before it is dropped",
+    "max_chunk_chars": "characters per streamed chunk (413 beyond)",
+    "max_text_chars": "characters per text to predict (413 beyond)",
+    "max_body_bytes": "bytes per request body (413 beyond)",
+    "max_batch": "texts per predict request (413 beyond)",
+}
+
+
+def _pos_float(s: str) -> float:
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    from rnnkit.serve import Limits
+
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder (or NAME=RUN)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, "
+                   "loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+    g = p.add_argument_group("limits")
+    for f in fields(Limits):
+        g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
+                       type=_pos_float if f.type in ("float", float) else POS_INT,
+                       help=f"{HELP[f.name]} (default: {f.default:g})")
+
+
+def models_of(runs: list[str]) -> dict[str, str]:
+    from pathlib import Path
+
+    out: dict[str, str] = {}
+    for r in runs:
+        name, _, path = r.rpartition("=") if "=" in r else (Path(r).name, "", r)
+        if name in out:
+            raise ValueError(f"two runs named {name!r}: name them, e.g. {name}2={path}")
+        out[name] = path
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rnnkit.serve import Limits, make_app
+
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    app = make_app(models_of(args.runs), limits)
+    logging.getLogger("rnnkit.serve").info("serving %s", ", ".join(app.state.served))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve trained classifiers over HTTP and WebSocket",
+                       **parser_kwargs(__doc__))
+    add_args(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rnnkit serve", **parser_kwargs(__doc__))
+    add_args(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as e:
+        print(f"rnnkit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
