@@ -115,7 +115,8 @@ def test_info_and_health(run_dir, clf) -> None:
     assert m["positive"] == clf.labels[clf.positive]
     assert info["limits"]["max_sessions"] == 7
     assert c.get("/info").json() == info
-    assert c.get("/healthz").json() == {"status": "ok", "sessions": 0, "models": ["sms"]}
+    h = c.get("/healthz").json()
+    assert h["status"] == "ok" and h["sessions"] == 0 and h["models"] == ["sms"]
     page = c.get("/")
     assert page.status_code == 200 and "/stream" in page.text and "http" not in \
         page.text.replace("location.protocol", "").replace("https:", "")  # no CDN
@@ -162,7 +163,7 @@ def test_many_http_sessions_are_independent(run_dir, clf) -> None:
 
 def test_limits_give_4xx_naming_the_limit(run_dir) -> None:
     lim = Limits(max_sessions=2, max_chunk_chars=10, max_text_chars=20, max_body_bytes=300,
-                 max_batch=3)
+                 max_texts=3)
     c = TestClient(make_app(run_dir, lim))
     a = c.post("/v1/run/sessions").json()["session"]
     c.post("/v1/run/sessions")
@@ -178,7 +179,7 @@ def test_limits_give_4xx_naming_the_limit(run_dir) -> None:
     assert r.status_code == 413 and r.json()["limit"] == "max_chunk_chars"
     assert "11 characters" in r.json()["error"]
     r = c.post("/v1/run/predict", json={"texts": ["a"] * 4})
-    assert r.status_code == 413 and r.json()["limit"] == "max_batch"
+    assert r.status_code == 413 and r.json()["limit"] == "max_texts"
     r = c.post("/v1/run/predict", json={"texts": ["a" * 21]})
     assert r.status_code == 413 and r.json()["limit"] == "max_text_chars"
     r = c.post("/v1/run/predict", content=json.dumps({"texts": ["a" * 400]}))
@@ -255,6 +256,60 @@ def test_bidirectional_model_predicts_but_refuses_to_stream(run_dir, clf) -> Non
     assert c.post("/v1/bi/predict", json={"texts": ["x"]}).status_code == 200
     r = c.post("/v1/bi/sessions")
     assert r.status_code == 422 and "bidirectional" in r.json()["error"]
+
+
+@pytest.mark.parametrize("cell,pool,kind", [("gru", "max", "char"), ("lstm", "attention", "word"),
+                                            ("lstm", "last", "char"), ("gru", "mean", "word")])
+def test_feed_many_equals_feed_and_one_shot(cell, pool, kind) -> None:
+    """Micro-batching's batched step: ragged rows (empty chunks, held-back words) give what
+    feeding each session alone gives, and the one-shot probabilities of each prefix."""
+    from rnnkit.data.tokenizers import build_tokenizer
+    from rnnkit.tasks.classify.api import StreamSession, TextClassifier
+    from rnnkit.tasks.classify.model import Classifier
+
+    torch.manual_seed(1)
+    tok = build_tokenizer(kind, [TRANSCRIPT, *POS, *NEG, *FILL])
+    m = Classifier(tok.vocab_size, 3, cell=cell, embed=6, hidden=5, layers=2, pool=pool)
+    clf = TextClassifier(m, tok, ["a", "b", "c"], max_len=None)
+    texts = [TRANSCRIPT, "bad boring", "", "fun lovely story the actors"]
+    parts = [chunks(t, k) for k, t in enumerate(texts)]
+    A, B = [clf.stream() for _ in texts], [clf.stream() for _ in texts]
+    sofar = [""] * len(texts)
+    for step in range(max(map(len, parts))):
+        ch = [p[step] if step < len(p) else "" for p in parts]
+        one = [a.feed(c) for a, c in zip(A, ch, strict=True)]
+        many = StreamSession.feed_many(B, ch)
+        sofar = [x + c for x, c in zip(sofar, ch, strict=True)]
+        want = clf.predict_proba(sofar)
+        for o, g, w in zip(one, many, want, strict=True):
+            assert_probs(g, np.array(list(o.values())), clf.labels)
+            assert_probs(g, w, clf.labels)
+    with pytest.raises(ValueError, match="distinct sessions"):
+        StreamSession.feed_many([B[0], B[0]], ["a", "b"])
+
+
+def test_concurrent_websockets_are_batched_and_exact(run_dir, clf) -> None:
+    app = make_app(run_dir, Limits(batch_wait_ms=20))
+    n = 6
+    parts = [chunks(TRANSCRIPT[k:], k) for k in range(n)]
+    with TestClient(app) as c:
+        socks = [c.websocket_connect("/v1/run/stream").__enter__() for _ in range(n)]
+        for ws in socks:
+            ws.receive_json()
+        sofar = [""] * n
+        for step in range(min(map(len, parts))):
+            for k, ws in enumerate(socks):  # all sent before any reply is read
+                ws.send_text(parts[k][step])
+                sofar[k] += parts[k][step]
+            for k, ws in enumerate(socks):
+                r = ws.receive_json()
+                assert r["seq"] == step + 1
+                assert_probs(r["probs"], clf.predict_proba([sofar[k]])[0], clf.labels)
+        for ws in socks:
+            ws.__exit__(None, None, None)
+        h = c.get("/healthz").json()
+    assert h["batched_chunks"] == n * min(map(len, parts))
+    assert h["batches"] < h["batched_chunks"]  # some chunks really went together
 
 
 def _free_port() -> int:

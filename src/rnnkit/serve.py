@@ -20,8 +20,10 @@ Limits (:class:`Limits`, each a ``rnnkit serve`` flag): at most ``max_sessions``
 (HTTP and WebSocket together; 429, or WebSocket close 1013), a session idle for
 ``idle_timeout`` seconds is dropped (404 afterwards; a WebSocket is closed with 1001),
 ``max_chunk_chars`` per chunk and ``max_text_chars`` per predicted text (413, WebSocket 1009),
-``max_body_bytes`` per request body (413, checked while reading) and ``max_batch`` texts per
-predict (413). Bodies must be strict UTF-8 JSON (400 otherwise); wrong fields or types are 422.
+``max_body_bytes`` per request body (413, checked while reading) and ``max_texts`` texts per
+predict (413). Concurrent sessions' chunks are stepped together (:class:`Batcher`, at most
+``max_batch`` rows per recurrent call). Bodies must be strict UTF-8 JSON (400 otherwise);
+wrong fields or types are 422.
 Every error is ``{"error": message, "limit": name-or-null}``.
 
 Sessions live in the process that created them: with several server processes behind a load
@@ -56,11 +58,14 @@ class Limits:
     max_chunk_chars: int = 4096    # characters per streamed chunk
     max_text_chars: int = 100_000  # characters per text to predict
     max_body_bytes: int = 1 << 20  # bytes per request body
-    max_batch: int = 256           # texts per predict request
+    max_texts: int = 256           # texts per predict request
+    max_batch: int = 256           # sessions' chunks stepped together (micro-batching)
+    batch_wait_ms: float = 0.0     # extra wait for a batch to fill (0: what queued meanwhile)
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or \
+                    (v == 0 and k != "batch_wait_ms"):
                 raise ValueError(f"limit {k} must be a positive number, got {v!r}")
 
 
@@ -119,9 +124,9 @@ class Session:
         self.id, self.served = sid, served
         self.stream = served.clf.stream()
         self.seq, self.chars, self.last = 0, 0, now
+        self.lock = asyncio.Lock()  # one chunk in flight per session, in order
 
-    def feed(self, chunk: str, now: float) -> dict[str, Any]:
-        probs = self.stream.feed(chunk)
+    def done(self, chunk: str, probs: dict[str, float], now: float) -> dict[str, Any]:
         self.seq += 1
         self.chars += len(chunk)
         self.last = now
@@ -177,6 +182,79 @@ class Sessions:
         return s
 
 
+class Batcher:
+    """Micro-batching: chunks of concurrent sessions are stepped together by
+    :meth:`StreamSession.feed_many` in a worker thread; what arrives while a batch computes
+    (plus ``batch_wait_ms``) forms the next one, at most ``max_batch`` rows. Each session has
+    at most one chunk queued (its lock), so the queue is bounded by ``max_sessions``."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
+        self.limits, self.clock = limits, clock
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.batches, self.rows = 0, 0
+
+    async def feed(self, s: Session, chunk: str) -> dict[str, Any]:
+        async with s.lock:
+            loop = asyncio.get_running_loop()
+            if self.task is None or self.loop is not loop or self.task.done():
+                self.loop = loop
+                self.queue = asyncio.Queue()
+                self.task = asyncio.create_task(self._work())
+            fut = loop.create_future()
+            self.queue.put_nowait((s, chunk, fut))
+            return await fut
+
+    async def _work(self) -> None:
+        q, lim = self.queue, self.limits
+        while True:
+            batch = [await q.get()]
+            end = time.monotonic() + lim.batch_wait_ms / 1e3
+            while len(batch) < lim.max_batch:
+                if not q.empty():
+                    batch.append(q.get_nowait())
+                    continue
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(q.get(), left))
+                except TimeoutError:
+                    break
+            try:
+                results = await asyncio.to_thread(self._compute, batch)
+            except Exception as e:  # a model failure answers its batch, never kills the loop
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            now = self.clock()
+            for (s, chunk, fut), probs in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(s.done(chunk, probs, now))
+            self.batches, self.rows = self.batches + 1, self.rows + len(batch)
+
+    @staticmethod
+    def _compute(batch: list) -> list[dict[str, float]]:
+        from rnnkit.tasks.classify.api import StreamSession
+
+        groups: dict[int, list[int]] = {}
+        for i, (s, _, _) in enumerate(batch):
+            groups.setdefault(id(s.served), []).append(i)
+        out: list[Any] = [None] * len(batch)
+        for idx in groups.values():
+            probs = StreamSession.feed_many([batch[i][0].stream for i in idx],
+                                            [batch[i][1] for i in idx])
+            for i, p in zip(idx, probs, strict=True):
+                out[i] = p
+        return out
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 def check_chunk(chunk: Any, limits: Limits, field: str = "text") -> str:
     if not isinstance(chunk, str):
         raise ServeError(422, f"{field!r} must be a string, got {type(chunk).__name__}")
@@ -217,6 +295,7 @@ def make_app(models: Any, limits: Limits | None = None, *,
     served = _as_served(models)
     limits = limits or Limits()
     sessions = Sessions(limits, clock)
+    batcher = Batcher(limits, clock)
     sockets: set[WebSocket] = set()
 
     @contextlib.asynccontextmanager
@@ -230,12 +309,14 @@ def make_app(models: Any, limits: Limits | None = None, *,
             yield
         finally:
             task.cancel()
+            batcher.stop()
             for ws in list(sockets):  # shutting down: close live streams with a reason
                 with contextlib.suppress(Exception):
                     await ws.close(1001, "server shutting down")
 
     app = FastAPI(title="rnnkit serve", lifespan=lifespan)
     app.state.sessions, app.state.limits, app.state.served = sessions, limits, served
+    app.state.batcher = batcher
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, e: ServeError) -> JSONResponse:
@@ -276,7 +357,8 @@ def make_app(models: Any, limits: Limits | None = None, *,
     @app.get("/health")
     async def health() -> dict[str, Any]:
         sessions.sweep()
-        return {"status": "ok", "sessions": len(sessions.live), "models": list(served)}
+        return {"status": "ok", "sessions": len(sessions.live), "models": list(served),
+                "batches": batcher.batches, "batched_chunks": batcher.rows}
 
     @app.get("/v1/models")
     @app.get("/info")
@@ -295,16 +377,16 @@ def make_app(models: Any, limits: Limits | None = None, *,
         if not isinstance(texts, list) or not texts:
             raise ServeError(422, "predict needs {\"texts\": [string, ...]} (a non-empty list) "
                              f"or {{\"text\": string}}; got {sorted(b)!r}")
-        if len(texts) > limits.max_batch:
-            raise ServeError(413, f"batch of {len(texts)} texts exceeds max_batch "
-                             f"({limits.max_batch})", "max_batch")
+        if len(texts) > limits.max_texts:
+            raise ServeError(413, f"batch of {len(texts)} texts exceeds max_texts "
+                             f"({limits.max_texts})", "max_texts")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ServeError(422, f"texts[{i}] must be a string, got {type(t).__name__}")
             if len(t) > limits.max_text_chars:
                 raise ServeError(413, f"texts[{i}] has {len(t)} characters, over "
                                  f"max_text_chars ({limits.max_text_chars})", "max_text_chars")
-        return {"model": name, "results": m.predict(texts)}
+        return {"model": name, "results": await asyncio.to_thread(m.predict, texts)}
 
     @app.post("/v1/{name}/sessions", status_code=201)
     async def open_session(name: str) -> dict[str, Any]:
@@ -318,7 +400,7 @@ def make_app(models: Any, limits: Limits | None = None, *,
         s = sessions.get(sid)
         if "text" not in b:
             raise ServeError(422, f"feed needs {{\"text\": chunk}}; got {sorted(b)!r}")
-        return s.feed(check_chunk(b["text"], limits), sessions.clock())
+        return await batcher.feed(s, check_chunk(b["text"], limits))
 
     @app.delete("/v1/sessions/{sid}")
     async def close(sid: str) -> dict[str, Any]:
@@ -363,7 +445,7 @@ def make_app(models: Any, limits: Limits | None = None, *,
                 except ServeError as e:
                     await refuse(e, 1009)
                     return
-                await ws.send_json(s.feed(chunk, sessions.clock()))
+                await ws.send_json(await batcher.feed(s, chunk))
         except WebSocketDisconnect:
             return
         finally:

@@ -21,14 +21,18 @@ HELP = {
     "max_chunk_chars": "characters per streamed chunk (413 beyond)",
     "max_text_chars": "characters per text to predict (413 beyond)",
     "max_body_bytes": "bytes per request body (413 beyond)",
-    "max_batch": "texts per predict request (413 beyond)",
+    "max_texts": "texts per predict request (413 beyond)",
+    "max_batch": "micro-batching: concurrent sessions' chunks stepped together in one call "
+                 "(1: one forward per chunk)",
+    "batch_wait_ms": "micro-batching: extra wait for a batch to fill, beyond what arrives "
+                     "while the previous one computes",
 }
 
 
 def _pos_float(s: str) -> float:
     v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {s}")
     return v
 
 
@@ -44,6 +48,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     for f in fields(Limits):
         g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
                        type=_pos_float if f.type in ("float", float) else POS_INT,
+                       metavar="S" if f.name == "idle_timeout" else "N",
                        help=f"{HELP[f.name]} (default: {f.default:g})")
 
 
