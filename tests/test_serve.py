@@ -384,3 +384,36 @@ def test_real_uvicorn_server(run_dir, clf) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_lm_and_translate_predict_equal_their_api(tmp_path) -> None:
+    from rnnkit.tasks import load
+
+    txt = tmp_path / "t.txt"
+    txt.write_text(TRANSCRIPT * 20, encoding="utf-8")
+    lm_run, tr_run = tmp_path / "lm", tmp_path / "tr"
+    assert main(["train", "lm", "--data", str(txt), "--steps", "2", "--hidden", "8", "--embed",
+                 "8", "--batch-size", "4", "--seq", "20", "--quiet", "--out",
+                 str(lm_run)]) == 0
+    assert main(["train", "translate", "--out", str(tr_run), "--steps", "2", "--hidden", "8",
+                 "--embed", "8", "--synthetic-size", "100", "--eval-sentences", "4",
+                 "--beam", "2", "--quiet"]) == 0
+    c = TestClient(make_app({"lm": lm_run, "tr": tr_run}, Limits(max_sample_tokens=50)))
+    tasks = {m["name"]: m["task"] for m in c.get("/v1/models").json()["models"]}
+    assert tasks == {"lm": "lm", "tr": "translate"}
+    r = c.post("/v1/lm/predict", json={"prompts": ["the ", "hello"], "length": 30, "seed": 3})
+    assert r.status_code == 200
+    lm = load(lm_run)
+    assert [x["sample"] for x in r.json()["results"]] == \
+        [lm.sample("the ", 30, 0.8, seed=3), lm.sample("hello", 30, 0.8, seed=3)]
+    r = c.post("/v1/lm/predict", json={"prompts": ["a"], "length": 51})
+    assert r.status_code == 413 and r.json()["limit"] == "max_sample_tokens"
+    r = c.post("/v1/lm/predict", json={"prompts": ["a"], "length": 5, "temperature": "hot"})
+    assert r.status_code == 422 and "temperature" in r.json()["error"]
+    src = ["open the file", "close the window"]
+    r = c.post("/v1/tr/predict", json={"texts": src, "beam": 2})
+    assert [x["translation"] for x in r.json()["results"]] == load(tr_run).translate(src, beam=2)
+    r = c.post("/v1/tr/predict", json={"texts": src, "beam": 17})
+    assert r.status_code == 413 and r.json()["limit"] == "max_beam"
+    r = c.post("/v1/lm/sessions")
+    assert r.status_code == 422 and "streaming scores are for classifiers" in r.json()["error"]

@@ -61,6 +61,8 @@ class Limits:
     max_texts: int = 256           # texts per predict request
     max_batch: int = 256           # sessions' chunks stepped together (micro-batching)
     batch_wait_ms: float = 0.0     # extra wait for a batch to fill (0: what queued meanwhile)
+    max_sample_tokens: int = 2000  # lm: tokens per sample
+    max_beam: int = 16             # translate: beam width
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
@@ -87,27 +89,68 @@ def _state_bytes(obj: Any) -> int:
     return 0
 
 
+def _params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _int_field(b: dict[str, Any], key: str, default: int, hi: int, limit: str) -> int:
+    v = b.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ServeError(422, f"{key!r} must be a positive integer, got {v!r}")
+    if v > hi:
+        raise ServeError(413, f"{key!r} of {v} exceeds {limit} ({hi})", limit)
+    return v
+
+
+def _texts(b: dict[str, Any], key: str, limits: Limits) -> list[str]:
+    one = key[:-1]
+    texts = [b[one]] if one in b and key not in b else b.get(key)
+    if not isinstance(texts, list) or not texts:
+        raise ServeError(422, f"predict needs {{{key!r}: [string, ...]}} (a non-empty list) "
+                         f"or {{{one!r}: string}}; got {sorted(b)!r}")
+    if len(texts) > limits.max_texts:
+        raise ServeError(413, f"batch of {len(texts)} texts exceeds max_texts "
+                         f"({limits.max_texts})", "max_texts")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ServeError(422, f"{key}[{i}] must be a string, got {type(t).__name__}")
+        if len(t) > limits.max_text_chars:
+            raise ServeError(413, f"{key}[{i}] has {len(t)} characters, over "
+                             f"max_text_chars ({limits.max_text_chars})", "max_text_chars")
+    return texts
+
+
 class Served:
-    """One served model: a name and the task's API object (a TextClassifier)."""
+    """One served model: a name and its task's API object — a TextClassifier (predict and
+    stream), a LanguageModel (predict = samples) or a Translator (predict = translations)."""
 
     def __init__(self, name: str, obj: Any, source: str = "") -> None:
         from rnnkit.tasks.classify.api import TextClassifier
+        from rnnkit.tasks.lm.api import LanguageModel
+        from rnnkit.tasks.translate.api import Translator
 
-        if not isinstance(obj, TextClassifier):
-            raise ValueError(f"rnnkit serve serves classifiers; {source or name} is a "
-                             f"{type(obj).__name__}")
-        self.name, self.clf, self.source = name, obj, source
-        m = obj.model
-        self.streams = not m.rnn.bidirectional
-        self.info = {
-            "name": name, "task": "classify", "labels": list(obj.labels),
-            "positive": None if obj.positive is None else obj.labels[obj.positive],
-            "threshold": obj.threshold,
-            "params": sum(p.numel() for p in m.parameters()),
-            "cell": type(m.rnn).__name__, "hidden": m.rnn.hidden_size,
-            "bidirectional": bool(m.rnn.bidirectional), "streaming": self.streams,
-            "source": source,
-        }
+        self.name, self.obj, self.source = name, obj, source
+        self.streams = False
+        if isinstance(obj, TextClassifier):
+            self.task, m = "classify", obj.model
+            self.clf = obj
+            self.streams = not m.rnn.bidirectional
+            extra = {"labels": list(obj.labels),
+                     "positive": None if obj.positive is None else obj.labels[obj.positive],
+                     "threshold": obj.threshold, "cell": type(m.rnn).__name__,
+                     "hidden": m.rnn.hidden_size, "bidirectional": bool(m.rnn.bidirectional)}
+        elif isinstance(obj, LanguageModel):
+            self.task, m = "lm", obj.model
+            extra = {"cell": obj.config.get("model", {}).get("cell"),
+                     "hidden": obj.config.get("model", {}).get("hidden")}
+        elif isinstance(obj, Translator):
+            self.task, m = "translate", obj.model
+            extra = {}
+        else:
+            raise ValueError(f"rnnkit serve serves classify, lm and translate models; "
+                             f"{source or name} is a {type(obj).__name__}")
+        self.info = {"name": name, "task": self.task, "params": _params(m),
+                     "streaming": self.streams, **extra, "source": source}
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         probs = self.clf.predict_proba(texts)
@@ -115,6 +158,26 @@ class Served:
         return [{"label": self.clf.labels[int(k)],
                  "probs": dict(zip(self.clf.labels, map(float, p), strict=True))}
                 for k, p in zip(labels, probs, strict=True)]
+
+    def answer(self, b: dict[str, Any], limits: Limits) -> Callable[[], list[Any]]:
+        """The checked request ``b`` as a call (run in a worker thread)."""
+        if self.task == "classify":
+            texts = _texts(b, "texts", limits)
+            return lambda: self.predict(texts)
+        if self.task == "translate":
+            texts = _texts(b, "texts", limits)
+            beam = _int_field(b, "beam", 5, limits.max_beam, "max_beam")
+            return lambda: [{"translation": t} for t in self.obj.translate(texts, beam=beam)]
+        prompts = _texts(b, "prompts", limits)
+        n = _int_field(b, "length", 200, limits.max_sample_tokens, "max_sample_tokens")
+        temp = b.get("temperature", 0.8)
+        if isinstance(temp, bool) or not isinstance(temp, int | float) or not temp > 0:
+            raise ServeError(422, f"'temperature' must be a number > 0, got {temp!r}")
+        seed = b.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ServeError(422, f"'seed' must be an integer or null, got {seed!r}")
+        return lambda: [{"sample": self.obj.sample(p, n, float(temp), seed=seed)}
+                        for p in prompts]
 
 
 class Session:
@@ -156,6 +219,9 @@ class Sessions:
 
     def open(self, served: Served) -> Session:
         if not served.streams:
+            if served.task != "classify":
+                raise ServeError(422, f"model {served.name!r} is a {served.task!r} model; "
+                                 "streaming scores are for classifiers")
             raise ServeError(422, f"model {served.name!r} is bidirectional and cannot stream: "
                              "a bidirectional model reads each text backwards from its end; "
                              "use POST /v1/{model}/predict, or train with --no-bidirectional")
@@ -372,21 +438,8 @@ def make_app(models: Any, limits: Limits | None = None, *,
     @app.post("/v1/{name}/predict")
     async def predict(name: str, request: Request) -> dict[str, Any]:
         m = model(name)
-        b = await body(request)
-        texts = [b["text"]] if "text" in b and "texts" not in b else b.get("texts")
-        if not isinstance(texts, list) or not texts:
-            raise ServeError(422, "predict needs {\"texts\": [string, ...]} (a non-empty list) "
-                             f"or {{\"text\": string}}; got {sorted(b)!r}")
-        if len(texts) > limits.max_texts:
-            raise ServeError(413, f"batch of {len(texts)} texts exceeds max_texts "
-                             f"({limits.max_texts})", "max_texts")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise ServeError(422, f"texts[{i}] must be a string, got {type(t).__name__}")
-            if len(t) > limits.max_text_chars:
-                raise ServeError(413, f"texts[{i}] has {len(t)} characters, over "
-                                 f"max_text_chars ({limits.max_text_chars})", "max_text_chars")
-        return {"model": name, "results": await asyncio.to_thread(m.predict, texts)}
+        call = m.answer(await body(request), limits)
+        return {"model": name, "results": await asyncio.to_thread(call)}
 
     @app.post("/v1/{name}/sessions", status_code=201)
     async def open_session(name: str) -> dict[str, Any]:

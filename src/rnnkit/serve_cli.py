@@ -24,6 +24,8 @@ HELP = {
     "max_texts": "texts per predict request (413 beyond)",
     "max_batch": "micro-batching: concurrent sessions' chunks stepped together in one call "
                  "(1: one forward per chunk)",
+    "max_sample_tokens": "lm: tokens per sample (413 beyond)",
+    "max_beam": "translate: beam width (413 beyond)",
     "batch_wait_ms": "micro-batching: extra wait for a batch to fill, beyond what arrives "
                      "while the previous one computes",
 }
