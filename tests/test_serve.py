@@ -5,15 +5,19 @@ websockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -318,23 +322,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_real_uvicorn_server(run_dir, clf) -> None:
-    port = _free_port()
+@contextlib.contextmanager
+def server(run_dir: Path, port: int, *flags: str):
+    """``python -m rnnkit.serve_cli clf=RUN`` on ``port`` until the block ends."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "rnnkit.serve_cli", f"clf={run_dir}",
-                             "--port", str(port), "--max-sessions", "3", "--log-level",
-                             "warning"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+                             "--port", str(port), "--log-level", "warning", *flags], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for _ in range(300):
             try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
         else:
             pytest.fail("server did not start: " + proc.stdout.read().decode())
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_real_uvicorn_server(run_dir, clf) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with server(run_dir, port, "--max-sessions", "3") as proc:
         texts = ["great movie", "bad"]
         got = httpx.post(base + "/v1/clf/predict", json={"texts": texts}).json()["results"]
         assert [g["label"] for g in got] == clf.predict(texts)
@@ -380,10 +394,6 @@ def test_real_uvicorn_server(run_dir, clf) -> None:
         assert proc.wait(timeout=20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
         log = proc.stdout.read().decode()
         assert "Traceback" not in log, log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_lm_and_translate_predict_equal_their_api(tmp_path) -> None:
@@ -417,3 +427,22 @@ def test_lm_and_translate_predict_equal_their_api(tmp_path) -> None:
     assert r.status_code == 413 and r.json()["limit"] == "max_beam"
     r = c.post("/v1/lm/sessions")
     assert r.status_code == 422 and "streaming scores are for classifiers" in r.json()["error"]
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs chromium: apt-get install -y "
+                    "chromium")
+def test_page_streams_a_transcript_in_headless_chromium(run_dir) -> None:
+    port = _free_port()
+    with server(run_dir, port):
+        url = f"http://127.0.0.1:{port}/#play=" + urllib.parse.quote("the movie was great fun")
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                              "--disable-background-networking", "--virtual-time-budget=15000",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=120,
+                             check=True).stdout
+    seq = re.search(r'<b id="seq">(\d+)</b>', dom)
+    assert seq and int(seq.group(1)) >= 1, dom[-2000:]
+    assert re.search(r'<b id="label">(neg|pos)</b>', dom)
+    assert re.search(r"\d\.\d{3}", dom)  # a drawn probability
