@@ -394,6 +394,11 @@ def test_real_uvicorn_server(run_dir, clf) -> None:
         assert proc.wait(timeout=20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
         log = proc.stdout.read().decode()
         assert "Traceback" not in log, log
+        lines = [json.loads(x) for x in log.splitlines() if x.startswith("{")]
+        pred = [x for x in lines if x.get("path") == "/v1/clf/predict"]  # structured access log
+        assert len(pred) == 1 and pred[0]["method"] == "POST" and pred[0]["status"] == 200
+        ends = [x["end"] for x in lines if "ws" in x]
+        assert "client disconnected" in ends and ends.count("client closed") >= 2
 
 
 def test_lm_and_translate_predict_equal_their_api(tmp_path) -> None:

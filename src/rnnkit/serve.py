@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -47,6 +48,12 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse
 
 HTML_PAGE = Path(__file__).with_name("serve_page.html")
+ACCESS = logging.getLogger("rnnkit.serve.access")  # one JSON object per request / stream
+
+
+def _log(**kw: Any) -> None:
+    if ACCESS.isEnabledFor(logging.INFO):
+        ACCESS.info(json.dumps(kw, separators=(",", ":")))
 
 
 @dataclass
@@ -384,6 +391,15 @@ def make_app(models: Any, limits: Limits | None = None, *,
     app.state.sessions, app.state.limits, app.state.served = sessions, limits, served
     app.state.batcher = batcher
 
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Any) -> Any:
+        t = time.perf_counter()
+        response = await call_next(request)
+        _log(method=request.method, path=request.url.path, status=response.status_code,
+             ms=round((time.perf_counter() - t) * 1e3, 2),
+             client=request.client.host if request.client else None)
+        return response
+
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, e: ServeError) -> JSONResponse:
         return JSONResponse({"error": e.message, "limit": e.limit}, status_code=e.status)
@@ -424,6 +440,7 @@ def make_app(models: Any, limits: Limits | None = None, *,
     async def health() -> dict[str, Any]:
         sessions.sweep()
         return {"status": "ok", "sessions": len(sessions.live), "models": list(served),
+                "state_bytes": sum(x.state_bytes() for x in sessions.live.values()),
                 "batches": batcher.batches, "batched_chunks": batcher.rows}
 
     @app.get("/v1/models")
@@ -463,8 +480,11 @@ def make_app(models: Any, limits: Limits | None = None, *,
     @app.websocket("/v1/{name}/stream")
     async def stream(ws: WebSocket, name: str) -> None:
         await ws.accept()
+        why = ""
 
         async def refuse(e: ServeError, code: int) -> None:
+            nonlocal why
+            why = e.message[:120]
             await ws.send_json({"error": e.message, "limit": e.limit, "status": e.status})
             await ws.close(code, e.message[:120])
 
@@ -474,6 +494,7 @@ def make_app(models: Any, limits: Limits | None = None, *,
             await refuse(e, 1013 if e.status == 429 else 1008)
             return
         sockets.add(ws)
+        t0, why = time.perf_counter(), "client closed"
         try:
             await ws.send_json({"session": s.id, "model": name, "seq": 0})
             while True:
@@ -500,9 +521,12 @@ def make_app(models: Any, limits: Limits | None = None, *,
                     return
                 await ws.send_json(await batcher.feed(s, chunk))
         except WebSocketDisconnect:
+            why = "client disconnected"
             return
         finally:
             sockets.discard(ws)
             sessions.live.pop(s.id, None)
+            _log(ws=ws.url.path, session=s.id, chunks=s.seq, chars=s.chars, end=why,
+                 s=round(time.perf_counter() - t0, 3))
 
     return app

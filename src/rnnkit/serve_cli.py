@@ -46,6 +46,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="one JSON line per request and per closed stream on stderr "
+                   "(default: on)")
     g = p.add_argument_group("limits")
     for f in fields(Limits):
         g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
@@ -73,9 +76,17 @@ def run(args: argparse.Namespace) -> int:
 
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     app = make_app(models_of(args.runs), limits)
-    logging.getLogger("rnnkit.serve").info("serving %s", ", ".join(app.state.served))
+    access = logging.getLogger("rnnkit.serve.access")
+    if not access.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(h)
+    access.setLevel(logging.INFO if args.access_log else logging.WARNING)
+    access.propagate = False
+    print(f"rnnkit serve: {', '.join(app.state.served)} on http://{args.host}:{args.port}/",
+          file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10)
+                access_log=False, timeout_graceful_shutdown=10)
     return 0
 
 
