@@ -451,3 +451,21 @@ def test_page_streams_a_transcript_in_headless_chromium(run_dir) -> None:
     assert seq and int(seq.group(1)) >= 1, dom[-2000:]
     assert re.search(r'<b id="label">(neg|pos)</b>', dom)
     assert re.search(r"\d\.\d{3}", dom)  # a drawn probability
+
+
+def test_register_adds_the_serve_command() -> None:
+    import argparse
+
+    from rnnkit import serve_cli
+
+    p = argparse.ArgumentParser()
+    serve_cli.register(p.add_subparsers(dest="command"))
+    a = p.parse_args(["serve", "a=runs/x", "runs/y", "--max-sessions", "5", "--idle-timeout",
+                      "2.5", "--max-batch", "1"])
+    assert a.host == "127.0.0.1" and a.port == 8000 and a.func is serve_cli.run
+    assert (a.max_sessions, a.idle_timeout, a.max_batch) == (5, 2.5, 1)
+    assert serve_cli.models_of(a.runs) == {"a": "runs/x", "y": "runs/y"}
+    with pytest.raises(ValueError, match="two runs named 'y'"):
+        serve_cli.models_of(["runs/y", "other/y"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["serve", "r", "--max-sessions", "0"])
