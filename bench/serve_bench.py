@@ -155,7 +155,8 @@ def serve_once(run: Path, a: argparse.Namespace, max_batch: int) -> dict:
     n = max(a.sessions, a.http_sessions) + 10
     proc = subprocess.Popen([sys.executable, "-m", "rnnkit.serve_cli", f"bench={run}",
                              "--port", str(port), "--max-sessions", str(n), "--max-batch",
-                             str(max_batch), "--log-level", "warning"], env=env)
+                             str(max_batch), "--log-level", "warning", "--no-access-log"],
+                            env=env)
     res: dict = {}
     base = f"http://127.0.0.1:{port}"
     try:
@@ -175,7 +176,7 @@ def serve_once(run: Path, a: argparse.Namespace, max_batch: int) -> dict:
         res["sessions_after"] = httpx.get(base + "/healthz").json()["sessions"]
         res["rss_after_mb"] = round(rss_mb(proc.pid), 1)
         # a second round of the same sessions: is memory flat once sessions close?
-        asyncio.run(ws_load(port, a.sessions, a.chunks // 4 or 1, 2))
+        asyncio.run(ws_load(port, a.sessions, 10, 2))
         time.sleep(1)
         res["rss_after_2nd_round_mb"] = round(rss_mb(proc.pid), 1)
         info = httpx.get(base + "/v1/models").json()["models"][0]
