@@ -304,8 +304,9 @@ class Batcher:
                 continue
             now = self.clock()
             for (s, chunk, fut), probs in zip(batch, results, strict=True):
+                reply = s.done(chunk, probs, now)  # counted even if its client has gone
                 if not fut.done():
-                    fut.set_result(s.done(chunk, probs, now))
+                    fut.set_result(reply)
             self.batches, self.rows = self.batches + 1, self.rows + len(batch)
 
     @staticmethod
