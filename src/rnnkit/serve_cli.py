@@ -69,11 +69,31 @@ def models_of(runs: list[str]) -> dict[str, str]:
     return out
 
 
+def return_freed_memory() -> None:
+    """A server lives long with varying batch shapes: undo ``rnnkit.cli``'s training setting
+    (keep all freed memory) so glibc trims again, and cap its arenas (threads) at 2, keeping
+    RSS flat once sessions close. Linux/glibc only; a no-op elsewhere."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+    mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    mallopt(M_MMAP_MAX, 65536)
+    mallopt(M_ARENA_MAX, 2)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rnnkit.serve import Limits, make_app
 
+    return_freed_memory()
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     app = make_app(models_of(args.runs), limits)
     access = logging.getLogger("rnnkit.serve.access")
