@@ -292,10 +292,7 @@ def test_feed_many_equals_feed_and_one_shot(cell, pool, kind) -> None:
         StreamSession.feed_many([B[0], B[0]], ["a", "b"])
 
 
-def test_concurrent_websockets_are_batched_and_exact(run_dir, clf, monkeypatch) -> None:
-    from rnnkit.serve import Batcher
-
-    monkeypatch.setattr(Batcher, "BUCKET_ROWS", 2)  # 6 rows: cut into 3 length buckets
+def test_concurrent_websockets_are_batched_and_exact(run_dir, clf) -> None:
     app = make_app(run_dir, Limits(batch_wait_ms=20))
     n = 6
     parts = [chunks(TRANSCRIPT[k:], k) for k in range(n)]

@@ -260,11 +260,7 @@ class Batcher:
     """Micro-batching: chunks of concurrent sessions are stepped together by
     :meth:`StreamSession.feed_many` in a worker thread; what arrives while a batch computes
     (plus ``batch_wait_ms``) forms the next one, at most ``max_batch`` rows. Each session has
-    at most one chunk queued (its lock), so the queue is bounded by ``max_sessions``. A batch
-    is cut into length buckets of at least ``BUCKET_ROWS`` rows (by chunk length), so short
-    chunks are not padded to the longest one."""
-
-    BUCKET_ROWS = 32
+    at most one chunk queued (its lock), so the queue is bounded by ``max_sessions``."""
 
     def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
         self.limits, self.clock = limits, clock
@@ -325,13 +321,7 @@ class Batcher:
         for i, (s, _, _) in enumerate(batch):
             groups.setdefault(id(s.served), []).append(i)
         out: list[Any] = [None] * len(batch)
-        buckets = []
-        for idx in groups.values():  # rows padded to their bucket's longest, not the batch's
-            idx.sort(key=lambda i: len(batch[i][1]) + len(batch[i][0].stream.held))
-            n = len(idx) // Batcher.BUCKET_ROWS
-            cut = [round(k * len(idx) / n) for k in range(1, n)] if n > 1 else []
-            buckets += [idx[a:b] for a, b in zip([0, *cut], [*cut, len(idx)], strict=True)]
-        for idx in buckets:
+        for idx in groups.values():
             probs = StreamSession.feed_many([batch[i][0].stream for i in idx],
                                             [batch[i][1] for i in idx])
             for i, p in zip(idx, probs, strict=True):
