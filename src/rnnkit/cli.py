@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from rnnkit import __version__, export_cli, tasks
+from rnnkit import __version__, export_cli, serve_cli, tasks
 from rnnkit.inspect import explain
 from rnnkit.runtime import keep_freed_memory
 from rnnkit.tasks.args import POS_INT, add_model_args, add_train_args, parser_kwargs
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=c.run)
     explain.register(sub, **parser_kwargs(explain.__doc__))
     export_cli.register(sub)
+    serve_cli.register(sub)
     return parser
 
 

@@ -116,8 +116,79 @@ class StreamSession:
         # score the held-back tail provisionally, without committing it
         return self._probs(*self._advance(self.clf.tok.encode(self.held), self.state, self.pool))
 
+    @staticmethod
+    @torch.no_grad()
+    def feed_many(sessions: Sequence[StreamSession], chunks: Sequence[str]
+                  ) -> list[dict[str, float]]:
+        """``[s.feed(c) for s, c in zip(sessions, chunks)]`` for distinct sessions of one
+        classifier, with the chunks stepped together: one recurrent call over the rows padded
+        to the longest (each row's state taken at its own length) for the committed text and
+        one for the held-back tails. Same results as one by one, to float rounding."""
+        if not sessions:
+            return []
+        if len({id(s) for s in sessions}) != len(sessions) or \
+                len({id(s.clf) for s in sessions}) != 1:
+            raise ValueError("feed_many needs distinct sessions of one classifier, got "
+                             f"{len(sessions)} session(s) of {len({id(s.clf) for s in sessions})}"
+                             " classifier(s)")
+        clf = sessions[0].clf
+        commit, held = [], []
+        for s, c in zip(sessions, chunks, strict=True):
+            text = s.held + c
+            k = stable_prefix(clf.tok, text)
+            commit.append(clf.tok.encode(text[:k]))
+            s.held = text[k:]
+            held.append(clf.tok.encode(s.held))
+        states = _stack([s.state for s in sessions], clf.model)
+        pools = [s.pool for s in sessions]
+        states, pools = _advance_many(clf.model, commit, states, pools)
+        for i, s in enumerate(sessions):
+            s.state, s.pool = _row(states, i), pools[i]
+        states, pools = _advance_many(clf.model, held, states, pools)  # provisional
+        m = clf.model
+        v = torch.cat([m.pool_read(pools[i], _row(states, i)) for i in range(len(sessions))])
+        p = torch.softmax(m.head(v).double(), -1).tolist()
+        return [dict(zip(clf.labels, row, strict=True)) for row in p]
+
     def label(self, probs: dict[str, float]) -> str:
         return self.clf.labels[int(self.clf.decide(np.array([list(probs.values())]))[0])]
+
+
+def _stack(states: list[State], m: Classifier) -> tuple[Tensor, ...]:
+    """Sessions' states (each None or ``(L, 1, H)``, or a tuple of them) → a tuple of
+    ``(L, B, H)``."""
+    n = len(m.rnn.state_names)
+    shape = (m.rnn.num_layers, 1, m.rnn.hidden_size)
+    z = m.head.weight.new_zeros(shape)
+    parts = [((z,) * n if st is None else (st,) if isinstance(st, Tensor) else tuple(st))
+             for st in states]
+    return tuple(torch.cat([p[j] for p in parts], 1) for j in range(n))
+
+
+def _row(states: tuple[Tensor, ...], i: int) -> State:
+    r = tuple(t[:, i:i + 1] for t in states)
+    return r[0] if len(r) == 1 else r
+
+
+def _advance_many(m: Classifier, ids: list[list[int]], states: tuple[Tensor, ...],
+                  pools: list[dict[str, Tensor]]
+                  ) -> tuple[tuple[Tensor, ...], list[dict[str, Tensor]]]:
+    """Step rows ``ids`` (ragged) from ``states`` ``(L, B, H)``; rows with no ids keep
+    theirs."""
+    n = torch.tensor([len(x) for x in ids])
+    if int(n.max()) == 0:
+        return states, pools
+    pad = torch.zeros(len(ids), int(n.max()), dtype=torch.long)
+    for i, x in enumerate(ids):
+        pad[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+    st = states[0] if len(states) == 1 else states
+    out, new = m.rnn(m.embed(pad), st, lengths=n.clamp(min=1))
+    new = (new,) if isinstance(new, Tensor) else tuple(new)
+    keep = (n == 0).view(1, -1, 1)
+    new = tuple(torch.where(keep, old, t) for old, t in zip(states, new, strict=True))
+    pools = [p if len(x) == 0 else m.pool_update(p, out[i:i + 1, :len(x)])
+             for i, (x, p) in enumerate(zip(ids, pools, strict=True))]
+    return new, pools
 
 
 def load(run_dir: str | Path) -> TextClassifier:
