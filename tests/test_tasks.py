@@ -187,7 +187,7 @@ FLOORS = [  # bottom to top; a module may import its own floor and those below
     {"inspect"},
     {"train"},
     {"tasks"},
-    {"cli", "export_cli", "serve"},
+    {"cli", "export_cli", "serve", "serve_cli"},
 ]
 # The kernels read the layer they run (type hints only); the kernels issue (#13) removes it.
 EXCEPTIONS = {("kernels", "layers")}
@@ -233,3 +233,22 @@ def test_no_module_imports_from_a_higher_floor():
             if _floor(theirs) > _floor(mine) and (mine, theirs) not in EXCEPTIONS:
                 bad.append(f"{rel}:{line} imports {mod} (floor {theirs} above {mine})")
     assert not bad, "\n".join(bad)
+
+
+def test_the_command_line_works_without_the_optional_extras():
+    """`pip install rnnkit` (no extras) must run the README's first command and every --help:
+    the optional packages are imported only by the commands that need them."""
+    extras = ["fastapi", "uvicorn", "websockets", "httpx", "onnx", "onnxruntime", "pandas",
+              "statsmodels", "sktime", "sacrebleu", "h5py"]
+    code = ("import sys\n"
+            f"for m in {extras!r}:\n    sys.modules[m] = None  # import fails as if absent\n"
+            "from rnnkit.cli import main\n"
+            "assert main(['explain', 'lstm']) in (0, None)\n"
+            "for argv in (['serve', '--help'], ['export', '--help'], ['train', 'forecast', "
+            "'--help'], ['train', 'translate', '--help'], ['train', 'sequences', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n"
+            "        assert e.code == 0, argv\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "4 × (6 + 16 + 1) × 16" in r.stdout

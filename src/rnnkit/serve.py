@@ -45,8 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse, JSONResponse
+
+try:  # the serve extra; without it, Limits and the command's help still work
+    from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+    from fastapi.responses import HTMLResponse, JSONResponse
+except ImportError:  # pragma: no cover - exercised by a plain `pip install rnnkit`
+    FastAPI = None  # type: ignore[assignment,misc]
 
 HTML_PAGE = Path(__file__).with_name("serve_page.html")
 ACCESS = logging.getLogger("rnnkit.serve.access")  # one JSON object per request / stream
@@ -371,6 +375,8 @@ def make_app(models: Any, limits: Limits | None = None, *,
              clock: Callable[[], float] = time.monotonic, sweep_every: float = 5.0) -> Any:
     """The FastAPI app serving ``models``: a run folder, a loaded TextClassifier, a list of
     them (named by folder), or a dict ``{name: run folder or classifier}``."""
+    if FastAPI is None:
+        raise ValueError("rnnkit serve needs FastAPI and uvicorn: pip install 'rnnkit[serve]'")
     served = _as_served(models)
     limits = limits or Limits()
     sessions = Sessions(limits, clock)

@@ -89,7 +89,11 @@ def return_freed_memory() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError:
+        raise ValueError("rnnkit serve needs FastAPI and uvicorn: pip install "
+                         "'rnnkit[serve]'") from None
 
     from rnnkit.serve import Limits, make_app
 

@@ -62,10 +62,13 @@ class Choice(str):
 
     why: str
 
-    def __new__(cls, name: str, why: str) -> Choice:
+    def __new__(cls, name: str, why: str = "") -> Choice:
         c = super().__new__(cls, name)
         c.why = why
         return c
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # copy.deepcopy, pickle
+        return (Choice, (str(self), self.why))
 
 
 # -- the measured table behind kernel="auto" ----------------------------------------------------
