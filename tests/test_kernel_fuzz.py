@@ -17,7 +17,8 @@ def _tol(ref: torch.Tensor) -> float:
     return 2e-5 * (1.0 + float(ref.abs().max()))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=120, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
 @given(cell=st.sampled_from(sorted(CELLS)), B=st.integers(1, 4), T=st.integers(1, 9),
        I=st.integers(1, 6), H=st.integers(1, 9), layers=st.integers(1, 2),
        bidirectional=st.booleans(), bias=st.booleans(), ragged=st.booleans(),

@@ -334,7 +334,7 @@ def _numeric_flags():
     for prefix, p in _commands():
         positional = ["RUN" if a.dest == "run_dir" else (next(iter(a.choices)) if a.choices
                                                           else "x")
-                      for a in p._actions if not a.option_strings and a.nargs is None]
+                      for a in p._actions if not a.option_strings and a.nargs in (None, "+")]
         for a in p._actions:
             t = getattr(a, "type", None)
             if a.option_strings and getattr(t, "__name__", "") in ("int", "float") and \
@@ -351,7 +351,8 @@ def test_the_fuzz_covers_every_command_with_numbers():
     assert {"train lm", "train classify", "sample", "predict", "explain"} <= cmds, cmds
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
 @given(row=st.sampled_from(NUMERIC),
        value=st.sampled_from(["0", "-1", "-4", "nan", "inf", "-inf", "1e30", "x", "", "0.5",
                               "3", "1e-12", "99999999999999999999999"]))
