@@ -390,3 +390,38 @@ def test_a_tampered_config_is_refused_before_anything_is_allocated(tmp_path, cap
         capsys.readouterr()
         assert main(["sample", str(run), "--length", "3"]) == 2
         assert needle in err_of(capsys)
+
+
+def test_a_50_mb_line_is_read_in_bounded_pieces():
+    import io
+
+    from rnnkit.data.text import read_pieces
+
+    line = ("가나다라" * 3_200_000) + "\n"  # 12.8 M characters, 38 MB of UTF-8, one line
+    sizes = [len(p) for p in read_pieces(io.BytesIO(line.encode()), "stdin", max_chars=4096)]
+    assert max(sizes) <= 4096 and sum(sizes) == len(line)
+
+
+def test_a_two_symbol_vocabulary_and_tampered_trainer_and_decision_files(tmp_path, capsys):
+    f = tmp_path / "ab.txt"
+    f.write_text("ab" * 500)
+    assert main(["train", "lm", "--data", str(f), "--min-freq", "1000000", "--steps", "2",
+                 "--out", str(tmp_path / "v")]) == 2
+    assert "vocab" in err_of(capsys).lower()
+    run = tmp_path / "run"
+    assert lm(tmp_path, run, "--steps", "4") == 0
+    (run / "last" / "trainer.json").write_text('{"step": 4}')
+    capsys.readouterr()
+    assert main(["train", "lm", "--resume", str(run), "--steps", "8"]) == 2
+    assert "has no trainer state" in err_of(capsys)
+    rows = ["text\tlabel"] + [f"good {i}\t{'ab'[i % 2]}" for i in range(24)]
+    (tmp_path / "d.tsv").write_text("\n".join(rows) + "\n")
+    clf = tmp_path / "clf"
+    assert main(["train", "classify", "--data", str(tmp_path / "d.tsv"), "--steps", "2",
+                 "--hidden", "8", "--embed", "8", "--quiet", "--out", str(clf)]) == 0
+    for bad, needle in (({"positive": "zzz", "threshold": 0.5}, "not one of the model's labels"),
+                        ({"positive": "a", "threshold": "abc"}, "threshold")):
+        (clf / "decision.json").write_text(json.dumps(bad))
+        capsys.readouterr()
+        assert main(["predict", str(clf), "good"]) == 2
+        assert needle in err_of(capsys)
