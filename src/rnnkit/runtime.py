@@ -114,9 +114,10 @@ def free_cores(window: float = 0.25) -> int:
 
 def choose_threads(threads: int | None = None) -> tuple[int, str]:
     """Set torch's intra-op thread count for a run and say why: ``threads`` when given; else
-    ``OMP_NUM_THREADS`` / ``RNNKIT_THREADS`` when set (left to torch, which read it); else the
-    cores actually free now (:func:`free_cores`), so a run next to another job does not put
-    two threads on one core. Returns ``(threads, reason)``."""
+    ``OMP_NUM_THREADS`` / ``RNNKIT_THREADS`` when set (left to torch, which read it); else all
+    usable cores, the same on every start, so that a resumed run sums in the same order (the
+    passive wait policy keeps them from spinning against another job). Returns
+    ``(threads, reason)``."""
     import torch
 
     if threads is not None:
@@ -127,9 +128,9 @@ def choose_threads(threads: int | None = None) -> tuple[int, str]:
         threads, why = int(os.environ["RNNKIT_THREADS"]), "RNNKIT_THREADS"
     elif os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads(), "OMP_NUM_THREADS"
-    else:
-        free, n = free_cores(), usable_cores()
-        threads = free
-        why = f"{free} of {n} cores free" if free < n else f"all {n} cores free"
+    else:  # the same count on every start and resume, whatever the load: runs stay
+        # bit-exact on one machine (free_cores() tells what --threads to give next to a job)
+        threads = usable_cores()
+        why = f"all {threads} cores; --threads N to use fewer"
     torch.set_num_threads(threads)
     return threads, why

@@ -522,7 +522,8 @@ def train(task: Task, cfg: TrainConfig, *, on_step: Callable[[int], None] | None
     keep_freed_memory()
     rank, world, own_group = _init_distributed()
     if cfg.threads is not None or world == 1:  # torchrun sets OMP_NUM_THREADS itself
-        threads, why = choose_threads(cfg.threads)
+        threads, why = choose_threads(cfg.threads if cfg.threads is not None
+                                      else _threads_of_run(cfg))
         if rank == 0 and cfg.progress and threads < usable_cores():
             print(f"threads: {threads} ({why})", file=sys.stderr, flush=True)
     try:
@@ -537,6 +538,19 @@ def train(task: Task, cfg: TrainConfig, *, on_step: Callable[[int], None] | None
     finally:
         if own_group:
             dist.destroy_process_group()
+
+
+def _threads_of_run(cfg: TrainConfig) -> int | None:
+    """On ``--resume`` (no ``--threads``, no thread variable set): the thread count the run
+    started with, so that the resumed steps sum in the same order (bit-exact resume on the
+    same machine) whatever the load is now."""
+    if not cfg.resume or os.environ.get("RNNKIT_THREADS") or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        n = json.loads((Path(cfg.out) / ckpt.CONFIG).read_text()).get("threads")
+    except (OSError, ValueError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -621,7 +635,7 @@ def evaluate_and_save(task: Task, model: nn.Module, cfg: TrainConfig, s: RunStat
 def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
            on_step: Callable[[int], None] | None) -> TrainResult:
     run_dir, main, device = Path(cfg.out), rank == 0, pick_device(cfg.device)
-    config = {**task.config(), "train": cfg.to_json()}
+    config = {**task.config(), "train": cfg.to_json(), "threads": torch.get_num_threads()}
 
     # -- model, optimizer, data ------------------------------------------------------------
     torch.manual_seed(cfg.seed)
