@@ -19,6 +19,12 @@ POOLS = ("last", "mean", "max", "attention")
 State = Tensor | tuple[Tensor, Tensor] | None
 
 
+def attention_scorer(D: int) -> nn.Module:
+    """The attention pooling's score of a time step, ``v · tanh(W h_t + b)``: ``(..., D)`` ->
+    ``(..., 1)``."""
+    return nn.Sequential(nn.Linear(D, D), nn.Tanh(), nn.Linear(D, 1, bias=False))
+
+
 class Classifier(nn.Module):
     """Embedding → recurrent stack → pooling → linear. ``forward(ids (B, T), lengths (B,))``
     returns logits ``(B, C)``. Padding id 0; a text with length 0 pools to a zero vector."""
@@ -36,9 +42,7 @@ class Classifier(nn.Module):
         self.rnn = CELLS[cell](embed, hidden, num_layers=layers, bidirectional=bidirectional,
                                dropout=dropout if layers > 1 else 0.0)
         D = self.rnn.output_size
-        # attention score of a time step: v · tanh(W h_t + b), a scalar per step
-        self.attn = (nn.Sequential(nn.Linear(D, D), nn.Tanh(), nn.Linear(D, 1, bias=False))
-                     if pool == "attention" else None)
+        self.attn = attention_scorer(D) if pool == "attention" else None
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(D, num_classes)
 

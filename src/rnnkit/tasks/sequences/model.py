@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.layers import CELLS
-from rnnkit.tasks.classify.model import POOLS, Classifier
+from rnnkit.tasks.classify.model import POOLS, Classifier, attention_scorer
 
 
 class FrameCNN(nn.Module):
@@ -73,8 +73,7 @@ class SequenceClassifier(nn.Module):
         self.rnn = CELLS[cell](width, hidden, num_layers=layers, bidirectional=bidirectional,
                                dropout=dropout if layers > 1 else 0.0)
         D = self.rnn.output_size
-        self.attn = (nn.Sequential(nn.Linear(D, D), nn.Tanh(), nn.Linear(D, 1, bias=False))
-                     if pool == "attention" else None)
+        self.attn = attention_scorer(D) if pool == "attention" else None
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(D, num_classes)
 
