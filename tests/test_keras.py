@@ -105,3 +105,26 @@ def test_wrong_shapes_are_named():
         load_keras_weights(layer, [np.zeros((I, 4 * H)), np.zeros((H, 4 * H))])
     with pytest.raises(ValueError, match=r"expected kernel \(5, 16\).*got \(5, 12\)"):
         load_keras_weights(layer, [np.zeros((I, 12)), np.zeros((H, 16)), np.zeros(16)])
+
+
+@pytest.mark.parametrize("kind,reset_after", [("rnn", True), ("lstm", True), ("gru", True),
+                                              ("gru", False)])
+def test_weights_move_both_ways_with_real_keras(kind, reset_after):
+    """Keras itself (torch backend): its layer's weights give its outputs in rnnkit, and rnnkit's
+    own weights, exported, give rnnkit's outputs in Keras."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras", reason="Keras is not installed (pip install keras)")
+    cls = {"rnn": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+    kw = {"reset_after": reset_after} if kind == "gru" else {}
+    keras.utils.set_random_seed(3)
+    k_layer = cls[kind](H, return_sequences=True, **kw)
+    x = np.random.default_rng(4).normal(size=(B, T, I)).astype(np.float32)
+    k_out = keras.ops.convert_to_numpy(k_layer(x))
+    layer = load_keras_weights(LAYERS[kind](I, H, **kw), k_layer.get_weights())
+    np.testing.assert_allclose(layer(torch.from_numpy(x))[0].detach().numpy(), k_out, atol=1e-5)
+    ours = LAYERS[kind](I, H, **kw)                 # torch.nn-initialised, two biases per gate
+    k_layer.set_weights(get_keras_weights(ours))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(k_layer(x)),
+                               ours(torch.from_numpy(x))[0].detach().numpy(), atol=1e-5)

@@ -2,13 +2,17 @@
 Keras 3 layout (a zip of config.json, metadata.json and model.weights.h5 with
 ``layers/<name>/[cell/]vars/<i>``) with h5py, and the outputs are checked against a NumPy
 transcription of Keras' layers (keras/src/layers/rnn/*.py, the backend's masked ``rnn`` loop).
-With Keras installed, the same models are also built, saved and run by Keras itself."""
+Files that Keras itself wrote, with its outputs, are committed under ``tests/keras_files`` and
+checked too; with Keras installed, the same models are also built, saved and run here."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,27 +259,31 @@ def test_clear_errors(tmp_path):
         rnnkit.from_keras(tmp_path / "plain.zip")
 
 
+KERAS_FILES = Path(__file__).parent / "keras_files"
+
+
+@pytest.mark.parametrize("name", ["notes_simple_rnn", "text_bilstm", "stacked_gru_reset_before"])
+def test_files_written_by_real_keras(name):
+    """Files saved by Keras itself (tests/keras_files/make.py, Keras 3 on the torch backend) and
+    Keras' own outputs on a stored input: rnnkit reads each file and gives Keras' output."""
+    ref = np.load(KERAS_FILES / f"{name}.npz")
+    assert str(ref["keras_version"]).startswith("3.")
+    model = rnnkit.from_keras(KERAS_FILES / f"{name}.keras")
+    close(model(torch.tensor(ref["x"])), ref["y"])
+
+
 def test_with_real_keras(tmp_path):
     """The issue's three models built, saved and run by Keras itself (where installed)."""
-    keras = pytest.importorskip("keras", reason="Keras is not installed: the hand-written "
-                                "files above stand in for its .keras layout")
-    L = keras.layers
-    rng = np.random.default_rng(6)
-    models = [
-        (keras.Sequential([keras.Input((20, 6)), L.SimpleRNN(16, return_sequences=True),
-                           L.SimpleRNN(8), L.Dense(1)]), rng.normal(size=(3, 20, 6))),
-        (keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(30, 8,
-                                                                            mask_zero=True),
-                           L.Bidirectional(L.LSTM(6)), L.Dense(2, activation="softmax")]),
-         np.array([[3, 4, 5, 0, 0], [1, 2, 3, 4, 5]])),
-        (keras.Sequential([keras.Input((10, 3)), L.GRU(8, return_sequences=True,
-                                                      reset_after=False),
-                           L.GRU(4, reset_after=False), L.Dense(1)]),
-         rng.normal(size=(2, 10, 3))),
-    ]
-    for i, (m, x) in enumerate(models):
-        path = tmp_path / f"m{i}.keras"
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # the engine that is installed
+    keras = pytest.importorskip("keras", reason="Keras is not installed (pip install keras): "
+                                "the files Keras wrote under tests/keras_files stand in for it")
+    sys.path.insert(0, str(KERAS_FILES))
+    try:
+        from make import models
+    finally:
+        sys.path.remove(str(KERAS_FILES))
+    keras.utils.set_random_seed(1)
+    for name, (m, x) in models().items():
+        path = tmp_path / f"{name}.keras"
         m.save(path)
-        x = x.astype(np.float32) if x.dtype.kind == "f" else x
-        ref = np.asarray(m(x))
-        close(rnnkit.from_keras(path)(torch.tensor(x)), ref)
+        close(rnnkit.from_keras(path)(torch.tensor(x)), m.predict(x, verbose=0))
