@@ -1,6 +1,8 @@
 """Export every rnnkit layer family to ONNX and compare onnxruntime with PyTorch: 2 layers,
 bidirectional, ragged lengths and a carried state, at a batch and length other than the
-export example's (7 x 40); and the step graph run 50 times against the whole sequence.
+export example's (7 x 40); and the step graph run 50 times against the whole sequence. The last
+column is the float64 model's sensitivity: how far its outputs move, in units of 1e-7, when
+the input moves by 1e-7 relative (one float32 rounding).
 
     python examples/export_check.py
 """
@@ -28,8 +30,9 @@ def flat(out, st):
 def main() -> None:
     d = Path(tempfile.mkdtemp())
     print("| family | whole sequence: ORT vs PyTorch (lengths + state, 2 layers, bi) | "
-          "ORT vs float64 / rnnkit float32 vs float64 | step graph x 50: ORT vs PyTorch |")
-    print("|---|---|---|---|")
+          "ORT vs float64 / rnnkit float32 vs float64 | step graph x 50: ORT vs PyTorch | "
+          "sensitivity |")
+    print("|---|---|---|---|---|")
     for name, (cls, kw) in FAMILIES.items():
         torch.manual_seed(0)
         bi = cls(16, 32, num_layers=2, bidirectional=True, **kw).eval()
@@ -49,6 +52,12 @@ def main() -> None:
         o64 = max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want64, strict=True))
         r64 = max(float((w.double() - w64).abs().max()) for w, w64 in zip(want, want64,
                                                                          strict=True))
+        # how far float64 outputs move when the input moves by one float32 rounding (1e-7,
+        # relative): the error any float32 implementation must expect, in units of 1e-7
+        dx = torch.randn_like(x, dtype=torch.float64) * 1e-7 * x.double().abs()
+        with torch.no_grad():
+            moved = flat(*exact(x.double() + dx, st64[0] if len(st) == 1 else st64, lengths))
+        sens = max(float((a - b).abs().max()) for a, b in zip(moved, want64, strict=True)) / 1e-7
         uni = cls(16, 32, num_layers=2, **kw).eval()
         step = export_onnx_step(uni, d / "s.onnx")
         x = torch.randn(3, 50, 16)
@@ -61,7 +70,7 @@ def main() -> None:
             ys.append(y)
         got = [np.stack(ys, 1), *s]
         e2 = max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want, strict=True))
-        print(f"| {name} | {e1:.1e} | {o64:.1e} / {r64:.1e} | {e2:.1e} |")
+        print(f"| {name} | {e1:.1e} | {o64:.1e} / {r64:.1e} | {e2:.1e} | {sens:.1f} |")
 
 
 if __name__ == "__main__":
