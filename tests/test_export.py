@@ -76,7 +76,7 @@ def _layer(cls, kw, layers, bi):
 
 
 @pytest.mark.parametrize("name,cls,kw", FAMILIES, ids=IDS)
-@pytest.mark.parametrize("layers,bi", [(1, False), (2, True), (1, True)])
+@pytest.mark.parametrize("layers,bi", [(1, False), (2, False), (1, True), (2, True)])
 def test_whole_sequence_equals_pytorch(tmp_path, name, cls, kw, layers, bi):
     layer = _layer(cls, kw, layers, bi)
     ex = torch.randn(2, 4, 5)
