@@ -17,7 +17,7 @@ from rnnkit.tasks.forecast import baselines
 from rnnkit.tasks.forecast.data import frame, make_schema, norm_stats, origins, windows
 from rnnkit.tasks.forecast.metrics import coverage, crps_gaussian, mase_scale, point_metrics
 from rnnkit.tasks.forecast.model import ForecastNet, forecast_loss, gaussian_nll, pinball
-from rnnkit.tasks.forecast.task import ForecastTask
+from rnnkit.tasks.forecast.task import ForecastTask, conformal_offset
 
 MODEL = {"cell": "gru", "hidden": 8, "layers": 1, "dropout": 0.0, "head": "quantile",
          "quantiles": [0.1, 0.5, 0.9], "arch": "direct", "sampling": 0.0}
@@ -105,6 +105,26 @@ def test_mase_smape_and_coverage_by_hand():
     mk = np.ones_like(yy, dtype=bool)
     mk[10] = False
     assert coverage(yy, lo, hi, mk) == pytest.approx(8 / 10)
+
+
+def test_conformal_offset_by_hand():
+    # 9 calibration origins, H=2, N=1; step 0's interval [0, 1] is too narrow, step 1's too wide
+    y = np.array([-0.5, 0.2, 0.4, 0.6, 1.1, 1.3, 1.8, 2.5, 0.5])[:, None, None].repeat(2, 1)
+    lo, hi = np.zeros_like(y), np.ones_like(y)
+    lo[:, 1], hi[:, 1] = -10.0, 10.0
+    mask = np.ones_like(y, dtype=bool)
+    mask[8, 0] = False  # a missing target is no score
+    # step 0: scores max(lo - y, y - hi) of the 8 observed: .5 -.2 -.4 -.4 .1 .3 .8 1.5;
+    # level .8: the ceil(9 * .8) = 8th smallest of 8 = 1.5
+    # step 1: scores -(10 - |y|), all observed: the ceil(10 * .8) = 8th smallest of 9
+    off = conformal_offset(y, lo, hi, mask, 0.8)
+    assert off[0, 0] == pytest.approx(1.5)
+    s1 = np.sort(np.maximum(-10 - y[:, 1, 0], y[:, 1, 0] - 10))
+    assert off[1, 0] == pytest.approx(s1[7])
+    # level .5: the ceil(9 * .5) = 5th smallest of step 0's = .3; [-.3, 1.3] covers 5 of 8
+    off = conformal_offset(y, lo, hi, mask, 0.5)
+    assert off[0, 0] == pytest.approx(0.3)
+    assert coverage(y[:, :1], lo[:, :1] - 0.3, hi[:, :1] + 0.3, mask[:, :1]) == 5 / 8
 
 
 def test_gaussian_and_quantile_losses_by_hand():
@@ -249,6 +269,13 @@ def test_tiny_run_then_eval_load_and_forecast(tmp_path, capsys):
     assert len(pred) == 6 and list(pred.columns) == ["time", "y", "y_lo", "y_hi"]
     assert pred["time"].iloc[0] == df["time"].iloc[250]
     assert (pred.y_lo <= pred.y).all() and (pred.y <= pred.y_hi).all()
+    # the saved model's interval is calibrated on the validation origins: it covers 80% there
+    task = fc.task()
+    assert fc.model.interval_offset.abs().sum() > 0
+    yv, mv = task.truth(task.valid_origins)
+    lo_hi = task.forecast_at(fc.model, task.valid_origins)
+    for h in range(6):
+        assert coverage(yv[:, h], lo_hi["lo"][:, h], lo_hi["hi"][:, h], mv[:, h]) >= 0.8
     ev = fc.evaluate()
     assert set(ev["rows"]) >= {"naive", "Markov AR(1)"}
     assert main(["forecast", str(run), "--data", str(data)]) == 0

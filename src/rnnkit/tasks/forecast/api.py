@@ -92,7 +92,8 @@ class Forecaster:
         x = torch.from_numpy(z[None]).float()
         futk = torch.from_numpy(zf[None, :, f.n_past:]).float()
         out = self.model(x, futk).double().numpy()
-        r = decode(out, self.config["model"], self.mean[:n], self.std[:n], self.level)
+        r = decode(out, self.config["model"], self.mean[:n], self.std[:n], self.level,
+                   self.model.interval_offset.double().numpy())
         cols: dict[str, Any] = {"time": times} if times is not None else {
             "step": np.arange(1, H + 1)}
         for j, c in enumerate(self.targets):

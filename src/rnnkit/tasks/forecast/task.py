@@ -144,9 +144,15 @@ class ForecastTask:
             loss += float(forecast_loss(model, out, b["y"], b["mask"], self.point)) * len(
                 b["y"])
             n += len(b["y"])
-        res = self.forecast_at(model, t)
+        res = self.forecast_at(model, t, calibrated=False)
         y, mask = self.truth(t)
         m = summarize(y, res, mask, self.scale)
+        if "lo" in res:  # the checkpoint saved after this evaluation carries its calibration
+            inner = model.module if hasattr(model, "module") else model
+            offset = conformal_offset(y, res["lo"], res["hi"], mask,
+                                      float(self.settings.get("interval", 0.8)))
+            n_t = self.frame.n_target
+            inner.interval_offset.copy_(torch.from_numpy(offset / self.std[:n_t]))
         return {"loss": loss / max(n, 1), "mae": m["mae"], "rmse": m["rmse"]}
 
     def config(self) -> dict[str, Any]:
@@ -167,10 +173,12 @@ class ForecastTask:
         return self.frame.values[idx][..., :n], self.frame.observed[idx]
 
     @torch.no_grad()
-    def forecast_at(self, model: nn.Module, t: np.ndarray) -> dict[str, np.ndarray]:
+    def forecast_at(self, model: nn.Module, t: np.ndarray, calibrated: bool = True
+                    ) -> dict[str, np.ndarray]:
         """The network's forecasts from origins ``t``, in original units: ``point``,
-        ``lo``/``hi`` (the ``interval`` level) and ``quantiles`` or ``scale``; each
-        ``(B, H, N)`` (quantiles ``(B, H, N, Q)``)."""
+        ``lo``/``hi`` (the ``interval`` level; ``calibrated``: widened by the model's
+        ``interval_offset``) and ``quantiles`` or ``scale``; each ``(B, H, N)`` (quantiles
+        ``(B, H, N, Q)``)."""
         was = model.training
         model.eval()
         dev = next(model.parameters()).device
@@ -180,8 +188,10 @@ class ForecastTask:
             outs.append(model(b["past"].to(dev), b["future"].to(dev)).double().cpu().numpy())
         model.train(was)
         n = self.frame.n_target
+        inner = model.module if hasattr(model, "module") else model
+        offset = inner.interval_offset.double().cpu().numpy() if calibrated else None
         return decode(np.concatenate(outs, 0), self.model_cfg, self.mean[:n], self.std[:n],
-                      float(self.settings.get("interval", 0.8)))
+                      float(self.settings.get("interval", 0.8)), offset)
 
     def backtest(self, model: nn.Module, t: np.ndarray | None = None,
                  label: str | None = None) -> dict[str, Any]:
@@ -210,10 +220,38 @@ class ForecastTask:
         return {"rows": rows, "preds": preds, "origins": t, "baselines": info, "label": label}
 
 
+def conformal_offset(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, mask: np.ndarray,
+                     level: float) -> np.ndarray:
+    """Split-conformal widening of a central interval (conformalised quantile regression,
+    Romano et al. 2019), per horizon step and target: with scores ``E = max(lo - y, y - hi)``
+    over the observed calibration origins (``(B, H, N)`` each), the offset ``(H, N)`` is the
+    ``ceil((n + 1) level) / n`` empirical quantile of ``E``, so ``[lo - offset, hi + offset]``
+    covers ``level`` of exchangeable new points. Negative offsets narrow a too-wide interval;
+    a step with no observed target keeps offset 0."""
+    e = np.where(mask, np.maximum(lo - y, y - hi), np.nan)
+    n = mask.sum(0)
+    out = np.zeros(e.shape[1:])
+    for idx in zip(*np.nonzero(n), strict=True):
+        v = np.sort(e[(slice(None), *idx)][mask[(slice(None), *idx)]])
+        k = min(len(v), math.ceil((len(v) + 1) * level)) - 1
+        out[idx] = v[k]
+    return out
+
+
 def decode(out: np.ndarray, model_cfg: dict[str, Any], mean: np.ndarray, std: np.ndarray,
-           level: float) -> dict[str, np.ndarray]:
+           level: float, offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The network's raw output ``(B, H, N, D)`` (normalised) as forecasts in original
-    units (see :meth:`ForecastTask.forecast_at`)."""
+    units (see :meth:`ForecastTask.forecast_at`); ``offset`` ``(H, N)`` (normalised) widens
+    the interval ``lo``/``hi`` (see :func:`conformal_offset`)."""
+    r = _decode(out, model_cfg, mean, std, level)
+    if offset is not None and "lo" in r:  # a narrowed interval still holds the point
+        r["lo"] = np.minimum(r["lo"] - offset * std, r["point"])
+        r["hi"] = np.maximum(r["hi"] + offset * std, r["point"])
+    return r
+
+
+def _decode(out: np.ndarray, model_cfg: dict[str, Any], mean: np.ndarray, std: np.ndarray,
+            level: float) -> dict[str, np.ndarray]:
     head = model_cfg["head"]
     if head == "gaussian":
         mu, sd = out[..., 0] * std + mean, out[..., 1] * std
