@@ -25,7 +25,6 @@ the task sets it from the validation origins' errors, so the interval covers its
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,12 +70,6 @@ class ForecastNet(nn.Module):
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
         self.register_buffer("interval_offset", torch.zeros(horizon, n_target))
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any
-                              ) -> None:
-        # runs saved before the interval was calibrated have no offset: theirs is zero
-        state_dict.setdefault(prefix + "interval_offset", torch.zeros_like(self.interval_offset))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, past: Tensor, future: Tensor, y: Tensor | None = None) -> Tensor:
         B, H, N = past.shape[0], self.horizon, self.n_target
