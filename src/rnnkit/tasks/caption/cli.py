@@ -45,7 +45,7 @@ OWN: dict[str, Any] = {
     "data_size": 3000, "image_size": None, "test_fraction": 0.1, "valid_fraction": 0.05,
     "split_seed": 0, "min_freq": 1, "max_len": 20, "decoder": "attend",
     "channels": "32,64,128", "image_vector": 256, "lang": "en", "eval_images": 300, "beam": 5,
-    "alpha": 0.0,
+    "alpha": 0.0, "feature_norm": None,
 }
 SETTINGS = ("data", *OWN)
 MODEL_KEYS = ("cell", "embed", "hidden", "layers", "dropout")
@@ -84,6 +84,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     a("--eval-images", type=NONNEG_INT, help="validation images captioned at each evaluation, "
       "0 = all (default: 300)")
     a("--beam", type=POS_INT, help="beam size of the final test captions (default: 5)")
+    a("--feature-norm", choices=("on", "off"), help="layer-normalise the CNN grid per "
+      "position (default: on for --data emoji, off otherwise)")
     a("--alpha", type=NONNEG_FLOAT, help="GNMT length penalty (default: 0)")
 
 
@@ -95,7 +97,9 @@ def from_args(args: argparse.Namespace, out: str) -> CaptionTask:
     split = load_split(s)
     s.update(images=split.record["images"], image_size=split.record["image_size"])
     model = {**pick(args, DEFAULTS, *MODEL_KEYS), "decoder": s["decoder"], "channels": ch,
-             "image_vector": s["image_vector"]}
+             "image_vector": s["image_vector"],
+             "feature_norm": s["data"] == "emoji" if s["feature_norm"] is None
+             else s["feature_norm"] == "on"}
     if model["cell"] not in DECODER_CELLS:
         raise ValueError(f"--cell for captioning must be one of {', '.join(DECODER_CELLS)}, "
                          f"got {model['cell']!r}")

@@ -11,6 +11,8 @@ Two decoders over the same encoder:
 * ``show-tell`` (Vinyals et al. 2015, in the cs231n form): the image vector
   ``v = relu(W_fc flatten(grid) + b)`` is the decoder's initial state through the bridge,
   ``h_0 = tanh(W_b v + b_b)`` (and ``c_0`` for an LSTM); no attention (``attention="none"``).
+* ``feature_norm=True``: the grid is layer-normalised per position (over ``D``) before both
+  (on by default for the built-in emoji set).
 * ``attend`` (Xu et al. 2015, "Show, Attend and Tell"): the same initial state, and at every
   word additive attention over the ``N`` grid positions (the seq2seq decoder's ``memory``,
   every position real), with input feeding.
@@ -75,7 +77,7 @@ class Captioner(nn.Module):
                  decoder: str = "attend", cell: str = "lstm", embed: int = 64,
                  hidden: int = 128, layers: int = 1, channels: Sequence[int] = (32, 64, 128),
                  image_vector: int = 256, attn_size: int | None = None, dropout: float = 0.0,
-                 encoder: nn.Module | None = None) -> None:
+                 encoder: nn.Module | None = None, feature_norm: bool = False) -> None:
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
@@ -90,6 +92,10 @@ class Captioner(nn.Module):
             raise ValueError(f"the image encoder must return (B, N, D), got shape "
                              f"{tuple(g.shape)}")
         self.grid, self.features = int(g.shape[1]), int(g.shape[2])
+        # LayerNorm of each grid position's D features (per image: batch independent); dense
+        # colour pictures (the emoji set) otherwise grow the ReLU stack's features until the
+        # bridge's tanh and the LSTM gates saturate and every caption is the same
+        self.feature_norm = nn.LayerNorm(self.features) if feature_norm else None
         self.fc = nn.Linear(self.grid * self.features, image_vector)
         self.drop = nn.Dropout(dropout)
         self.decoder = Decoder(vocab_size, memory_size=self.features, summary_size=image_vector,
@@ -104,6 +110,8 @@ class Captioner(nn.Module):
             raise ValueError(f"expected images (B, 3, {self.image_size[0]}, "
                              f"{self.image_size[1]}), got shape {tuple(images.shape)}")
         g = self.encoder(images)                                          # (B, N, D)
+        if self.feature_norm is not None:
+            g = self.feature_norm(g)
         if blind:
             g = torch.zeros_like(g)
         v = F.relu(self.fc(self.drop(g.flatten(1))))                       # (B, Z)
