@@ -205,9 +205,12 @@ class ForecastTask:
         n = self.frame.n_target
         rows: dict[str, dict[str, Any]] = {}
         preds: dict[str, dict[str, np.ndarray]] = {}
+        numeric = [i for i, c in enumerate(self.frame.names) if c in self.schema["covariates"]
+                   and c not in self.schema["categories"]]
         base, info = baselines.ladder(self.frame.values[:, :n], self.n_train, t, self.H,
                                       self.season, maxlag=int(self.settings.get("maxlag")
-                                                              or self.L))
+                                                              or self.L),
+                                      covariates=self.frame.values[:, numeric])
         for name, p in base.items():
             rows[name] = summarize(y, {"point": p}, mask, self.scale)
             preds[name] = {"point": p}
