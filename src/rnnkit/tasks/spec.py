@@ -118,7 +118,7 @@ def task_spec(slots: dict[str, Any], name: str, help: str, **fields: Any) -> Tas
     slot. Derived from the defaults unless given: ``epochs`` (the task has an epoch budget
     when it has a default one) and ``model_flags`` (the shared model flags it has defaults
     for)."""
-    s = {**{k: slots[v] for k, v in SLOTS.items()}, **fields}
+    s = {**{k: slots[v] for k, v in SLOTS.items() if k not in fields}, **fields}
     s.setdefault("epochs", "epochs" in s["defaults"])
     s.setdefault("model_flags", tuple(k for k in MODEL_FLAGS if k in s["defaults"]))
     return TaskSpec(name=name, help=help, **s)
