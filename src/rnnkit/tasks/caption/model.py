@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.seq2seq import Decoder, DecodeState, Hypothesis, beam_search, greedy_search
+from rnnkit.tasks.common import one_of
 
 DECODERS = ("show-tell", "attend")
 
@@ -77,8 +78,7 @@ class Captioner(nn.Module):
                  image_vector: int = 256, attn_size: int | None = None, dropout: float = 0.0,
                  encoder: nn.Module | None = None) -> None:
         super().__init__()
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        one_of("decoder", decoder, DECODERS)
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size must be (H, W) >= 1, got {tuple(image_size)}")
         self.bos, self.eos, self.kind = bos, eos, decoder

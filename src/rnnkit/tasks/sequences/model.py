@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.layers import CELLS
-from rnnkit.tasks.classify.model import POOLS, Classifier, attention_scorer
+from rnnkit.tasks.classify.model import POOLS, Classifier
+from rnnkit.tasks.common import one_of
 
 
 class FrameCNN(nn.Module):
@@ -47,21 +48,21 @@ class SequenceClassifier(nn.Module):
     pool_init = Classifier.pool_init
     pool_update = Classifier.pool_update
     pool_read = Classifier.pool_read
+    build_pooled = Classifier.build_pooled
+    stream_pool = Classifier.stream_pool
 
     def __init__(self, step_shape: Sequence[int], num_classes: int, *, cell: str = "gru",
                  hidden: int = 64, layers: int = 1, bidirectional: bool = False,
                  pool: str = "last", dropout: float = 0.1, embed: int = 64,
                  frame_encoder: nn.Module | None = None) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        one_of("cell", cell, CELLS)
+        one_of("pool", pool, POOLS)
         step_shape = tuple(step_shape)
         if len(step_shape) not in (1, 3):
             raise ValueError(f"a time step must be a vector (F,) or a frame (H, W, C), got "
                              f"shape {step_shape}")
-        self.step_shape, self.pool = step_shape, pool
+        self.step_shape = step_shape
         C = step_shape[-1]
         self.register_buffer("mean", torch.zeros(C))
         self.register_buffer("std", torch.ones(C))
@@ -70,12 +71,8 @@ class SequenceClassifier(nn.Module):
             width = self.encoder.out_features
         else:
             self.encoder, width = None, C
-        self.rnn = CELLS[cell](width, hidden, num_layers=layers, bidirectional=bidirectional,
-                               dropout=dropout if layers > 1 else 0.0)
-        D = self.rnn.output_size
-        self.attn = attention_scorer(D) if pool == "attention" else None
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(D, num_classes)
+        self.build_pooled(width, num_classes, cell=cell, hidden=hidden, layers=layers,
+                          bidirectional=bidirectional, pool=pool, dropout=dropout)
 
     def set_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
