@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.seq2seq import Decoder, DecodeState, Hypothesis, beam_search, greedy_search
-from rnnkit.tasks.common import one_of
+from rnnkit.tasks.common import he_init, one_of
 
 DECODERS = ("show-tell", "attend")
 
@@ -51,10 +51,7 @@ class CNNEncoder(nn.Module):
                        nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
             c = d
         self.net = nn.Sequential(*layers)
-        for m in self.net:  # He initialisation for the ReLU stack (PyTorch's default starves it)
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        he_init(self.net)  # PyTorch's default starves a ReLU stack
         self.in_channels = in_channels
         self.output_size = int(channels[-1])
 

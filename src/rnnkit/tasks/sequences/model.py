@@ -14,14 +14,14 @@ from torch import Tensor, nn
 
 from rnnkit.layers import CELLS
 from rnnkit.tasks.classify.model import POOLS, Classifier
-from rnnkit.tasks.common import one_of
+from rnnkit.tasks.common import he_init, one_of
 
 
 class FrameCNN(nn.Module):
     """A small CNN for one frame, applied to every frame alone (the batch and time axes are
     folded together): ``(B, T, H, W, C)`` → ``(B, T, out)``. Three 3×3 convolutions (16, 32,
     32 channels, ReLU, 2×2 max-pooling after the first two), average-pooled to a 4×4 grid (so
-    where things are survives), then linear."""
+    where things are survives), then linear and ReLU; He-initialised (``tasks.common.he_init``)."""
 
     def __init__(self, channels: int, out: int = 64) -> None:
         super().__init__()
@@ -31,6 +31,7 @@ class FrameCNN(nn.Module):
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
             nn.Flatten(), nn.Linear(32 * 16, out), nn.ReLU())
+        he_init(self.net)
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, H, W, C = x.shape
