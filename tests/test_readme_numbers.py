@@ -131,10 +131,10 @@ def test_differences_and_ratios():
     lstm_steps = num(find(r"\| \*\*LSTM 1×512\*\* \| [\d,]+ parameters \| ([\d,]+) \|")[1])
     fewer = int(find(r"The GRU makes (\d+)% fewer steps than the LSTM")[1])
     assert round(100 * (1 - gru_steps / lstm_steps)) == fewer
-    rnn_mae = float(find(r"\| rnnkit RNN, 64 units \([\d,]+ steps\) \| \*\*([\d.]+)\*\*")[1])
-    ar1 = float(find(r"\| Markov AR\(1\) \| ([\d.]+) \|")[1])
-    assert round(100 * (1 - rnn_mae / ar1), 1) == float(
-        find(r"The RNN is ([\d.]+)% below the best rung")[1])
+    rnn_mae = float(find(r"\| rnnkit RNN, 2×128 units[^|]*\| \*\*([\d.]+)\*\*")[1])
+    var = float(find(r"\| VAR\(24\) over pm2.5[^|]*\| ([\d.]+) \|")[1])
+    assert round(100 * (1 - rnn_mae / var), 1) == float(
+        find(r"The best RNN \(.*?\) is ([\d.]+)% below the best")[1])
     batched = num(find(r"\| `--max-batch 256` \(default\) \| \*\*([\d,]+)\*\*")[1])
     single = num(find(r"\| `--max-batch 1` \| ([\d,]+) \|")[1])
     assert round(batched / single, 1) == float(find(r"Micro-batching gives ([\d.]+)× the")[1])
