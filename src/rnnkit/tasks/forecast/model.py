@@ -19,7 +19,8 @@ network starts near the naive forecast.
 The buffer ``interval_offset`` ``(H, N)`` (normalised units, saved with the weights) widens
 (or narrows) the central interval by conformalised quantile regression (Romano et al. 2019):
 the task sets it from the validation origins' errors, so the interval covers its level there
-(``ForecastTask.calibrate``). ``forward`` does not use it; decoding the output does.
+(``ForecastTask.evaluate``, ``task.conformal_offset``). ``forward`` does not use it;
+decoding the output does.
 """
 
 from __future__ import annotations
