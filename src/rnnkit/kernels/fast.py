@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from rnnkit.kernels import gemm, native
+from rnnkit.kernels import bindings, gemm, native
 
 if TYPE_CHECKING:
     from rnnkit.layers import Recurrent
@@ -177,10 +177,8 @@ class _LSTM(torch.autograd.Function):
             sizes, offs = plan.steps()
             wx, wh = native.pack(w_ih.t()), native.pack(w.t())  # (referenced while C runs)
             b = X.new_zeros(4 * H) if bias is None else bias.contiguous()
-            native.check(native.lib().lstm_seq_forward(
-                X.data_ptr(), wx.data_ptr(), b.data_ptr(), wh.data_ptr(), HH.data_ptr(),
-                CC.data_ptr(), G.data_ptr(), TC.data_ptr(), sizes.data_ptr(), offs.data_ptr(),
-                plan.T, B, H, X.shape[1]), "LSTM forward", B=B, H=H)
+            bindings.lstm_seq_forward(X, wx, b, wh, HH, CC, G, TC, sizes, offs, plan.T, B, H,
+                               X.shape[1])
         else:
             xp = gemm.affine(X, w_ih, bias)
             mat = gemm.Fixed(w.t(), B)
@@ -267,22 +265,17 @@ def _lstm_backward_native(plan: Plan, w: Tensor, w_ih: Tensor | None, CC: Tensor
     returns ``dA^T`` ``(4H, N)``, ``dX`` ``(N, I)`` or None, the initial state's gradients and
     the bias gradient ``(4H,)``."""
     H = w.shape[1]
-    c_lib = native.lib()
     dY = _grad_or_zeros(dY, TC).contiguous()
     dAT = G.new_empty(4 * H, plan.N)
     I = 0 if w_ih is None else w_ih.shape[1]
     dX = G.new_empty(plan.N, I) if I else None
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
-    ndb = c_lib.rnnkit_threads()  # one row of bias sums per thread, added up at the end
-    db = G.new_zeros(ndb, 4 * H)
+    db = G.new_zeros(bindings.threads(), 4 * H)  # bias sums, a row per thread, added up below
     sizes, offs = plan.steps()
     wp = native.pack(w if w_ih is None else torch.cat([w, w_ih], 1))  # [W_hh | W_ih]
-    native.check(c_lib.lstm_seq_backward(
-        G.data_ptr(), CC.data_ptr(), TC.data_ptr(), dY.data_ptr(), wp.data_ptr(),
-        run_h.data_ptr(), run_c.data_ptr(), dAT.data_ptr(), 0 if dX is None else dX.data_ptr(),
-        db.data_ptr(), ndb, sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H, I),
-        "LSTM backward", B=plan.B, H=H)
+    bindings.lstm_seq_backward(G, CC, TC, dY, wp, run_h, run_c, dAT, dX, db, sizes, offs, plan.T,
+                        plan.B, H, I)
     return dAT, dX, run_h, run_c, db.sum(0)
 
 
@@ -299,10 +292,7 @@ class _GRU(torch.autograd.Function):
         if native.usable(xp, w, bh) and xp.is_contiguous():  # the whole recurrence in C
             sizes, offs = plan.steps()
             wh, bh = native.pack(w.t()), bh.contiguous()  # (referenced while C runs)
-            native.check(native.lib().gru_seq_forward(
-                xp.data_ptr(), wh.data_ptr(), bh.data_ptr(), HH.data_ptr(), G.data_ptr(),
-                R.data_ptr(), sizes.data_ptr(), offs.data_ptr(), plan.T, B, H),
-                "GRU forward", B=B, H=H)
+            bindings.gru_seq_forward(xp, wh, bh, HH, G, R, sizes, offs, plan.T, B, H)
         else:
             mat, p = gemm.Fixed(w.t(), B), 0
             for b, s in zip(plan.sizes, plan.offs, strict=True):
@@ -372,18 +362,13 @@ def _gru_backward_native(plan: Plan, w: Tensor, HH: Tensor, G: Tensor, R: Tensor
     """:class:`_GRU`'s backward as one C call over the whole sequence: the gradients of the
     input projection ``(N, 3H)``, ``W_hh``, ``b_hh`` and the initial state."""
     H = w.shape[1]
-    c_lib = native.lib()
     dY = dY.contiguous()
     dxp, DQT = torch.empty_like(G), G.new_empty(3 * H, plan.N)
     run = plan.scatter_final(dhN, H, hp)
-    ndb = c_lib.rnnkit_threads()  # one row of bias sums per thread, added up at the end
-    db = G.new_zeros(ndb, 3 * H)
+    db = G.new_zeros(bindings.threads(), 3 * H)  # bias sums, a row per thread, added up below
     sizes, offs = plan.steps()
     wp = native.pack(w)  # dh_prev = dq @ W_hh
-    native.check(c_lib.gru_seq_backward(
-        G.data_ptr(), R.data_ptr(), HH.data_ptr(), dY.data_ptr(), wp.data_ptr(),
-        run.data_ptr(), dxp.data_ptr(), DQT.data_ptr(), db.data_ptr(), ndb, sizes.data_ptr(),
-        offs.data_ptr(), plan.T, plan.B, H), "GRU backward", B=plan.B, H=H)
+    bindings.gru_seq_backward(G, R, HH, dY, wp, run, dxp, DQT, db, sizes, offs, plan.T, plan.B, H)
     dw = gemm.products_t(DQT, [hp])[0]
     return dxp, dw, db.sum(0), run, None
 
@@ -401,10 +386,7 @@ class _GRUCho(torch.autograd.Function):
         if native.usable(xp, w) and xp.is_contiguous():  # the whole recurrence in C
             sizes, offs = plan.steps()
             wrz, wn = native.pack(w[:2 * H].t()), native.pack(w[2 * H:].t())  # (referenced)
-            native.check(native.lib().gru_cho_seq_forward(
-                xp.data_ptr(), wrz.data_ptr(), wn.data_ptr(), HH.data_ptr(), G.data_ptr(),
-                RH.data_ptr(), sizes.data_ptr(), offs.data_ptr(), plan.T, B, H),
-                "GRU (reset before) forward", B=B, H=H)
+            bindings.gru_cho_seq_forward(xp, wrz, wn, HH, G, RH, sizes, offs, plan.T, B, H)
         else:
             w_rz, w_n = gemm.Fixed(w[:2 * H].t(), B), gemm.Fixed(w[2 * H:].t(), B)
             p = 0
@@ -434,10 +416,8 @@ class _GRUCho(torch.autograd.Function):
             run = plan.scatter_final(dhN, H, hp)
             sizes, offs = plan.steps()
             wrz, wn = native.pack(w[:2 * H]), native.pack(w[2 * H:])
-            native.check(native.lib().gru_cho_seq_backward(
-                G.data_ptr(), HH.data_ptr(), dY.data_ptr(), wrz.data_ptr(), wn.data_ptr(),
-                run.data_ptr(), dA.data_ptr(), DAT.data_ptr(), sizes.data_ptr(), offs.data_ptr(),
-                plan.T, B, H), "GRU (reset before) backward", B=B, H=H)
+            bindings.gru_cho_seq_backward(G, HH, dY, wrz, wn, run, dA, DAT, sizes, offs, plan.T,
+                                          B, H)
             dw = torch.cat([gemm.products_t(DAT[:2 * H], [hp])[0],
                             gemm.products_t(DAT[2 * H:], [RH])[0]])
             return dA, dw, run, None
@@ -480,9 +460,7 @@ class _RNN(torch.autograd.Function):
         if native.usable(xp, w) and xp.is_contiguous():  # the whole recurrence in C
             sizes, offs = plan.steps()
             wh = native.pack(w.t())  # (referenced while C runs)
-            native.check(native.lib().rnn_seq_forward(
-                xp.data_ptr(), wh.data_ptr(), HH.data_ptr(), A.data_ptr(), sizes.data_ptr(),
-                offs.data_ptr(), plan.T, B, H, relu), "RNN forward", B=B, H=H)
+            bindings.rnn_seq_forward(xp, wh, HH, A, sizes, offs, plan.T, B, H, relu)
         else:
             mat, p = gemm.Fixed(w.t(), B), 0
             for b, s in zip(plan.sizes, plan.offs, strict=True):
@@ -509,10 +487,7 @@ class _RNN(torch.autograd.Function):
             run = plan.scatter_final(dhN, H, Y)
             sizes, offs = plan.steps()
             wp = native.pack(w)  # dh_prev = dA @ W_hh
-            native.check(native.lib().rnn_seq_backward(
-                HH.data_ptr(), dY.data_ptr(), wp.data_ptr(), run.data_ptr(), dA.data_ptr(),
-                DAT.data_ptr(), sizes.data_ptr(), offs.data_ptr(), plan.T, B, H, ctx.relu),
-                "RNN backward", B=B, H=H)
+            bindings.rnn_seq_backward(HH, dY, wp, run, dA, DAT, sizes, offs, plan.T, B, H, ctx.relu)
             return dA, gemm.products_t(DAT, [plan.previous(HH)])[0], run, None, None
         mat = gemm.Fixed(w, ctx.plan.B)  # dh_prev = dA @ W_hh
         D = (Y > 0).to(Y.dtype) if ctx.relu else 1 - Y * Y
@@ -565,12 +540,9 @@ class _LNLSTM(torch.autograd.Function):
             ST = X.new_empty(N, 6)  # per row: mean, 1/std of W_hh h, the cell update, W_ih x
             sizes, offs = plan.steps()
             wx, wh = native.pack(w_ih.t()), native.pack(w.t())
-            native.check(native.lib().lnlstm_seq_forward(
-                X.data_ptr(), wx.data_ptr(), wh.data_ptr(), g_ih.data_ptr(), beta.data_ptr(),
-                g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(), *_mask_ptrs(ctx.masks),
-                PX.data_ptr(), R.data_ptr(), HH.data_ptr(), CC.data_ptr(), G.data_ptr(),
-                ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr(), sizes.data_ptr(), offs.data_ptr(),
-                plan.T, B, H, X.shape[1], EPS), "LayerNormLSTM forward", B=B, H=H)
+            bindings.lnlstm_seq_forward(X, wx, wh, g_ih, beta, g_hh, g_c, b_c, *ctx.masks, PX, R,
+                                        HH, CC, G, ST, CPRE, TC, sizes, offs, plan.T, B, H,
+                                        X.shape[1], EPS)
             ctx.ST = ST
             stats_x = (ST[:, 4:5].contiguous(), ST[:, 5:6].contiguous())
         else:
@@ -703,12 +675,6 @@ class _LNLSTM(torch.autograd.Function):
                 None)
 
 
-def _mask_ptrs(masks: tuple[Tensor | None, Tensor | None, Tensor]) -> list[int]:
-    """Addresses of the drawn recurrent-dropout and zoneout masks ``(N, H)`` (0: none drawn)
-    and of ``fill`` ``(2H)``: ones, then the constant zoneout probability."""
-    return [0 if m is None else m.data_ptr() for m in masks]
-
-
 def _lnlstm_backward_native(ctx: Any, X: Tensor, w_ih: Tensor, g_ih: Tensor, w: Tensor,
                             g_hh: Tensor, g_c: Tensor, HH: Tensor, CC: Tensor, G: Tensor,
                             P: Tensor, R: Tensor, CPRE: Tensor, TC: Tensor, dY: Tensor,
@@ -718,22 +684,17 @@ def _lnlstm_backward_native(ctx: Any, X: Tensor, w_ih: Tensor, g_ih: Tensor, w: 
     writes the two products' gradients transposed, ready for ``dW_hh`` and ``dW_ih``."""
     plan: Plan = ctx.plan
     H, I = w.shape[1], w_ih.shape[1]
-    c_lib = native.lib()
     dY = dY.contiguous()
     DRT, DPT, dX = G.new_empty(4 * H, plan.N), G.new_empty(4 * H, plan.N), X.new_empty(X.shape)
-    nacc = c_lib.rnnkit_threads()  # one row of sums per thread, added up at the end
-    acc = G.new_zeros(nacc, 14 * H)  # d γ_hh (4H), d γ_c (H), d β_c (H), d γ_ih (4H), d β (4H)
+    acc = G.new_zeros(bindings.threads(), 14 * H)  # one row of sums per thread, added up at the end
+    # (columns: d γ_hh 4H, d γ_c H, d β_c H, d γ_ih 4H, d β 4H)
     run_h = plan.scatter_final(dhN, H, TC)
     run_c = plan.scatter_final(dcN, H, TC)
     sizes, offs = plan.steps()
     wh, wx = native.pack(w), native.pack(w_ih)  # dh_prev = dr @ W_hh, dx = dp @ W_ih
-    native.check(c_lib.lnlstm_seq_backward(
-        P.data_ptr(), R.data_ptr(), g_ih.data_ptr(), g_hh.data_ptr(), g_c.data_ptr(),
-        G.data_ptr(), ctx.ST.data_ptr(), CPRE.data_ptr(), TC.data_ptr(), CC.data_ptr(),
-        *_mask_ptrs(ctx.masks), dY.data_ptr(), wh.data_ptr(), wx.data_ptr(), run_h.data_ptr(),
-        run_c.data_ptr(), DRT.data_ptr(), DPT.data_ptr(), dX.data_ptr(), acc.data_ptr(), nacc,
-        sizes.data_ptr(), offs.data_ptr(), plan.T, plan.B, H, I), "LayerNormLSTM backward",
-        B=plan.B, H=H)
+    bindings.lnlstm_seq_backward(P, R, g_ih, g_hh, g_c, G, ctx.ST, CPRE, TC, CC, *ctx.masks, dY, wh,
+                          wx, run_h, run_c, DRT, DPT, dX, acc, sizes, offs, plan.T, plan.B, H,
+                          I)
     dw = gemm.products_t(DRT, [plan.previous(HH)])[0]
     dw_ih = gemm.products_t(DPT, [X])[0]
     d_ghh, d_gc, d_bc, d_gih, d_beta = acc.sum(0).split([4 * H, H, H, 4 * H, 4 * H])

@@ -104,7 +104,9 @@ def _build(cc: str, flags: list[str], cache_dir: Path) -> Path:
 
 @cache
 def lib() -> ctypes.CDLL | None:
-    """The compiled library, or ``None`` when it cannot be built (or ``RNNKIT_NATIVE=0``)."""
+    """The compiled library, or ``None`` when it cannot be built (or ``RNNKIT_NATIVE=0``). Its
+    functions are called only through :mod:`rnnkit.kernels.bindings`, which declares their
+    argument types."""
     if os.environ.get("RNNKIT_NATIVE", "1") == "0":
         return None
     cc = os.environ.get("CC", "cc")
@@ -116,42 +118,8 @@ def lib() -> ctypes.CDLL | None:
             break
         except (OSError, subprocess.SubprocessError):
             continue
-    if lib is None:
-        return None
-    ptr, n = ctypes.c_void_p, ctypes.c_long
-    lib.lstm_stack_step.argtypes = [ptr] * 8 + [n, n, n, n]
-    lib.gru_seq_forward.argtypes = [ptr] * 8 + [n, n, n]
-    lib.gru_seq_backward.argtypes = [ptr] * 9 + [n, ptr, ptr, n, n, n]
-    lib.gru_cho_seq_forward.argtypes = [ptr] * 8 + [n, n, n]
-    lib.gru_cho_seq_backward.argtypes = [ptr] * 10 + [n, n, n]
-    lib.rnn_seq_forward.argtypes = [ptr] * 6 + [n, n, n, ctypes.c_int]
-    lib.rnn_seq_backward.argtypes = [ptr] * 8 + [n, n, n, ctypes.c_int]
-    lib.lstm_seq_forward.argtypes = [ptr] * 10 + [n, n, n, n]
-    lib.lstm_seq_backward.argtypes = [ptr] * 10 + [n, ptr, ptr, n, n, n, n]
-    f = ctypes.c_float
-    lib.lnlstm_seq_forward.argtypes = [ptr] * 21 + [n, n, n, n, f]
-    lib.lnlstm_seq_backward.argtypes = [ptr] * 22 + [n, ptr, ptr, n, n, n, n]
-    lib.rnnkit_threads.argtypes, lib.rnnkit_threads.restype = [], ctypes.c_int
-    lib.minrnn_forward.argtypes = [ptr] * 4 + [n, n, n, ctypes.c_int]
-    lib.minrnn_backward.argtypes = [ptr] * 7 + [n, n, n, ctypes.c_int]
-    for fn in (lib.lstm_stack_step, lib.minrnn_forward, lib.minrnn_backward):
-        fn.restype = None
-    for fn in (lib.lstm_seq_forward, lib.lstm_seq_backward, lib.lnlstm_seq_forward,
-               lib.lnlstm_seq_backward, lib.gru_seq_forward, lib.gru_seq_backward,
-               lib.gru_cho_seq_forward, lib.gru_cho_seq_backward, lib.rnn_seq_forward,
-               lib.rnn_seq_backward):
-        fn.restype = ctypes.c_int  # 0, or 1: a thread could not allocate its buffers
     return lib
 
-
-
-def check(failed: int, what: str, **shape: int) -> None:
-    """Raise if a whole-sequence kernel reported that a thread could not allocate its buffers
-    (its outputs are then incomplete)."""
-    if failed:
-        dims = ", ".join(f"{k}={v}" for k, v in shape.items())
-        raise MemoryError(f"rnnkit's C {what} kernel could not allocate its per-thread "
-                          f"buffers ({dims}); try a smaller batch")
 
 
 def pack(m: Tensor) -> Tensor:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from rnnkit.kernels import gemm, native
+from rnnkit.kernels import bindings, gemm, native
 from rnnkit.kernels.reference import gather_time, reverse_index
 
 if TYPE_CHECKING:
@@ -121,8 +121,7 @@ class _NativeScan(torch.autograd.Function):
         H = h0.shape[1]
         pre, h0 = pre.contiguous(), h0.contiguous()
         h = pre.new_empty(B, T, H)
-        native.lib().minrnn_forward(pre.data_ptr(), h0.data_ptr(), lens.data_ptr(),
-                                    h.data_ptr(), B, T, H, int(lstm))
+        bindings.minrnn_forward(pre, h0, lens, h, B, T, H, lstm)
         ctx.save_for_backward(pre, h0, h, lens)
         ctx.lstm = lstm
         return h
@@ -133,9 +132,7 @@ class _NativeScan(torch.autograd.Function):
         B, T, H = h.shape
         dh = dh.contiguous()
         dpre, dh0 = torch.empty_like(pre), torch.empty_like(h0)
-        native.lib().minrnn_backward(pre.data_ptr(), h0.data_ptr(), h.data_ptr(),
-                                     lens.data_ptr(), dh.data_ptr(), dpre.data_ptr(),
-                                     dh0.data_ptr(), B, T, H, int(ctx.lstm))
+        bindings.minrnn_backward(pre, h0, h, lens, dh, dpre, dh0, B, T, H, ctx.lstm)
         return dpre, dh0, None, None
 
 

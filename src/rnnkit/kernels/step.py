@@ -20,13 +20,12 @@ prepares everything once, while the weights stay unchanged:
 
 from __future__ import annotations
 
-import ctypes
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from rnnkit.kernels import gemm, native
+from rnnkit.kernels import bindings, gemm, native
 
 if TYPE_CHECKING:
     from rnnkit.layers import Recurrent
@@ -65,9 +64,8 @@ class Stepper:
                 packs = [[native.pack_units(c.weight_ih), native.pack_units(c.weight_hh),
                           native.pack_units(c.weight_hh.new_zeros(4 * self.H) if c.bias_ih is None
                                             else c.bias_ih + c.bias_hh)] for c in layer.cells]
-                self.packs = packs  # (referenced while the C step reads them)
-                ptrs = ctypes.c_void_p * self.L
-                self.ptrs = [ptrs(*[p[i].data_ptr() for p in packs]) for i in range(3)]
+                self.packs = bindings.StackWeights(*zip(*packs, strict=True), I=layer.input_size,
+                                            H=self.H)
             for cell, split in zip(layer.cells, self.split, strict=True):
                 if self.native or not split:
                     self.mats.append(None)
@@ -101,9 +99,7 @@ class Stepper:
         old = tuple(s.to(self.dtype).contiguous() for s in old)
         new = tuple(torch.empty_like(s) for s in old)
         if self.native:
-            native.lib().lstm_stack_step(x.data_ptr(), *self.ptrs, old[0].data_ptr(),
-                                         old[1].data_ptr(), new[0].data_ptr(),
-                                         new[1].data_ptr(), self.L, B, x.shape[1], H)
+            bindings.lstm_stack_step(x, self.packs, old[0], old[1], new[0], new[1], B)
             return new[0][-1], new
         inp = x
         for k, cell in enumerate(self.layer.cells):
@@ -123,4 +119,6 @@ class Stepper:
 
 
 def _weights_version(layer: Recurrent) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in layer.parameters())
+    """Changes when a parameter is written in place (its version) or replaced (its storage)."""
+    return tuple((p.untyped_storage()._cdata, p.storage_offset(), p._version)
+                 for p in layer.parameters())
