@@ -233,3 +233,17 @@ def test_c_sources_ship_as_package_data():
     assert native.MAIN in native.sources() and len(files) >= 8
     for f in files:
         assert any(fnmatch.fnmatch(f, p) for p in patterns), f
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_last_kernel_says_which_implementation_ran(family):
+    """The C-or-torch choice is made once per call and reported: ``last_kernel.backend`` is
+    ``"c"`` on CPU float32 where the C kernels are built, ``"torch"`` in float64;
+    ``last_kernel.runs`` joins both (``"fast:c"``)."""
+    _, layer = pair(family)
+    layer(torch.randn(2, 3, I))
+    want = "c" if native.lib() is not None else "torch"
+    assert layer.last_kernel == "fast" and layer.last_kernel.backend == want
+    assert layer.last_kernel.runs == f"fast:{want}"
+    layer.double()(torch.randn(2, 3, I, dtype=torch.float64))
+    assert layer.last_kernel.runs == "fast:torch"

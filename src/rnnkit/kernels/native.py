@@ -1,28 +1,30 @@
-"""C for the fast paths, built at first use and cached: LSTM and LayerNormLSTM over whole
-sequences (forward and backward, recurrent products included), the LSTM step the sampler uses,
-and minGRU/minLSTM's whole pass over time.
+"""Builds, caches and loads rnnkit's C kernels, and lays out weights the way they read them.
 
-Why whole sequences: per time step an LSTM has one small product ``(B, H) @ (H, 4H)`` and six
-to eight elementwise ops. Through torch each is a call with a fixed cost (a few microseconds
-for an op, ~12 for a oneDNN product), and at ``B = 32, H = 256`` those fixed costs are as large
-as the arithmetic. Here one call runs all ``T`` steps: each thread of torch's OpenMP team owns
-fixed blocks of batch rows for the whole sequence (a row's state at ``t`` needs only its own
-state at ``t - 1``, so the threads never wait for each other), multiplies them against weights
-packed once into 32-column panels (an AVX-512 FMA kernel, 8 rows x 32 columns), and applies the
-cell's elementwise math while the step's rows are still in cache. The input projection
-(forward) and the input's gradient (backward) are products of the same rows and are made there
-too; what only the backward reads (gates, products, ``dA^T``) goes out with streaming stores.
-The weight gradients stay one large oneDNN product over all steps
+The C lives in real files under ``csrc/`` (package data): ``common.h`` (OpenMP macros,
+activations, per-thread workspace, row ranges, the put helpers), ``panel.h`` (the panel
+product), one ``.c`` per cell family (``lstm.c``, ``gru.c``, ``rnn.c``, ``layernorm_lstm.c``,
+``minrnn.c``) and ``kernels.c``, the one translation unit that includes them: one compile, one
+library. What each entry point computes is written above it in C; it is called only through
+:mod:`rnnkit.kernels.bindings` (typed, checked arguments).
+
+Why whole sequences in C: per time step an LSTM has one small product ``(B, H) @ (H, 4H)`` and
+six to eight elementwise ops; through torch each is a call with a fixed cost, as large as the
+arithmetic at ``B = 32, H = 256``. One C call runs all ``T`` steps: each thread of torch's
+OpenMP team owns fixed blocks of batch rows for the whole sequence (a row's state at ``t``
+needs only its own state at ``t - 1``, so the threads never wait for each other), multiplies
+them against weights packed once into panels of :data:`PW` columns (:func:`pack`; an AVX-512
+FMA kernel, 8 rows x 32 columns) and applies the cell's elementwise math while the step's rows
+are in cache. The weight gradients stay one large oneDNN product over all steps
 (:func:`rnnkit.kernels.gemm.products_t`), for which the backward writes its operand transposed.
 
-:func:`lib` compiles the source below with the system C compiler (``$CC`` or ``cc``; ``-O3``,
-AVX-512 or AVX2/FMA as torch reports them; no ``-ffast-math``) into ``$RNNKIT_CACHE``
-(default ``~/.cache/rnnkit``) once per source/flags, in 2–3 seconds, and loads it with
-ctypes. Built with ``-fopenmp`` where that links, the loops run on torch's own OpenMP thread
-team (``libgomp.so.1`` resolves to the copy torch has loaded: one runtime, the thread count
-torch.set_num_threads set). Without a compiler, or with ``RNNKIT_NATIVE=0``, :func:`lib`
-returns ``None`` and the fast path runs the same math in torch ops (per-step products through
-:class:`rnnkit.kernels.gemm.Fixed`).
+:func:`lib` compiles ``csrc/kernels.c`` with the system C compiler (``$CC`` or ``cc``; ``-O3``,
+AVX-512 or AVX2/FMA as torch reports them, no ``-ffast-math``; constants as ``-D`` defines,
+:data:`DEFINES`) into ``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit``) as
+``rnnkit-kernels-<key>.so``, the key a hash of every source file, the compiler and the flags,
+and loads it with ctypes. Built with ``-fopenmp`` where that links, the loops run on torch's
+own OpenMP thread team (``libgomp.so.1`` resolves to the copy torch has loaded). Without a
+compiler, or with ``RNNKIT_NATIVE=0``, :func:`lib` returns ``None`` and the kernels run the
+same math in torch ops.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ static void bwd_row(const float *restrict gi, const float *restrict gf,
     }
 }
 
-/* Packed rows (rnnkit.kernels.fast.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1
+/* Packed rows (rnnkit.kernels.plan.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1
  * of X (N, I); HH, CC (B + N, H) hold h0, c0 then every step's h, c. Per step and row:
  * pre = bias + x W_ih^T + h_prev W_hh^T (wx, wh: W_ih^T, W_hh^T packed into ceil(4H / PW)
  * panels of (I, PW) and (H, PW); bias (4H)), then the cell; writes gates G (N, 4H) and TC. */
