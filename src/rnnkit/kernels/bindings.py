@@ -17,7 +17,7 @@ could not allocate its buffers.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 
 import torch
@@ -109,6 +109,12 @@ def _done(failed: int, what: str, B: int, H: int) -> None:
     if failed:
         raise MemoryError(f"rnnkit's C {what} kernel could not allocate its per-thread buffers "
                           f"(B={B}, H={H}); try a smaller batch")
+
+
+def versions(tensors: Iterable[Tensor]) -> tuple[tuple[int, int], ...]:
+    """Changes when one of ``tensors`` is written in place (its version counter) or replaced
+    (its address): whether weights packed for C are still those of the layer."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def threads() -> int:

@@ -27,12 +27,11 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from rnnkit.kernels import gru, layernorm_lstm, lstm, native, rnn
 from rnnkit.kernels.plan import Plan
-from rnnkit.kernels.stack import Stack, over_stack
+from rnnkit.kernels.stack import Result, Stack, State, float_family, over_stack
 
 # cell family -> direction(cell, X, state, plan, record, use_c) over packed rows
 DIRECTIONS = {
@@ -47,11 +46,8 @@ MODES = tuple(DIRECTIONS)
 
 
 def why_not(layer: Stack, x: Tensor, record: bool) -> str | None:
-    if layer.mode not in MODES:
-        return f"the fast path has no kernel for {layer.cell_name}"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"the fast path runs float32/float64, got {x.dtype}"
-    return None
+    return float_family(layer, x, MODES, f"the fast path has no kernel for {layer.cell_name}",
+                        "the fast path")
 
 
 def backend(stack: Stack, x: Tensor) -> str:
@@ -60,16 +56,10 @@ def backend(stack: Stack, x: Tensor) -> str:
     return "c" if native.usable(x, *stack.parameters()) else "torch"
 
 
-def run(
-    stack: Stack,
-    x: Tensor,
-    state: tuple[Tensor, ...],
-    lengths: Tensor | None,
-    record: bool = False,
-    how: str | None = None,
-) -> tuple[Tensor, tuple[Tensor, ...], list | None]:
-    """The kernel (see :mod:`rnnkit.kernels`); ``how``: :func:`backend`'s answer, when the
-    caller has it."""
+def run(stack: Stack, x: Tensor, state: State, lengths: Tensor | None, record: bool = False,
+        how: str | None = None) -> Result:
+    """The kernel (see :mod:`rnnkit.kernels`); ``how``: ``"c"`` or ``"torch"``
+    (:func:`backend`)."""
     B, T, _ = x.shape
     use_c = (how or backend(stack, x)) == "c"
     plan = Plan.make(lengths, B, T, x.device)

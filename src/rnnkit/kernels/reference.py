@@ -15,21 +15,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.kernels.stack import Stack, gather_time, over_stack, reverse_index, time_mask
+from rnnkit.kernels.stack import (
+    Result,
+    Stack,
+    State,
+    gather_time,
+    over_stack,
+    reverse_index,
+    time_mask,
+    time_reversal,
+)
 
 __all__ = ["gather_time", "reverse_index", "run"]
 
 
-def run(
-    stack: Stack,
-    x: Tensor,
-    state: tuple[Tensor, ...],
-    lengths: Tensor | None,
-    record: bool = False,
-) -> tuple[Tensor, tuple[Tensor, ...], list | None]:
+def run(stack: Stack, x: Tensor, state: State, lengths: Tensor | None,
+        record: bool = False) -> Result:
+    """The kernel (see :mod:`rnnkit.kernels`)."""
     B, T, _ = x.shape
     mask = time_mask(lengths, B, T, x.device)
-    rev = reverse_index(lengths, B, T, x.device) if stack.num_directions == 2 else None
 
     def direction(cell: Any, seq: Tensor, s: tuple[Tensor, ...]):
         ys: list[Tensor] = []
@@ -57,4 +61,4 @@ def run(
                 rec[name] = v if mask is None else v * mask.unsqueeze(-1).to(v.dtype)
         return y, s, rec
 
-    return over_stack(stack, x, state, direction, lambda v: gather_time(v, rev), record)
+    return over_stack(stack, x, state, direction, time_reversal(stack, lengths, x), record)

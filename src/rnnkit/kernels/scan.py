@@ -35,18 +35,23 @@ import torch
 from torch import Tensor
 
 from rnnkit.kernels import bindings, gemm, native
-from rnnkit.kernels.stack import Stack, gather_time, over_stack, reverse_index, time_mask
+from rnnkit.kernels.stack import (
+    Result,
+    Stack,
+    State,
+    float_family,
+    over_stack,
+    time_mask,
+    time_reversal,
+)
 
 MODES = ("mingru", "minlstm")
 SCANS = ("auto", "native", "chunked", "log")
 
 
 def why_not(layer: Stack, x: Tensor, record: bool) -> str | None:
-    if layer.mode not in MODES:
-        return f"{layer.cell_name} is not linear in its state; no parallel scan applies"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"the scan runs float32/float64, got {x.dtype}"
-    return None
+    return float_family(layer, x, MODES, f"{layer.cell_name} is not linear in its state; no "
+                        "parallel scan applies", "the scan")
 
 
 def _chunked(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
@@ -179,16 +184,9 @@ def run_direction(
     return h, (gates if record else None)
 
 
-def run(
-    stack: Stack,
-    x: Tensor,
-    state: tuple[Tensor, ...],
-    lengths: Tensor | None,
-    record: bool = False,
-    how: str | None = None,
-) -> tuple[Tensor, tuple[Tensor, ...], list | None]:
-    """The kernel (see :mod:`rnnkit.kernels`); ``how``: the algorithm, :func:`resolve`'s
-    answer, when the caller has it."""
+def run(stack: Stack, x: Tensor, state: State, lengths: Tensor | None, record: bool = False,
+        how: str | None = None) -> Result:
+    """The kernel (see :mod:`rnnkit.kernels`); ``how``: the algorithm (:func:`resolve`)."""
     B, T, _ = x.shape
     algo = how or resolve(stack.scan, x)
     lens = None
@@ -196,7 +194,6 @@ def run(
         lens = (torch.full((B,), T, dtype=torch.int64) if lengths is None
                 else lengths.to(device="cpu", dtype=torch.int64).contiguous())
     mask = time_mask(lengths, B, T, x.device)
-    rev = reverse_index(lengths, B, T, x.device) if stack.num_directions == 2 else None
 
     def direction(cell: Any, seq: Tensor, s: tuple[Tensor, ...]):
         h, gates = run_direction(cell, seq, s[0], mask, algo, record, lens)
@@ -210,4 +207,4 @@ def run(
                 rec[name] = v if mask is None else v * mask.unsqueeze(-1).to(v.dtype)
         return h, (final,), rec
 
-    return over_stack(stack, x, state, direction, lambda v: gather_time(v, rev), record)
+    return over_stack(stack, x, state, direction, time_reversal(stack, lengths, x), record)

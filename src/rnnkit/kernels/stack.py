@@ -72,14 +72,15 @@ def as_stack(layer: Stack | HasStack) -> Stack:
     return layer if isinstance(layer, Stack) else layer.describe_stack()
 
 
+State = tuple[Tensor, ...]  # one tensor per state name
+# a kernel's result: output, final state, records[layer][direction] (or None)
+Result = tuple[Tensor, State, list | None]
 # direction(cell, input, initial state) -> (output, final state, recordings or None)
-Direction = Callable[[Any, Tensor, tuple[Tensor, ...]],
-                     tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]]
+Direction = Callable[[Any, Tensor, State], tuple[Tensor, State, dict[str, Tensor] | None]]
 
 
-def over_stack(stack: Stack, x: Tensor, state: tuple[Tensor, ...], direction: Direction,
-               reverse: Callable[[Tensor], Tensor], record: bool
-               ) -> tuple[Tensor, tuple[Tensor, ...], list | None]:
+def over_stack(stack: Stack, x: Tensor, state: State, direction: Direction,
+               reverse: Callable[[Tensor], Tensor], record: bool) -> Result:
     """Run ``direction`` for every layer and direction of ``stack``.
 
     ``x``: the first layer's input in the kernel's own layout (``(B, T, I)``, or packed rows
@@ -115,6 +116,17 @@ def over_stack(stack: Stack, x: Tensor, state: tuple[Tensor, ...], direction: Di
     return inp, tuple(torch.stack(f, 0) for f in finals), records
 
 
+def float_family(stack: Stack, x: Tensor, modes: Sequence[str], not_family: str,
+                 kernel: str) -> str | None:
+    """A float32/float64 kernel's ``why_not``: ``not_family`` where ``stack.mode`` is not one
+    of ``modes``, else why ``x``'s dtype cannot run, else ``None``."""
+    if stack.mode not in modes:
+        return not_family
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"{kernel} runs float32/float64, got {x.dtype}"
+    return None
+
+
 def time_mask(lengths: Tensor | None, B: int, T: int, device: torch.device) -> Tensor | None:
     """``(B, T)`` bool, true at each sequence's real steps (``None`` without lengths)."""
     if lengths is None:
@@ -130,6 +142,14 @@ def reverse_index(lengths: Tensor | None, B: int, T: int, device: torch.device) 
         return T - 1 - t
     L = lengths.to(device).view(B, 1)
     return torch.where(t < L, L - 1 - t, t)
+
+
+def time_reversal(stack: Stack, lengths: Tensor | None, x: Tensor) -> Callable[[Tensor], Tensor]:
+    """For :func:`over_stack` on batch-first ``(B, T, F)`` tensors like ``x``: each sequence
+    reversed within its length (only a bidirectional stack calls it)."""
+    B, T = x.shape[:2]
+    rev = reverse_index(lengths, B, T, x.device) if stack.num_directions == 2 else None
+    return lambda v: gather_time(v, rev)
 
 
 def gather_time(x: Tensor, index: Tensor) -> Tensor:

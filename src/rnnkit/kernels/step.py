@@ -116,6 +116,4 @@ class Stepper:
 
 
 def _weights_version(layer: Stack) -> tuple:
-    """Changes when a parameter is written in place (its version) or replaced (its storage)."""
-    return tuple((p.untyped_storage()._cdata, p.storage_offset(), p._version)
-                 for p in layer.parameters())
+    return bindings.versions(layer.parameters())
