@@ -16,7 +16,11 @@ Every kernel has the same signature::
   sequence's length.
 
 It returns ``output`` ``(B, T, D*H)`` (zero past each length) and the final state tuple, each
-``(num_layers * D, B, H)``, holding each sequence's state at its own last step.
+``(num_layers * D, B, H)``, holding each sequence's state at its own last step. The kernels
+with several implementations (``fast``: C or torch; ``scan``: native, chunked or log) also
+take ``how``, decided here once per call (:data:`BACKENDS`) and reported by
+``layer.last_kernel.backend``. The reference, fast and scan kernels share one loop over layers
+and directions (:func:`rnnkit.kernels.stack.over_stack`).
 """
 
 from __future__ import annotations
