@@ -207,6 +207,11 @@ def _bash(cmd: str, cwd: Path) -> str:
     return "".join(lines)
 
 
+def in_suite(cmd: str) -> bool:
+    """``python -m pytest tests/...``: a command that runs some of this suite's own tests."""
+    return re.fullmatch(r"python -m pytest( tests/\S+)+", cmd) is not None
+
+
 def run_section(title: str, root: Path, capsys: pytest.CaptureFixture[str],
                 monkeypatch: pytest.MonkeyPatch) -> dict:
     """The section's commands and runnable Python blocks, in README order, in ``root``."""
@@ -215,7 +220,11 @@ def run_section(title: str, root: Path, capsys: pytest.CaptureFixture[str],
     for line, kind, marker, code in dict(SECTIONS)[title]:
         if kind == "bash":
             for cmd in commands(code):
-                if cmd not in LONG:
+                if in_suite(cmd):  # this suite's own test files: they run beside this test
+                    missing = [f for f in cmd.split()[3:]
+                               if not (ROOT / f.split("::")[0]).is_file()]
+                    assert not missing, f"{cmd!r} names test files that do not exist: {missing}"
+                elif cmd not in LONG:
                     run_command(cmd, root, capsys)
         elif marker == "runnable":
             torch.manual_seed(0)
