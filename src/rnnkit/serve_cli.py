@@ -13,6 +13,7 @@ import logging
 import sys
 from dataclasses import fields
 
+from rnnkit.runtime import keep_freed_memory
 from rnnkit.tasks.args import POS_INT, parser_kwargs
 
 HELP = {
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rnnkit serve", **parser_kwargs(__doc__))
     add_args(p)
     args = p.parse_args(argv)
+    keep_freed_memory()  # as `rnnkit serve`: batches reuse freed memory, no page faults per call
     try:
         return run(args)
     except (ValueError, OSError) as e:

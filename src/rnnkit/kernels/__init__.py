@@ -95,10 +95,15 @@ class Choice(str):
 # -- the measured table behind kernel="auto" ----------------------------------------------------
 MARGIN = 0.03  # the fast path only when measured at least 3% faster than fused
 SIZE_CLASSES = ((384, "small"), (None, "large"))  # hidden <= 384: measured at 256; else at 512
+TINY_ROWS = 32  # B * T at most this: "tiny" (a streamed chunk; measured at B = 1, T = 16)
 
 
-def size_class(hidden: int) -> str:
-    """The table's size class of a layer of ``hidden`` units per direction."""
+def size_class(hidden: int, rows: int | None = None) -> str:
+    """The table's size class of a call on ``rows = B * T`` rows of a layer of ``hidden`` units
+    per direction: ``"tiny"`` for a few rows (where fixed costs per call decide), else by
+    ``hidden``."""
+    if rows is not None and rows <= TINY_ROWS:
+        return "tiny"
     for top, name in SIZE_CLASSES:
         if top is None or hidden <= top:
             return name
@@ -120,7 +125,7 @@ def table_key(layer: Layer, x: Tensor) -> tuple[str, str, str, str, str] | None:
         return None
     dtype = str(x.dtype).removeprefix("torch.")
     return (dev, dtype, layer.mode, "train" if _is_training(layer, x) else "infer",
-            size_class(layer.hidden_size))
+            size_class(layer.hidden_size, x.shape[0] * x.shape[1]))
 
 
 def measured(layer: Layer, x: Tensor) -> tuple[str, str] | None:
