@@ -110,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
     access.propagate = False
     print(f"rnnkit serve: {', '.join(app.state.served)} on http://{args.host}:{args.port}/",
           file=sys.stderr)
+    # replies are ~100-byte JSON objects: compressing each (permessage-deflate) costs more
+    # server time than it saves on a local network
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False, timeout_graceful_shutdown=10)
+                access_log=False, timeout_graceful_shutdown=10, ws_per_message_deflate=False)
     return 0
 
 
