@@ -91,6 +91,18 @@ def in_process(run: Path, chunks: list[str]) -> float:
     return (time.perf_counter() - t) / len(chunks) * 1e3
 
 
+def rss_after_trim(base: str, pid: int, wait: float = 15.0) -> float:
+    """The server's RSS once it has handed idle memory back (its sweeper does, within 5 s of
+    the last session closing: ``memory_trims`` in /healthz goes up), or after ``wait``."""
+    n0 = httpx.get(base + "/healthz").json().get("memory_trims", 0)
+    t = time.monotonic()
+    while time.monotonic() - t < wait:
+        if httpx.get(base + "/healthz").json().get("memory_trims", 0) > n0:
+            break
+        time.sleep(0.2)
+    return rss_mb(pid)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -185,13 +197,11 @@ def serve_once(run: Path, a: argparse.Namespace, max_batch: int) -> dict:
         h = httpx.get(base + "/healthz").json()
         res["ws"]["mean_batch"] = round(h["batched_chunks"] / max(h["batches"], 1), 1)
         res["http"] = asyncio.run(http_load(port, a.http_sessions, a.http_chunks, 1))
-        time.sleep(1)
         res["sessions_after"] = httpx.get(base + "/healthz").json()["sessions"]
-        res["rss_after_mb"] = round(rss_mb(proc.pid), 1)
+        res["rss_after_mb"] = round(rss_after_trim(base, proc.pid), 1)
         # a second round of the same sessions: is memory flat once sessions close?
         asyncio.run(ws_load(port, a.sessions, 10, 2))
-        time.sleep(1)
-        res["rss_after_2nd_round_mb"] = round(rss_mb(proc.pid), 1)
+        res["rss_after_2nd_round_mb"] = round(rss_after_trim(base, proc.pid), 1)
         info = httpx.get(base + "/v1/models").json()["models"][0]
         res["model"] = {k: info[k] for k in ("cell", "hidden", "params")}
     finally:
