@@ -41,6 +41,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,16 +69,19 @@ def sync(dev: torch.device) -> None:
 
 def race(fns: list[Callable[[], object]], reps: int, dev: torch.device, warmup: int = 2
          ) -> list[float]:
-    """Median seconds of each function, run interleaved ``reps`` times after ``warmup``."""
+    """Median seconds of each function, run interleaved ``reps`` times after ``warmup``. The
+    order rotates every repetition, so that no program always runs right after the same one
+    (on small calls, the one before decides what is still in cache)."""
     for f in fns:
         for _ in range(warmup):
             f()
     sync(dev)
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(reps):
-        for k, f in enumerate(fns):
+    n = len(fns)
+    for r in range(reps):
+        for k in [(r + j) % n for j in range(n)]:
             t = time.perf_counter()
-            f()
+            fns[k]()
             sync(dev)
             times[k].append(time.perf_counter() - t)
     return [statistics.median(t) for t in times]
@@ -145,6 +149,22 @@ def bench_auto(a: argparse.Namespace, dev: torch.device) -> None:
                 dtype = str(x.dtype).removeprefix("torch.")
                 table[f"{dev.type}|{dtype}|{mode}|{key}|{size_class(H)}"] = {
                     "fused": round(t[1], 5), "fast": round(t[2], 5)}
+        # a streamed chunk (inference, B = 1, T = 16: the "tiny" class) at the first size
+        L, H = a.sizes[0]
+        ref, auto = torch_twin(cls, a.E, H, L, dev)
+        fused = cls.from_torch(ref, kernel="fused").to(dev)
+        fast = cls.from_torch(ref, kernel="fast").to(dev)
+        xs = torch.randn(1, 16, a.E, device=dev)
+        t = race([fwd(auto, xs), fwd(fused, xs), fwd(fast, xs)], a.reps * 4, dev)
+        peer = "fused" if t[1] <= t[2] else "fast"
+        name = f"{cls.__name__} {L}x{H} forward, B=1 T=16"
+        row("auto", name, t[0], min(t[1], t[2]), f"max(fused, fast): {peer}", 0.97,
+            note=f"[{auto.last_kernel}] fused {t[1] * 1e3:.2f} / fast {t[2] * 1e3:.2f} ms")
+        row("auto", f"{name} vs torch.nn", t[0], t[1], "torch.nn (fused)", None,
+            note=f"[{auto.last_kernel}]")
+        table[f"{dev.type}|{str(xs.dtype).removeprefix('torch.')}|{mode}|infer|"
+              f"{size_class(H, xs.shape[0] * xs.shape[1])}"] = {
+            "fused": round(t[1], 6), "fast": round(t[2], 6)}
     if a.write_table:
         path = Path(rnnkit.__file__).parent / "kernels" / "auto_table.py"
         head = path.read_text().split("SOURCE = ")[0]
@@ -152,7 +172,9 @@ def bench_auto(a: argparse.Namespace, dev: torch.device) -> None:
                f"B={a.batch}, T={a.T}, E={a.E}, torch {torch.__version__}, "
                f"{time.strftime('%Y-%m-%d')}: bench/kernels.py --only auto --write-table")
         body = "".join(f"    {k!r}: {v!r},\n" for k, v in sorted(table.items()))
-        path.write_text(f"{head}SOURCE = {src!r}\n\nTABLE: dict[str, dict[str, float]] = "
+        # adjacent string literals, each line within ruff's length
+        lines = "".join(f"    {p!r}\n" for p in textwrap.wrap(src, 80, drop_whitespace=False))
+        path.write_text(f"{head}SOURCE = (\n{lines})\n\nTABLE: dict[str, dict[str, float]] = "
                         f"{{\n{body}}}\n")
         print(f"  wrote {path}", flush=True)
 

@@ -10,7 +10,8 @@ tokenizer) for 2 steps on synthetic text; speed does not depend on the weights.
 Measures: one StreamSession.feed in-process (the floor); then ``--sessions`` concurrent
 WebSocket sessions each streaming ``--chunks`` chunks of 20-80 characters, one in flight per
 session (each reply's sequence number is checked: no lost or reordered chunk): latency per
-chunk (p50, p99) and chunks/s in all; the same over HTTP sessions (POST feed); and the
+chunk (p50, p99), chunks/s in all, and the CPU time per chunk of the load client and of the
+server (both share the machine's cores); the same over HTTP sessions (POST feed); and the
 server's RSS before, at peak, after the sessions close and after a second round. All of
 it for each ``--max-batch`` (default 256 then 1: micro-batching's gain is the ratio).
 """
@@ -69,6 +70,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (``/proc/PID/stat``)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def in_process(run: Path, chunks: list[str]) -> float:
     import torch
 
@@ -82,6 +89,18 @@ def in_process(run: Path, chunks: list[str]) -> float:
     for c in chunks:
         s.feed(c)
     return (time.perf_counter() - t) / len(chunks) * 1e3
+
+
+def rss_after_trim(base: str, pid: int, wait: float = 15.0) -> float:
+    """The server's RSS once it has handed idle memory back (its sweeper does, within 5 s of
+    the last session closing: ``memory_trims`` in /healthz goes up), or after ``wait``."""
+    n0 = httpx.get(base + "/healthz").json().get("memory_trims", 0)
+    t = time.monotonic()
+    while time.monotonic() - t < wait:
+        if httpx.get(base + "/healthz").json().get("memory_trims", 0) > n0:
+            break
+        time.sleep(0.2)
+    return rss_mb(pid)
 
 
 def free_port() -> int:
@@ -167,18 +186,22 @@ def serve_once(run: Path, a: argparse.Namespace, max_batch: int) -> dict:
             except httpx.TransportError:
                 time.sleep(0.1)
         res["rss_before_mb"] = round(rss_mb(proc.pid), 1)
+        c0, s0 = time.process_time(), cpu_s(proc.pid)
         res["ws"] = asyncio.run(ws_load(port, a.sessions, a.chunks, 0))
+        # where the 2 cores went: the load client (this process) and the server
+        res["ws"]["client_cpu_ms_per_chunk"] = round(
+            (time.process_time() - c0) / res["ws"]["chunks"] * 1e3, 3)
+        res["ws"]["server_cpu_ms_per_chunk"] = round(
+            (cpu_s(proc.pid) - s0) / res["ws"]["chunks"] * 1e3, 3)
         res["rss_peak_mb"] = round(rss_mb(proc.pid), 1)
         h = httpx.get(base + "/healthz").json()
         res["ws"]["mean_batch"] = round(h["batched_chunks"] / max(h["batches"], 1), 1)
         res["http"] = asyncio.run(http_load(port, a.http_sessions, a.http_chunks, 1))
-        time.sleep(1)
         res["sessions_after"] = httpx.get(base + "/healthz").json()["sessions"]
-        res["rss_after_mb"] = round(rss_mb(proc.pid), 1)
+        res["rss_after_mb"] = round(rss_after_trim(base, proc.pid), 1)
         # a second round of the same sessions: is memory flat once sessions close?
         asyncio.run(ws_load(port, a.sessions, 10, 2))
-        time.sleep(1)
-        res["rss_after_2nd_round_mb"] = round(rss_mb(proc.pid), 1)
+        res["rss_after_2nd_round_mb"] = round(rss_after_trim(base, proc.pid), 1)
         info = httpx.get(base + "/v1/models").json()["models"][0]
         res["model"] = {k: info[k] for k in ("cell", "hidden", "params")}
     finally:

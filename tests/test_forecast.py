@@ -74,6 +74,30 @@ def test_var_equals_statsmodels_forecasts():
         np.testing.assert_allclose(ours[i], ref.forecast(y[o - fit.p:o], 6), rtol=1e-9)
 
 
+def test_ladder_var_takes_the_covariates_and_equals_statsmodels():
+    rng = np.random.default_rng(2)
+    n = 500
+    y = np.zeros((n, 2))  # a target driven by a covariate's lag
+    for t in range(1, n):
+        y[t, 1] = 0.7 * y[t - 1, 1] + rng.normal()
+        y[t, 0] = 0.2 + 0.3 * y[t - 1, 0] + 0.6 * y[t - 1, 1] + 0.5 * rng.normal()
+    t = np.array([400, 450, 490])
+    out, info = baselines.ladder(y[:, :1], 400, t, 5, 1, maxlag=4, covariates=y[:, 1:])
+    ref = VAR(y[:400]).fit(maxlags=4, ic="aic")
+    assert info["var_series"] == 2 and info["var_p"] == ref.k_ar
+    var = out[f"VAR({ref.k_ar}), AIC"]
+    assert var.shape == (3, 5, 1)
+    for i, o in enumerate(t):
+        np.testing.assert_allclose(var[i, :, 0], ref.forecast(y[o - ref.k_ar:o], 5)[:, 0],
+                                   rtol=1e-9)
+    # the covariate's lag carries information AR(p) on the target alone cannot see
+    truth = np.stack([y[o:o + 5, 0] for o in t])
+    ar = next(v for k, v in out.items() if k.startswith("AR("))
+    assert np.abs(var[:, 0, 0] - truth[:, 0]).mean() < np.abs(ar[:, 0, 0] - truth[:, 0]).mean()
+    assert not any(k.startswith("VAR") for k in baselines.ladder(y[:, :1], 400, t, 5, 1,
+                                                                  maxlag=4)[0])
+
+
 def test_naive_and_seasonal_naive():
     y = np.arange(100, dtype=float)[:, None] ** 1.5
     t = np.array([30, 50])

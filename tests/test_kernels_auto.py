@@ -20,10 +20,10 @@ FAMILIES = {
 B, T, I = 3, 7, 5
 
 
-def expected(mode: str, training: bool, H: int) -> str:
+def expected(mode: str, training: bool, H: int, rows: int = B * T) -> str:
     """What the shipped table says for this call (independent of the dispatch code)."""
-    times = TABLE.get(f"cpu|float32|{mode}|{'train' if training else 'infer'}|"
-                      f"{'small' if H <= 384 else 'large'}")
+    size = "tiny" if rows <= 32 else "small" if H <= 384 else "large"
+    times = TABLE.get(f"cpu|float32|{mode}|{'train' if training else 'infer'}|{size}")
     if not times:
         return "fused"
     best = min(times, key=lambda k: (times[k], k))
@@ -69,10 +69,24 @@ def test_gru_and_rnn_training_take_the_fast_path_on_cpu():
     for mode in ("gru", "rnn_tanh"):
         t = TABLE[f"cpu|float32|{mode}|train|small"]
         assert t["fast"] < t["fused"]
-    x = torch.randn(B, T, I, requires_grad=True)
+    x = torch.randn(4, 16, I, requires_grad=True)  # 64 rows: not "tiny"
     layer = rnnkit.GRU(I, 16)
     layer(x)
     assert layer.last_kernel == "fast" and "measured faster" in layer.last_kernel.why
+
+
+def test_a_tiny_call_reads_the_tiny_row():
+    """A few rows (a streamed chunk, B * T <= 32) have their own rows in the table: there the
+    fixed cost per call decides, not the products; training has no tiny row (fused)."""
+    layer = rnnkit.GRU(I, 16)
+    for shape, grad in (((1, 16), False), ((2, 16), False), ((1, 33), False), ((1, 16), True)):
+        x = torch.randn(*shape, I)
+        with torch.set_grad_enabled(grad):
+            layer(x)
+        want = expected("gru", grad, 16, shape[0] * shape[1])
+        assert layer.last_kernel == want, (shape, grad, layer.last_kernel.why)
+        if shape[0] * shape[1] <= 32 and not grad and "cpu|float32|gru|infer|tiny" in TABLE:
+            assert "tiny" in layer.last_kernel.why
 
 
 def test_fused_stays_bit_exact_torch_nn():

@@ -163,8 +163,9 @@ def test_c_kernels_share_torchs_openmp_runtime():
 
 def test_c_source_compiles_in_every_variant(tmp_path):
     """A mistake in the C must fail here, loudly, not leave the fast paths silently on their
-    torch fallback: the source compiles with the best ISA flags (with
-    OpenMP where it links, and without) and with none (the plain-C branches), and loads."""
+    torch fallback: the sources (src/rnnkit/kernels/csrc) compile, with ``-Wall -Wextra
+    -Werror``, in every variant the build tries (each ISA's flags with OpenMP where it links,
+    and without; plain C), and the library loads."""
     import os
     import shutil
     import subprocess
@@ -172,13 +173,12 @@ def test_c_source_compiles_in_every_variant(tmp_path):
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None or os.environ.get("RNNKIT_NATIVE") == "0":
         pytest.skip("no C compiler for rnnkit's kernels")
-    sets = native._flag_sets()
-    c_file = tmp_path / "kernels.c"
-    c_file.write_text(native.SOURCE)
-    for flags in {tuple(sets[0]), tuple(sets[1]), tuple(sets[-1])}:
-        done = subprocess.run([cc, *flags, str(c_file), "-o", str(tmp_path / "k.so"), "-lm"],
-                              capture_output=True, text=True)
-        if done.returncode and "-fopenmp" in flags and "omp" in done.stderr.lower():
+    for flags in native._flag_sets():
+        cmd = native.compile_command(cc, [*flags, "-Wall", "-Wextra", "-Werror"],
+                                     tmp_path / "k.so")
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode and "-fopenmp" in flags and any(
+                m in done.stderr for m in ("omp.h", "-lgomp", "libgomp")):
             continue  # no OpenMP runtime to link here: the serial build serves
         assert done.returncode == 0, (flags, done.stderr[-3000:])
     assert native.lib() is not None
@@ -217,3 +217,33 @@ def test_whole_sequence_c_equals_reference(family, threads, ragged):
             torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
     finally:
         torch.set_num_threads(old)
+
+
+def test_c_sources_ship_as_package_data():
+    """Every file of src/rnnkit/kernels/csrc matches a pattern of pyproject's package data, so
+    a (non-editable) wheel carries what the build compiles at first use."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    patterns = data["tool"]["setuptools"]["package-data"]["rnnkit"]
+    files = [f.relative_to(root / "src" / "rnnkit").as_posix() for f in native.CSRC.iterdir()]
+    assert native.MAIN in native.sources() and len(files) >= 8
+    for f in files:
+        assert any(fnmatch.fnmatch(f, p) for p in patterns), f
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_last_kernel_says_which_implementation_ran(family):
+    """The C-or-torch choice is made once per call and reported: ``last_kernel.backend`` is
+    ``"c"`` on CPU float32 where the C kernels are built, ``"torch"`` in float64;
+    ``last_kernel.runs`` joins both (``"fast:c"``)."""
+    _, layer = pair(family)
+    layer(torch.randn(2, 3, I))
+    want = "c" if native.lib() is not None else "torch"
+    assert layer.last_kernel == "fast" and layer.last_kernel.backend == want
+    assert layer.last_kernel.runs == f"fast:{want}"
+    layer.double()(torch.randn(2, 3, I, dtype=torch.float64))
+    assert layer.last_kernel.runs == "fast:torch"

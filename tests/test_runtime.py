@@ -83,3 +83,24 @@ def test_slowdown_notice_once(capsys: pytest.CaptureFixture[str]) -> None:
     assert pr.check_rate(100.0) is None  # once per run
     err = capsys.readouterr().err
     assert err.count("notice: training slowed") == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_release_freed_memory_hands_the_kept_peak_back() -> None:
+    """With freed memory kept (the command's setting), a freed 256 MB tensor stays resident;
+    release_freed_memory gives it back to the system."""
+    code = """
+import re, torch, rnnkit
+from rnnkit import runtime
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read())[1]) / 1024
+assert runtime.keep_freed_memory()
+x = torch.ones(64 * 2**20); x += 1; del x
+kept = rss()
+assert runtime.release_freed_memory()
+print(kept, rss())
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, check=True, env={**os.environ, "RNNKIT_KEEP_MEMORY": "1"})
+    kept, after = map(float, r.stdout.split())
+    assert kept - after > 200, (kept, after)  # MB: the 256 MB block went back

@@ -251,6 +251,33 @@ def test_idle_sessions_expire(run_dir) -> None:
     assert app.state.sessions.expired == 1
 
 
+def test_idle_server_hands_memory_back_once_per_busy_spell(run_dir) -> None:
+    """When the last session has closed, the sweeper trims the heap (once, until sessions come
+    again); never while a session is live."""
+    app = make_app(run_dir, sweep_every=0.02)
+
+    def trims(c: TestClient, want: int) -> int:
+        for _ in range(200):
+            n = c.get("/healthz").json()["memory_trims"]
+            if n >= want:
+                break
+            time.sleep(0.01)
+        return n
+
+    with TestClient(app) as c:
+        a = c.post("/v1/run/sessions").json()["session"]
+        c.post(f"/v1/sessions/{a}/feed", json={"text": "hello"})
+        time.sleep(0.1)
+        assert c.get("/healthz").json()["memory_trims"] == 0  # a live session: no trim
+        c.delete(f"/v1/sessions/{a}")
+        assert trims(c, 1) == 1
+        time.sleep(0.1)
+        assert c.get("/healthz").json()["memory_trims"] == 1  # idle since: not again
+        b = c.post("/v1/run/sessions").json()["session"]
+        c.delete(f"/v1/sessions/{b}")
+        assert trims(c, 2) == 2
+
+
 def test_bidirectional_model_predicts_but_refuses_to_stream(run_dir, clf) -> None:
     from rnnkit.tasks.classify.api import TextClassifier
     from rnnkit.tasks.classify.model import Classifier

@@ -84,14 +84,21 @@ def _refuse_pickle(path: Path, head: bytes) -> None:
                          f"safetensors.torch.save_file(torch.load(f, weights_only=True), ...)")
 
 
-def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """``(tensors, metadata)`` of a safetensors file. A pickle / torch.save file is refused."""
+def _readable(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path, after checking that it is a file (FileNotFoundError naming
+    ``what``) and not a pickle (ValueError)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise FileNotFoundError(f"{path}: no such {what}")
     with open(path, "rb") as f:
         head = f.read(16)
     _refuse_pickle(path, head)
+    return path
+
+
+def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file. A pickle / torch.save file is refused."""
+    path = _readable(path, "checkpoint file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -349,12 +356,7 @@ def save(path: str | os.PathLike[str], model: nn.Module, config: dict[str, Any],
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    _refuse_pickle(path, head)
+    path = _readable(path, "file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -465,7 +465,14 @@ def export_onnx(model: nn.Module, example_inputs: Tensor | tuple[Any, ...], path
                               custom_opsets={DOMAIN: 1}, do_constant_folding=True)
     finally:
         model.train(was_training)
-    proto = onnx.load_from_string(f.getvalue())
+    return _save(onnx, f.getvalue(), live, path, check)
+
+
+def _save(onnx: Any, graph: bytes, live: dict[int, Recurrent], path: str | Path, check: bool
+          ) -> Path:
+    """The traced ``graph`` with rnnkit's placeholder nodes lowered to ONNX operators,
+    checked (``onnx.checker``, full check) when ``check``, written to ``path``."""
+    proto = onnx.load_from_string(graph)
     _lower(proto, live)
     if check:
         onnx.checker.check_model(proto, full_check=True)
@@ -570,14 +577,7 @@ def export_onnx_step(layer: Recurrent, path: str | Path, *, check: bool = True) 
                               custom_opsets={DOMAIN: 1})
     finally:
         layer.train(was_training)
-    proto = onnx.load_from_string(f.getvalue())
-    _lower(proto, live)
-    if check:
-        onnx.checker.check_model(proto, full_check=True)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    return path
+    return _save(onnx, f.getvalue(), live, path, check)
 
 
 def run_onnx(path: str | Path, *args: Any, **feeds: Any) -> list[np.ndarray]:

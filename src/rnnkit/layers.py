@@ -32,6 +32,7 @@ from rnnkit.cells import Cell, GRUCell, LSTMCell, RNNCell
 from rnnkit.cells.layernorm_lstm import LayerNormLSTMCell
 from rnnkit.cells.minrnn import MinGRUCell, MinLSTMCell
 from rnnkit.kernels.scan import SCANS
+from rnnkit.kernels.stack import Stack
 from rnnkit.kernels.step import Stepper
 
 State = Tensor | tuple[Tensor, Tensor]
@@ -98,6 +99,17 @@ class Recurrent(nn.Module):
     def output_size(self) -> int:
         return self.hidden_size * self.num_directions
 
+    def describe_stack(self) -> Stack:
+        """What the kernels read of this layer (:class:`rnnkit.kernels.stack.Stack`), as it is
+        now (train/eval mode included)."""
+        return Stack(cells=self.cells, mode=self.mode, cell_name=self.describe_cell(),
+                     layer_name=type(self).__name__, input_size=self.input_size,
+                     hidden_size=self.hidden_size, num_layers=self.num_layers,
+                     num_directions=self.num_directions, dropout=self.dropout,
+                     training=self.training, bias=self.bias, state_names=self.state_names,
+                     kernel=self.kernel, scan=getattr(self, "scan", "auto"),
+                     own_kernel_only=getattr(self, "needs_own_kernel", False))
+
     # -- running ----------------------------------------------------------------------------
     def forward(
         self, x: Tensor, state: State | None = None, lengths: Tensor | None = None
@@ -112,7 +124,8 @@ class Recurrent(nn.Module):
             empty = tuple(s.new_zeros(s.shape) for s in st)
             return out, (empty[0] if len(empty) == 1 else empty)
         record = bool(self._recorders)
-        out, new_state, records, name = kernels.run(self, x, st, lengths, record)
+        out, new_state, records, name = kernels.run(self.describe_stack(), x, st, lengths,
+                                                    record)
         self.last_kernel = name
         for rec in self._recorders:
             rec.add(self, records, name, lengths)
@@ -124,7 +137,7 @@ class Recurrent(nn.Module):
         change (generation, streaming)."""
         st = self.__dict__.get("_stepper")
         if st is None or st.B != batch or not st.fresh():
-            st = Stepper(self, batch)
+            st = Stepper(self.describe_stack(), batch)
             self.__dict__["_stepper"] = st
         return st
 

@@ -46,6 +46,22 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def release_freed_memory() -> bool:
+    """Hand the free parts of the heap back to the system now (glibc ``malloc_trim(0)``, every
+    arena): for a long-running process that kept its peak memory (:func:`keep_freed_memory`)
+    and has gone idle, e.g. a server whose sessions have all closed. Returns whether it ran;
+    ``False`` off glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 # -- threads on a busy machine ------------------------------------------------------------------
 #
 # **OpenMP threads must not spin against another job.** GNU OpenMP (torch's CPU thread pool)

@@ -387,6 +387,27 @@ def _forbid(logp: Tensor, forbid: Sequence[int]) -> Tensor:
     return logp
 
 
+def _extend(toks: list[list[int]], lp: list[float], done: list[bool], y: Tensor, gain: Tensor,
+            t: int, max_lens: Sequence[int], eos: int,
+            attention: tuple[list[list[Tensor]], Tensor] | None = None) -> bool:
+    """Step ``t`` of a one-hypothesis-per-sentence search: each unfinished sentence ``b`` takes
+    token ``y[b]`` (``(B,)``) and its log-probability ``gain[b]``, and with ``attention =
+    (att, w)`` its weights ``w[b]``; it ends at EOS or at its maximum length. Returns whether
+    every sentence has ended."""
+    for b in range(len(toks)):
+        if done[b]:
+            continue
+        lp[b] += float(gain[b])
+        if attention is not None:
+            attention[0][b].append(attention[1][b])
+        if int(y[b]) == eos:
+            done[b] = True
+        else:
+            toks[b].append(int(y[b]))
+            done[b] = t + 1 >= max_lens[b]
+    return all(done)
+
+
 def greedy_search(step: StepFn, state: Any, max_lens: Sequence[int], *, bos: int, eos: int,
                   forbid: Sequence[int] = (), attention: bool = False) -> list[Hypothesis]:
     """The most probable token at every step, all ``B = len(max_lens)`` sentences at once,
@@ -401,18 +422,8 @@ def greedy_search(step: StepFn, state: Any, max_lens: Sequence[int], *, bos: int
         logp, state, w = step(y, state)
         logp = _forbid(logp, forbid)
         best, y = logp.max(-1)
-        for b in range(B):
-            if done[b]:
-                continue
-            lp[b] += float(best[b])
-            if attention and w is not None:
-                att[b].append(w[b])
-            if int(y[b]) == eos:
-                done[b] = True
-            else:
-                toks[b].append(int(y[b]))
-                done[b] = t + 1 >= max_lens[b]
-        if all(done):
+        if _extend(toks, lp, done, y, best, t, max_lens, eos,
+                   (att, w) if attention and w is not None else None):
             break
     return [Hypothesis(toks[b], lp[b], lp[b], torch.stack(att[b]) if att[b] else None)
             for b in range(B)]
@@ -440,16 +451,7 @@ def sample_search(step: StepFn, state: Any, max_lens: Sequence[int], *, bos: int
         if top_k is not None and top_k < lg.shape[-1]:
             lg = lg.masked_fill(lg < torch.topk(lg, top_k, -1).values[:, -1:], -math.inf)
         y = torch.multinomial(torch.softmax(lg, -1), 1, generator=generator).squeeze(1)
-        for b in range(B):
-            if done[b]:
-                continue
-            lp[b] += float(logp[b, y[b]])
-            if int(y[b]) == eos:
-                done[b] = True
-            else:
-                toks[b].append(int(y[b]))
-                done[b] = t + 1 >= max_lens[b]
-        if all(done):
+        if _extend(toks, lp, done, y, logp.gather(1, y[:, None])[:, 0], t, max_lens, eos):
             break
     return [Hypothesis(toks[b], lp[b], lp[b]) for b in range(B)]
 

@@ -46,6 +46,8 @@ from typing import Any
 
 import torch
 
+from rnnkit.runtime import release_freed_memory
+
 try:  # the serve extra; without it, Limits and the command's help still work
     from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
     from fastapi.responses import HTMLResponse, JSONResponse
@@ -220,6 +222,7 @@ class Sessions:
         self.limits, self.clock = limits, clock
         self.live: dict[str, Session] = {}
         self.expired = 0
+        self.opened = 0  # sessions opened since start
 
     def sweep(self) -> list[Session]:
         now, gone = self.clock(), []
@@ -245,6 +248,7 @@ class Sessions:
                              f"{self.limits.idle_timeout:g} s", "max_sessions")
         s = Session(secrets.token_urlsafe(12), served, self.clock())
         self.live[s.id] = s
+        self.opened += 1
         return s
 
     def get(self, sid: str) -> Session:
@@ -272,6 +276,7 @@ class Batcher:
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.batches, self.rows = 0, 0
+        self.trims = 0  # times idle memory was handed back (after the last session closed)
         # one compute thread for all model calls: one malloc arena, so memory stays flat
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rnnkit-step")
 
@@ -332,6 +337,12 @@ class Batcher:
                 out[i] = p
         return out
 
+    def trim(self) -> None:
+        """Hand free heap memory back to the system (:func:`rnnkit.runtime.release_freed_memory`
+        ), after the last session closed."""
+        if release_freed_memory():
+            self.trims += 1
+
     def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
@@ -386,9 +397,15 @@ def make_app(models: Any, limits: Limits | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async def sweeper() -> None:
+            trimmed_at = 0  # sessions.opened when the heap was last handed back
             while True:
                 await asyncio.sleep(sweep_every)
                 sessions.sweep()
+                if not sessions.live and sessions.opened != trimmed_at:
+                    # idle after serving: give the batches' peak memory back to the system,
+                    # in the compute thread, so never during a batch
+                    trimmed_at = sessions.opened
+                    await asyncio.get_running_loop().run_in_executor(batcher.pool, batcher.trim)
         task = asyncio.create_task(sweeper())
         try:
             yield
@@ -453,7 +470,8 @@ def make_app(models: Any, limits: Limits | None = None, *,
         sessions.sweep()
         return {"status": "ok", "sessions": len(sessions.live), "models": list(served),
                 "state_bytes": sum(x.state_bytes() for x in sessions.live.values()),
-                "batches": batcher.batches, "batched_chunks": batcher.rows}
+                "batches": batcher.batches, "batched_chunks": batcher.rows,
+                "memory_trims": batcher.trims}
 
     @app.get("/v1/models")
     @app.get("/info")

@@ -13,6 +13,7 @@ import logging
 import sys
 from dataclasses import fields
 
+from rnnkit.runtime import keep_freed_memory
 from rnnkit.tasks.args import POS_INT, parser_kwargs
 
 HELP = {
@@ -109,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
     access.propagate = False
     print(f"rnnkit serve: {', '.join(app.state.served)} on http://{args.host}:{args.port}/",
           file=sys.stderr)
+    # replies are ~100-byte JSON objects: compressing each (permessage-deflate) costs more
+    # server time than it saves on a local network
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False, timeout_graceful_shutdown=10)
+                access_log=False, timeout_graceful_shutdown=10, ws_per_message_deflate=False)
     return 0
 
 
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rnnkit serve", **parser_kwargs(__doc__))
     add_args(p)
     args = p.parse_args(argv)
+    keep_freed_memory()  # as `rnnkit serve`: batches reuse freed memory, no page faults per call
     try:
         return run(args)
     except (ValueError, OSError) as e:

@@ -3,10 +3,10 @@ which kernel runs.
 
 Every kernel has the same signature::
 
-    run(layer, x, state, lengths, record) -> (output, state, records)
+    run(stack, x, state, lengths, record) -> (output, state, records)
 
-* ``layer``: an :class:`rnnkit.layers.Recurrent` (its ``cells`` hold the weights, indexed
-  ``layer_index * num_directions + direction``);
+* ``stack``: a :class:`rnnkit.kernels.stack.Stack`, what the kernel knows of the layer (its
+  ``cells`` hold the weights, indexed ``layer_index * num_directions + direction``);
 * ``x`` ``(B, T, I)``, already validated;
 * ``state``: a tuple with one tensor per state name (``h``, or ``h`` and ``c``), each
   ``(num_layers * D, B, H)``;
@@ -16,13 +16,16 @@ Every kernel has the same signature::
   sequence's length.
 
 It returns ``output`` ``(B, T, D*H)`` (zero past each length) and the final state tuple, each
-``(num_layers * D, B, H)``, holding each sequence's state at its own last step.
+``(num_layers * D, B, H)``, holding each sequence's state at its own last step. The kernels
+with several implementations (``fast``: C or torch; ``scan``: native, chunked or log) also
+take ``how``, decided here once per call (:data:`BACKENDS`) and reported by
+``layer.last_kernel.backend``. The reference, fast and scan kernels share one loop over layers
+and directions (:func:`rnnkit.kernels.stack.over_stack`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -30,9 +33,9 @@ from torch import Tensor
 from rnnkit.kernels import fast, fused, reference, scan
 from rnnkit.kernels.auto_table import SOURCE as TABLE_SOURCE
 from rnnkit.kernels.auto_table import TABLE
+from rnnkit.kernels.stack import HasStack, Stack, as_stack
 
-if TYPE_CHECKING:
-    from rnnkit.layers import Recurrent
+Layer = Stack | HasStack  # a Stack, or a layer that describes itself as one
 
 KernelFn = Callable[..., tuple[Tensor, tuple[Tensor, ...], list | None]]
 
@@ -42,11 +45,18 @@ KERNELS: dict[str, KernelFn] = {
     "scan": scan.run,
     "reference": reference.run,
 }
+# The kernels that run one of several implementations: which one, decided once per call and
+# passed to the kernel as ``how`` (fast: "c" or "torch"; scan: "native", "chunked" or "log").
+BACKENDS: dict[str, Callable[[Stack, Tensor], str]] = {
+    "fast": fast.backend,
+    "scan": lambda stack, x: scan.resolve(stack.scan, x),
+}
 CHOICES = ("auto", *KERNELS)
 
 
-def why_not(name: str, layer: Recurrent, x: Tensor, record: bool) -> str | None:
+def why_not(name: str, layer: Layer, x: Tensor, record: bool) -> str | None:
     """Why kernel ``name`` cannot run this call (``None`` when it can)."""
+    layer = as_stack(layer)
     if name == "fused":
         return fused.why_not(layer, x, record)
     if name == "fast":
@@ -57,51 +67,68 @@ def why_not(name: str, layer: Recurrent, x: Tensor, record: bool) -> str | None:
 
 
 class Choice(str):
-    """A kernel's name (compares equal to the plain string) that also says why it was chosen:
-    ``layer.last_kernel == "fast"``, ``layer.last_kernel.why``."""
+    """A kernel's name (compares equal to the plain string) that also says why it was chosen
+    and, once it has run, which implementation ran: ``layer.last_kernel == "fast"``,
+    ``layer.last_kernel.why``, ``layer.last_kernel.backend`` (``"c"`` or ``"torch"`` for the
+    fast path, the algorithm for the scan, ``None`` for the others),
+    ``layer.last_kernel.runs`` (``"fast:c"``)."""
 
     why: str
+    backend: str | None
 
-    def __new__(cls, name: str, why: str = "") -> Choice:
+    def __new__(cls, name: str, why: str = "", backend: str | None = None) -> Choice:
         c = super().__new__(cls, name)
         c.why = why
+        c.backend = backend
         return c
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # copy.deepcopy, pickle
-        return (Choice, (str(self), self.why))
+    @property
+    def runs(self) -> str:
+        """``"kernel:backend"`` (``"fast:c"``, ``"fast:torch"``, ``"scan:native"``), or the
+        kernel's name where it has one implementation."""
+        return str(self) if self.backend is None else f"{self}:{self.backend}"
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:  # copy.deepcopy, pickle
+        return (Choice, (str(self), self.why, self.backend))
 
 
 # -- the measured table behind kernel="auto" ----------------------------------------------------
 MARGIN = 0.03  # the fast path only when measured at least 3% faster than fused
 SIZE_CLASSES = ((384, "small"), (None, "large"))  # hidden <= 384: measured at 256; else at 512
+TINY_ROWS = 32  # B * T at most this: "tiny" (a streamed chunk; measured at B = 1, T = 16)
 
 
-def size_class(hidden: int) -> str:
-    """The table's size class of a layer of ``hidden`` units per direction."""
+def size_class(hidden: int, rows: int | None = None) -> str:
+    """The table's size class of a call on ``rows = B * T`` rows of a layer of ``hidden`` units
+    per direction: ``"tiny"`` for a few rows (where fixed costs per call decide), else by
+    ``hidden``."""
+    if rows is not None and rows <= TINY_ROWS:
+        return "tiny"
     for top, name in SIZE_CLASSES:
         if top is None or hidden <= top:
             return name
     raise AssertionError
 
 
-def _is_training(layer: Recurrent, x: Tensor) -> bool:
+def _is_training(layer: Stack, x: Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(
         p.requires_grad for p in layer.parameters()))
 
 
-def table_key(layer: Recurrent, x: Tensor) -> tuple[str, str, str, str, str] | None:
+def table_key(layer: Layer, x: Tensor) -> tuple[str, str, str, str, str] | None:
     """``(device, dtype, mode, "train"|"infer", size class)``, the key of this call in
     :data:`rnnkit.kernels.auto_table.TABLE`; ``None`` under autocast (no row measured: its
     lower-precision kernel is torch.nn's)."""
+    layer = as_stack(layer)
     dev = x.device.type
     if torch.is_autocast_enabled(dev) if dev in ("cpu", "cuda") else False:
         return None
     dtype = str(x.dtype).removeprefix("torch.")
     return (dev, dtype, layer.mode, "train" if _is_training(layer, x) else "infer",
-            size_class(layer.hidden_size))
+            size_class(layer.hidden_size, x.shape[0] * x.shape[1]))
 
 
-def measured(layer: Recurrent, x: Tensor) -> tuple[str, str] | None:
+def measured(layer: Layer, x: Tensor) -> tuple[str, str] | None:
     """``(faster kernel, why)`` from the shipped table for this call, or ``None`` when the table
     has no row for it (another device, dtype, autocast, or a cell it did not measure)."""
     key = table_key(layer, x)
@@ -117,8 +144,9 @@ def measured(layer: Recurrent, x: Tensor) -> tuple[str, str] | None:
                   f"({times[best] * 1e3:.1f} ms {best} vs {vs}; {TABLE_SOURCE})")
 
 
-def decide(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) -> Choice:
+def decide(layer: Layer, x: Tensor, lengths: Tensor | None, record: bool) -> Choice:
     """The kernel for this call and why (see :func:`select`)."""
+    layer = as_stack(layer)
     wanted = layer.kernel
     if wanted != "auto":
         reason = why_not(wanted, layer, x, record)
@@ -147,7 +175,7 @@ def decide(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) ->
     raise AssertionError("the reference kernel serves every configuration")
 
 
-def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) -> Choice:
+def select(layer: Layer, x: Tensor, lengths: Tensor | None, record: bool) -> Choice:
     """Name of the kernel that runs this call (a :class:`Choice`: also says why).
 
     ``kernel="auto"``: where both torch.nn's fused vendor kernel (oneDNN on CPU, cuDNN on GPU)
@@ -166,12 +194,13 @@ def select(layer: Recurrent, x: Tensor, lengths: Tensor | None, record: bool) ->
     return decide(layer, x, lengths, record)
 
 
-def explain(layer: Recurrent, x: Tensor, lengths: Tensor | None = None,
+def explain(layer: Layer, x: Tensor, lengths: Tensor | None = None,
             record: bool = False) -> str:
     """Which kernel ``layer`` runs on ``x`` ``(B, T, I)`` (in the current grad/autocast mode)
     and why, with what each other kernel says about the call: a few lines of text."""
+    layer = as_stack(layer)
     c = decide(layer, x, lengths, record)
-    lines = [f"{type(layer).__name__} ({layer.describe_cell()}, hidden {layer.hidden_size}, "
+    lines = [f"{layer.layer_name} ({layer.cell_name}, hidden {layer.hidden_size}, "
              f"{'training' if _is_training(layer, x) else 'inference'}, {x.device.type} "
              f"{str(x.dtype).removeprefix('torch.')}): kernel={layer.kernel!r} runs {c!s}",
              f"  why: {c.why}"]
@@ -183,13 +212,18 @@ def explain(layer: Recurrent, x: Tensor, lengths: Tensor | None = None,
 
 
 def run(
-    layer: Recurrent,
+    layer: Layer,
     x: Tensor,
     state: tuple[Tensor, ...],
     lengths: Tensor | None,
     record: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...], list | None, Choice]:
     """Select a kernel and run it; also returns the kernel's name (a :class:`Choice`)."""
-    name = select(layer, x, lengths, record)
-    out, new_state, records = KERNELS[name](layer, x, state, lengths, record)
+    stack = as_stack(layer)
+    name = select(stack, x, lengths, record)
+    if name in BACKENDS:  # which implementation: decided here, once, for the whole call
+        name = Choice(name, name.why, BACKENDS[name](stack, x))
+        out, new_state, records = KERNELS[name](stack, x, state, lengths, record, name.backend)
+    else:
+        out, new_state, records = KERNELS[name](stack, x, state, lengths, record)
     return out, new_state, records, name

@@ -6,13 +6,10 @@ They cannot expose gate values and know only torch.nn's cell forms.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import _VF, Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-if TYPE_CHECKING:
-    from rnnkit.layers import Recurrent
+from rnnkit.kernels.stack import Stack
 
 _VF_FN = {
     "rnn_tanh": _VF.rnn_tanh,
@@ -22,17 +19,17 @@ _VF_FN = {
 }
 
 
-def why_not(layer: Recurrent, x: Tensor, record: bool) -> str | None:
+def why_not(layer: Stack, x: Tensor, record: bool) -> str | None:
     if record:
         return "the fused kernel cannot expose gate values for recording"
     if layer.mode not in _VF_FN:
-        return f"torch.nn has no fused kernel for {layer.describe_cell()}"
-    if getattr(layer, "needs_own_kernel", False):
+        return f"torch.nn has no fused kernel for {layer.cell_name}"
+    if layer.own_kernel_only:
         return "this layer uses options torch.nn's kernel lacks"
     return None
 
 
-def flat_weights(layer: Recurrent) -> list[Tensor]:
+def flat_weights(layer: Stack) -> list[Tensor]:
     """Weights in torch.nn's ``_flat_weights`` order: per layer and direction
     ``w_ih, w_hh[, b_ih, b_hh]``."""
     out: list[Tensor] = []
@@ -44,7 +41,7 @@ def flat_weights(layer: Recurrent) -> list[Tensor]:
 
 
 def run(
-    layer: Recurrent,
+    layer: Stack,
     x: Tensor,
     state: tuple[Tensor, ...],
     lengths: Tensor | None,

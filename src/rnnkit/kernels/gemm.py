@@ -2,11 +2,10 @@
 
 torch's CPU ``mm``/``addmm`` call the BLAS it was built with (MKL); torch.nn's own fused RNN
 kernel calls oneDNN, with its weights reordered once into oneDNN's blocked layout. On some
-processors the difference is large (measured on this project's 2-core AMD EPYC machine:
-a ``(3200, 512) @ (512, 2048)`` product takes 32 ms through ``mm`` and 13 ms through oneDNN,
-``(32, 512) @ (512, 2048)`` 0.43 ms and 0.16 ms), so a kernel that wants to keep up with
-torch.nn must use the same library. Everything here falls back to plain torch ops off CPU,
-for float64, or when oneDNN is unavailable; results agree to float32 rounding.
+processors oneDNN is several times faster for these shapes (the README's kernel section has
+the measurement), so a kernel that wants to keep up with torch.nn must use the same library.
+Everything here falls back to plain torch ops off CPU, for float64, or when oneDNN is
+unavailable; results agree to float32 rounding.
 
 * :class:`Fixed`: ``add + v @ m`` for one matrix ``m`` and many small ``v`` (the per-step
   recurrent product): ``m`` is reordered once per call of the kernel.

@@ -4,7 +4,7 @@
 Three algorithms, all exact up to float rounding (``layer.scan``):
 
 * ``"native"`` (what ``"auto"``, the default, picks on CPU float32 where the C kernels build):
-  one pass over time per sequence in C (:mod:`rnnkit.kernels.native`), vectorised over the
+  one pass over time per sequence in C (``csrc/minrnn.c``), vectorised over the
   units, the batch rows split over torch's threads. The recurrence is memory bound: this pass
   reads the input projection once and writes ``h`` once, where a parallel-over-time scan reads
   and writes every value several times. Backward: the same pass reversed in time
@@ -22,35 +22,36 @@ Three algorithms, all exact up to float rounding (``layer.scan``):
   reference's own float32 error in fuzzing), kept for comparison with the paper and never
   chosen by ``"auto"``.
 
-Measured on 2 CPU cores (``python bench/kernels.py --only minrnn``, B=16, H=256, T=4096):
-MinGRU forward+backward 111 ms native, 333 ms chunked, 1,359 ms torch.nn.GRU.
+The loop over layers and directions is :func:`rnnkit.kernels.stack.over_stack`; measured
+speeds: ``python bench/kernels.py --only minrnn`` (``bench/results/kernels-cpu.md``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
-from rnnkit.kernels import gemm, native
-from rnnkit.kernels.reference import gather_time, reverse_index
-
-if TYPE_CHECKING:
-    from rnnkit.layers import Recurrent
+from rnnkit.kernels import bindings, gemm, native
+from rnnkit.kernels.stack import (
+    Result,
+    Stack,
+    State,
+    float_family,
+    over_stack,
+    time_mask,
+    time_reversal,
+)
 
 MODES = ("mingru", "minlstm")
 SCANS = ("auto", "native", "chunked", "log")
 
 
-def why_not(layer: Recurrent, x: Tensor, record: bool) -> str | None:
-    if layer.mode not in MODES:
-        return f"{layer.describe_cell()} is not linear in its state; no parallel scan applies"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"the scan runs float32/float64, got {x.dtype}"
-    return None
+def why_not(layer: Stack, x: Tensor, record: bool) -> str | None:
+    return float_family(layer, x, MODES, f"{layer.cell_name} is not linear in its state; no "
+                        "parallel scan applies", "the scan")
 
 
 def _chunked(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
@@ -112,7 +113,7 @@ def log_scan(log_a: Tensor, log_b: Tensor, h0: Tensor) -> Tensor:
 
 class _NativeScan(torch.autograd.Function):
     """minGRU / minLSTM from the input projection ``pre`` ``(B, T, G*H)`` in one C pass over
-    time per sequence (:mod:`rnnkit.kernels.native`), batch rows split over torch's OpenMP threads;
+    time per sequence (``csrc/minrnn.c``), batch rows split over torch's OpenMP threads;
     ``lens`` ``(B,)`` int64."""
 
     @staticmethod
@@ -121,8 +122,7 @@ class _NativeScan(torch.autograd.Function):
         H = h0.shape[1]
         pre, h0 = pre.contiguous(), h0.contiguous()
         h = pre.new_empty(B, T, H)
-        native.lib().minrnn_forward(pre.data_ptr(), h0.data_ptr(), lens.data_ptr(),
-                                    h.data_ptr(), B, T, H, int(lstm))
+        bindings.minrnn_forward(pre, h0, lens, h, B, T, H, lstm)
         ctx.save_for_backward(pre, h0, h, lens)
         ctx.lstm = lstm
         return h
@@ -133,9 +133,7 @@ class _NativeScan(torch.autograd.Function):
         B, T, H = h.shape
         dh = dh.contiguous()
         dpre, dh0 = torch.empty_like(pre), torch.empty_like(h0)
-        native.lib().minrnn_backward(pre.data_ptr(), h0.data_ptr(), h.data_ptr(),
-                                     lens.data_ptr(), dh.data_ptr(), dpre.data_ptr(),
-                                     dh0.data_ptr(), B, T, H, int(ctx.lstm))
+        bindings.minrnn_backward(pre, h0, h, lens, dh, dpre, dh0, B, T, H, ctx.lstm)
         return dpre, dh0, None, None
 
 
@@ -186,45 +184,27 @@ def run_direction(
     return h, (gates if record else None)
 
 
-def run(
-    layer: Recurrent,
-    x: Tensor,
-    state: tuple[Tensor, ...],
-    lengths: Tensor | None,
-    record: bool = False,
-) -> tuple[Tensor, tuple[Tensor, ...], list | None]:
+def run(stack: Stack, x: Tensor, state: State, lengths: Tensor | None, record: bool = False,
+        how: str | None = None) -> Result:
+    """The kernel (see :mod:`rnnkit.kernels`); ``how``: the algorithm (:func:`resolve`)."""
     B, T, _ = x.shape
-    D = layer.num_directions
-    scan = resolve(getattr(layer, "scan", "auto"), x)
-    mask, lens = None, None
-    if scan == "native":
+    algo = how or resolve(stack.scan, x)
+    lens = None
+    if algo == "native":
         lens = (torch.full((B,), T, dtype=torch.int64) if lengths is None
                 else lengths.to(device="cpu", dtype=torch.int64).contiguous())
-    if lengths is not None:
-        mask = torch.arange(T, device=x.device).view(1, T) < lengths.to(x.device).view(B, 1)
-    rev = reverse_index(lengths, B, T, x.device) if D == 2 else None
-    finals: list[Tensor] = []
-    records: list | None = [] if record else None
-    inp = x
-    for layer_idx in range(layer.num_layers):
-        outs, layer_records = [], []
-        for d in range(D):
-            k = layer_idx * D + d
-            seq = inp if d == 0 else gather_time(inp, rev)
-            h, gates = run_direction(layer.cells[k], seq, state[0][k], mask, scan, record, lens)
-            finals.append(h[:, -1])
-            if mask is not None:
-                h = h * mask.unsqueeze(-1).to(h.dtype)
-            if records is not None:
-                rec = {"h": h}
-                for name, v in gates.items():
-                    rec[name] = v if mask is None else v * mask.unsqueeze(-1).to(v.dtype)
-                layer_records.append(
-                    {n: gather_time(v, rev) if d == 1 else v for n, v in rec.items()})
-            outs.append(h if d == 0 else gather_time(h, rev))
-        inp = outs[0] if D == 1 else torch.cat(outs, dim=-1)
-        if layer.dropout > 0 and layer.training and layer_idx < layer.num_layers - 1:
-            inp = F.dropout(inp, layer.dropout, training=True)
-        if records is not None:
-            records.append(layer_records)
-    return inp, (torch.stack(finals, 0),), records
+    mask = time_mask(lengths, B, T, x.device)
+
+    def direction(cell: Any, seq: Tensor, s: tuple[Tensor, ...]):
+        h, gates = run_direction(cell, seq, s[0], mask, algo, record, lens)
+        final = h[:, -1]  # frozen past each length: the state at its last step
+        if mask is not None:
+            h = h * mask.unsqueeze(-1).to(h.dtype)
+        rec = None
+        if record:
+            rec = {"h": h}
+            for name, v in gates.items():
+                rec[name] = v if mask is None else v * mask.unsqueeze(-1).to(v.dtype)
+        return h, (final,), rec
+
+    return over_stack(stack, x, state, direction, time_reversal(stack, lengths, x), record)

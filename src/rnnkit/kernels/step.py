@@ -9,7 +9,7 @@ step (for torch.nn's oneDNN kernel at batch 1 that is most of the time). The ste
 prepares everything once, while the weights stay unchanged:
 
 * for LSTM on CPU float32, the whole stack's step is ONE C call
-  (``lstm_stack_step`` in :mod:`rnnkit.kernels.native`): the weights are packed once with each
+  (``lstm_stack_step`` in ``csrc/lstm.c``): the weights are packed once with each
   unit's four gates side by side, so the threads split the units and apply the cell as soon as
   their products are done; at batch 1 a step is memory bound (it reads every weight once);
 * otherwise, per layer, ``W_ih`` and ``W_hh`` reordered once for oneDNN
@@ -20,23 +20,19 @@ prepares everything once, while the weights stay unchanged:
 
 from __future__ import annotations
 
-import ctypes
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-from rnnkit.kernels import gemm, native
-
-if TYPE_CHECKING:
-    from rnnkit.layers import Recurrent
+from rnnkit.kernels import bindings, gemm, native
+from rnnkit.kernels.stack import Stack
 
 
 class Stepper:
     """``stepper(x, state) -> (h_top, state)`` for a unidirectional ``layer``.
 
     Args:
-        layer: an :class:`rnnkit.layers.Recurrent` with ``bidirectional=False``.
+        layer: a unidirectional stack (:class:`rnnkit.kernels.stack.Stack`, from
+            :meth:`rnnkit.layers.Recurrent.describe_stack`).
         batch: rows ``B`` per step (the buffers are sized for it).
 
     ``x`` ``(B, I)``; ``state`` ``None`` (zeros) or the layer's state format; returns the last
@@ -45,14 +41,14 @@ class Stepper:
     (:meth:`rnnkit.layers.Recurrent.stepper` does that for you).
     """
 
-    def __init__(self, layer: Recurrent, batch: int = 1) -> None:
+    def __init__(self, layer: Stack, batch: int = 1) -> None:
         if layer.bidirectional:
             raise ValueError("a bidirectional layer cannot run one step at a time: its backward "
                              "direction needs the whole sequence")
-        self.layer, self.B = layer, batch
+        self.stack, self.B = layer, batch
         self.L, self.H = layer.num_layers, layer.hidden_size
         self.n_state = len(layer.state_names)
-        p = next(layer.parameters())
+        p = next(iter(layer.parameters()))
         self.device, self.dtype = p.device, p.dtype
         self.version = _weights_version(layer)
         self.split = [hasattr(c, "combine") and getattr(c, "reset_after", True)
@@ -65,9 +61,8 @@ class Stepper:
                 packs = [[native.pack_units(c.weight_ih), native.pack_units(c.weight_hh),
                           native.pack_units(c.weight_hh.new_zeros(4 * self.H) if c.bias_ih is None
                                             else c.bias_ih + c.bias_hh)] for c in layer.cells]
-                self.packs = packs  # (referenced while the C step reads them)
-                ptrs = ctypes.c_void_p * self.L
-                self.ptrs = [ptrs(*[p[i].data_ptr() for p in packs]) for i in range(3)]
+                self.packs = bindings.StackWeights(*zip(*packs, strict=True), I=layer.input_size,
+                                            H=self.H)
             for cell, split in zip(layer.cells, self.split, strict=True):
                 if self.native or not split:
                     self.mats.append(None)
@@ -79,14 +74,14 @@ class Stepper:
 
     def fresh(self) -> bool:
         """Whether the layer's weights are still those the stepper was built from."""
-        return _weights_version(self.layer) == self.version
+        return _weights_version(self.stack) == self.version
 
     @torch.no_grad()
     def __call__(self, x: Tensor, state: Tensor | tuple[Tensor, ...] | None = None
                  ) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
         B, H = self.B, self.H
-        if x.dim() != 2 or x.shape[0] != B or x.shape[1] != self.layer.input_size:
-            raise ValueError(f"Stepper expects x of shape ({B}, {self.layer.input_size}), got "
+        if x.dim() != 2 or x.shape[0] != B or x.shape[1] != self.stack.input_size:
+            raise ValueError(f"Stepper expects x of shape ({B}, {self.stack.input_size}), got "
                              f"{tuple(x.shape)}")
         if state is None:
             old = tuple(x.new_zeros(self.L, B, H) for _ in range(self.n_state))
@@ -94,19 +89,17 @@ class Stepper:
             old = (state,) if isinstance(state, Tensor) else tuple(state)
             want = (self.L, B, H)
             if len(old) != self.n_state or any(tuple(s.shape) != want for s in old):
-                names = " and ".join(self.layer.state_names)
+                names = " and ".join(self.stack.state_names)
                 raise ValueError(f"Stepper expects the state as {names}, each of shape {want}, "
                                  f"got {[tuple(s.shape) for s in old]}")
         x = x.to(self.dtype).contiguous()  # (the C step reads rows as they lie in memory)
         old = tuple(s.to(self.dtype).contiguous() for s in old)
         new = tuple(torch.empty_like(s) for s in old)
         if self.native:
-            native.lib().lstm_stack_step(x.data_ptr(), *self.ptrs, old[0].data_ptr(),
-                                         old[1].data_ptr(), new[0].data_ptr(),
-                                         new[1].data_ptr(), self.L, B, x.shape[1], H)
+            bindings.lstm_stack_step(x, self.packs, old[0], old[1], new[0], new[1], B)
             return new[0][-1], new
         inp = x
-        for k, cell in enumerate(self.layer.cells):
+        for k, cell in enumerate(self.stack.cells):
             st = tuple(s[k] for s in old)
             if self.split[k]:
                 m_ih, m_hh = self.mats[k]
@@ -122,5 +115,5 @@ class Stepper:
         return inp, (new[0] if self.n_state == 1 else new)
 
 
-def _weights_version(layer: Recurrent) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in layer.parameters())
+def _weights_version(layer: Stack) -> tuple:
+    return bindings.versions(layer.parameters())

@@ -188,6 +188,17 @@ def add_model_args(p: argparse.ArgumentParser, defaults: dict[str, Any], cells: 
           + _dflt(defaults, "bidirectional"))
 
 
+def add_split_args(g: Any, own: dict[str, Any], *, valid: str = "held out for validation",
+                   test: str = "held out for testing", stratified: bool = False) -> None:
+    """``--valid-fraction``, ``--test-fraction`` and ``--split-seed`` of a task that holds out
+    a random split, each help ending in the task's default (from its own settings ``own``)."""
+    a = g.add_argument
+    a("--valid-fraction", type=FRACTION, help=valid + _dflt(own, "valid_fraction", "{:g}"))
+    a("--test-fraction", type=FRACTION, help=test + _dflt(own, "test_fraction", "{:g}"))
+    a("--split-seed", type=SEED, help="seed of the " + ("stratified splits" if stratified
+                                                        else "split") + _dflt(own, "split_seed"))
+
+
 def pick(args: argparse.Namespace, defaults: dict[str, Any], *keys: str) -> dict[str, Any]:
     """``{key: flag value, or the default when the flag was left out}``."""
     return {k: (defaults.get(k) if getattr(args, k, None) is None else getattr(args, k))

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnkit import checkpoint as ckpt
+from rnnkit.tasks.args import MODEL_FLAGS
 from rnnkit.train import TrainConfig, TrainResult, is_main_process, train
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
@@ -100,6 +101,41 @@ class TaskSpec:
     verbs: tuple[Verb, ...] = ()
     commands: tuple[Command, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# the slots of a task's cli module, by the names it gives them: TaskSpec field -> module name
+SLOTS = {"description": "DESCRIPTION", "defaults": "DEFAULTS", "add_args": "add_args",
+         "from_args": "from_args", "from_config": "from_config", "saved_flags": "saved_flags",
+         "report": "report", "load": "load", "add_eval_args": "add_eval_args",
+         "evaluate": "evaluate"}
+
+
+def task_spec(slots: dict[str, Any], name: str, help: str, **fields: Any) -> TaskSpec:
+    """The :class:`TaskSpec` of a task's ``cli.py``, its slots taken by name from the module's
+    namespace ``slots`` (``globals()``): ``DESCRIPTION``, ``DEFAULTS``, ``add_args``,
+    ``from_args``, ``from_config``, ``saved_flags``, ``report``, ``load``, ``add_eval_args``,
+    ``evaluate``; ``fields`` give the rest (``model_cells``, ``verbs``...) and may override a
+    slot. Derived from the defaults unless given: ``epochs`` (the task has an epoch budget
+    when it has a default one) and ``model_flags`` (the shared model flags it has defaults
+    for)."""
+    s = {**{k: slots[v] for k, v in SLOTS.items() if k not in fields}, **fields}
+    s.setdefault("epochs", "epochs" in s["defaults"])
+    s.setdefault("model_flags", tuple(k for k in MODEL_FLAGS if k in s["defaults"]))
+    return TaskSpec(name=name, help=help, **s)
+
+
+def verb(run: Run, help: str, add_args: AddArgs, description: str | None = None) -> Verb:
+    """The :class:`Verb` ``rnnkit NAME RUN``, ``NAME`` being ``run``'s name, described by its
+    docstring unless ``description`` is given."""
+    return Verb(run.__name__, help, add_args, run,
+                (run.__doc__ or "") if description is None else description)
+
+
+def tell(*parts: str) -> None:
+    """One line on stderr, the ``parts`` joined by ``"; "`` (what a task found in its data),
+    printed by rank 0 alone under torchrun."""
+    if is_main_process():
+        print("; ".join(parts), file=sys.stderr)
 
 
 def record_split(out: str | Path, record: dict[str, Any]) -> None:

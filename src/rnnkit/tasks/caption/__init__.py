@@ -10,6 +10,12 @@ baselines), ``api.py`` (:func:`load` -> :class:`ImageCaptioner`), ``plot.py``, `
 (``SPEC``).
 """
 
+__all__ = [
+    "SPEC", "CNNEncoder", "CaptionStream", "CaptionTask", "Captioner", "Captions",
+    "ImageCaptioner", "baselines", "build_model", "caption_ids", "caption_scores",
+    "digit_strips", "load", "make_split", "nearest_captions", "read_folder", "read_image",
+]
+
 from rnnkit.tasks.caption.api import ImageCaptioner, load
 from rnnkit.tasks.caption.cli import SPEC
 from rnnkit.tasks.caption.data import (
@@ -23,9 +29,3 @@ from rnnkit.tasks.caption.data import (
 from rnnkit.tasks.caption.metrics import baselines, caption_scores, nearest_captions
 from rnnkit.tasks.caption.model import Captioner, CNNEncoder, build_model, caption_ids
 from rnnkit.tasks.caption.task import CaptionTask
-
-__all__ = [
-    "SPEC", "CNNEncoder", "CaptionStream", "CaptionTask", "Captioner", "Captions",
-    "ImageCaptioner", "baselines", "build_model", "caption_ids", "caption_scores",
-    "digit_strips", "load", "make_split", "nearest_captions", "read_folder", "read_image",
-]

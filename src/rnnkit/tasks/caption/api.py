@@ -22,6 +22,7 @@ from rnnkit.seq2seq import Hypothesis
 from rnnkit.tasks.caption.data import read_image, resize, to_rgb
 from rnnkit.tasks.caption.metrics import caption_scores
 from rnnkit.tasks.caption.model import Captioner, build_model, caption_ids
+from rnnkit.tasks.common import run_config
 
 
 class ImageCaptioner:
@@ -96,10 +97,7 @@ class ImageCaptioner:
 
 def load(run_dir: str | Path, device: str = "cpu") -> ImageCaptioner:
     """The captioner of a run folder (its ``best/`` checkpoint) or a checkpoint folder."""
-    src = ckpt.resolve(run_dir)
-    cfg = ckpt.read_json(src / ckpt.CONFIG)
-    if cfg.get("task") != "caption":
-        raise ValueError(f"{run_dir} is a {cfg.get('task')!r} run, not a captioning model")
+    src, cfg = run_config(run_dir, "caption", "a captioning model")
     model = build_model(cfg["model"])
     ckpt.load_weights(model, src / ckpt.MODEL)
     return ImageCaptioner(model.to(device), tokenizer_from_json(cfg["tokenizer"]), cfg)

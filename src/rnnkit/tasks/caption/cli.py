@@ -11,13 +11,19 @@ from typing import Any
 
 from rnnkit import checkpoint as ckpt
 from rnnkit.seq2seq import DECODER_CELLS
-from rnnkit.tasks.args import FRACTION, NONNEG_FLOAT, NONNEG_INT, POS_INT, SEED, pick
+from rnnkit.tasks.args import (
+    NONNEG_FLOAT,
+    NONNEG_INT,
+    POS_INT,
+    add_split_args,
+    pick,
+)
 from rnnkit.tasks.caption.api import ImageCaptioner, load
 from rnnkit.tasks.caption.data import read_folder
 from rnnkit.tasks.caption.metrics import baselines, caption_scores
 from rnnkit.tasks.caption.model import DECODERS
 from rnnkit.tasks.caption.task import CaptionTask, load_split
-from rnnkit.tasks.spec import TaskSpec, Verb, record_split
+from rnnkit.tasks.spec import record_split, task_spec, tell, verb
 from rnnkit.train import TrainResult
 
 DESCRIPTION = """Train an image captioner: a small CNN written in rnnkit (no pretrained
@@ -75,9 +81,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     a("--data-size", type=POS_INT, help="strips of the built-in digits set (default: 3000)")
     a("--image-size", type=POS_INT, nargs=2, metavar=("H", "W"),
       help="images are resized to this (default: the first image's size)")
-    a("--test-fraction", type=FRACTION, help="images held out for testing (default: 0.1)")
-    a("--valid-fraction", type=FRACTION, help="images held out for validation (default: 0.05)")
-    a("--split-seed", type=SEED, help="seed of the split (default: 0)")
+    add_split_args(g, OWN, valid="images held out for validation",
+                   test="images held out for testing")
     a("--min-freq", type=POS_INT, help="words seen fewer times become <unk> (default: 1)")
     a("--max-len", type=POS_INT, help="words per caption, longer ones cut (default: 20)")
     a("--decoder", choices=DECODERS, help="show-tell: the image vector starts the decoder; "
@@ -111,11 +116,11 @@ def from_args(args: argparse.Namespace, out: str) -> CaptionTask:
     task = CaptionTask(split, s, model)
     record_split(out, split.record)
     r = split.record
-    print(f"{r['data']}: {r['images']:,} images, {r['captions']:,} captions (skipped: "
-          f"{r['skipped']}); train {len(split.train):,} images ({len(task.pairs):,} pairs), "
-          f"validation {len(split.valid):,}, test {len(split.test):,}; image size "
-          f"{r['image_size']}; vocabulary {task.tok.vocab_size:,} words; decoder "
-          f"{s['decoder']}", file=sys.stderr)
+    tell(f"{r['data']}: {r['images']:,} images, {r['captions']:,} captions (skipped: "
+         f"{r['skipped']})", f"train {len(split.train):,} images ({len(task.pairs):,} pairs), "
+         f"validation {len(split.valid):,}, test {len(split.test):,}",
+         f"image size {r['image_size']}", f"vocabulary {task.tok.vocab_size:,} words",
+         f"decoder {s['decoder']}")
     return task
 
 
@@ -252,14 +257,8 @@ def caption(args: argparse.Namespace) -> int:
     return 0
 
 
-SPEC = TaskSpec(
-    name="caption", help="train an image captioner (CNN encoder + the seq2seq decoder)",
-    description=DESCRIPTION, defaults=DEFAULTS, add_args=add_args, from_args=from_args,
-    from_config=from_config, saved_flags=saved_flags, report=report, load=load,
-    add_eval_args=add_eval_args, evaluate=evaluate, epochs=True,
-    model_cells=list(DECODER_CELLS), model_flags=MODEL_KEYS,
-    verbs=(Verb("caption", "caption images with a trained captioner", add_caption_args,
-                caption, caption.__doc__ or ""),),
+SPEC = task_spec(
+    globals(), "caption", "train an image captioner (CNN encoder + the seq2seq decoder)",
+    verbs=(verb(caption, "caption images with a trained captioner", add_caption_args),),
+    model_cells=list(DECODER_CELLS),
 )
-
-__all__ = ["SPEC", "ImageCaptioner", "load"]

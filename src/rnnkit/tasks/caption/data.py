@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit.tasks.common import holdout
+
 EMOJI_SIZE = 32  # default side of the built-in emoji images
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -194,14 +196,7 @@ def make_split(data: Captions, *, test_fraction: float = 0.1, valid_fraction: fl
     ``np.random.default_rng(seed)``; its first rows are the test images, the next the
     validation images."""
     N = len(data)
-    perm = np.random.default_rng(seed).permutation(N)
-    n_test, n_valid = round(test_fraction * N), max(1, round(valid_fraction * N))
-    if n_test + n_valid >= N:
-        raise ValueError(f"{N} images are too few to hold out {n_test} for testing and "
-                         f"{n_valid} for validation")
-    te = sorted(perm[:n_test].tolist())
-    va = sorted(perm[n_test:n_test + n_valid].tolist())
-    tr = sorted(perm[n_test + n_valid:].tolist())
+    te, va, tr = holdout(N, test_fraction, valid_fraction, seed, "images")
     record = {"data": data.origin, "images": N, "captions": sum(map(len, data.captions)),
               "seed": seed, "test_fraction": test_fraction, "valid_fraction": valid_fraction,
               "skipped": data.skipped, "image_size": list(data.images.shape[2:]),

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.seq2seq import Decoder, DecodeState, Hypothesis, beam_search, greedy_search
+from rnnkit.tasks.common import he_init, one_of
 
 DECODERS = ("show-tell", "attend")
 
@@ -52,10 +53,7 @@ class CNNEncoder(nn.Module):
                        nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
             c = d
         self.net = nn.Sequential(*layers)
-        for m in self.net:  # He initialisation for the ReLU stack (PyTorch's default starves it)
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+        he_init(self.net)  # PyTorch's default starves a ReLU stack
         self.in_channels = in_channels
         self.output_size = int(channels[-1])
 
@@ -79,8 +77,7 @@ class Captioner(nn.Module):
                  image_vector: int = 256, attn_size: int | None = None, dropout: float = 0.0,
                  encoder: nn.Module | None = None, feature_norm: bool = False) -> None:
         super().__init__()
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+        one_of("decoder", decoder, DECODERS)
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size must be (H, W) >= 1, got {tuple(image_size)}")
         self.bos, self.eos, self.kind = bos, eos, decoder

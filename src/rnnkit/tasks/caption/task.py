@@ -15,6 +15,7 @@ from rnnkit.data import Tokenizer, build_tokenizer, tokenizer_from_json
 from rnnkit.tasks.caption.data import CaptionStream, Split, collate, load_captions, make_split
 from rnnkit.tasks.caption.metrics import caption_scores
 from rnnkit.tasks.caption.model import build_model, caption_ids
+from rnnkit.tasks.common import resumed_split, without
 
 
 def load_split(s: dict[str, Any]) -> Split:
@@ -36,8 +37,8 @@ class CaptionTask:
 
     def __init__(self, split: Split, settings: dict[str, Any], model_cfg: dict[str, Any],
                  tok: Tokenizer | None = None) -> None:
-        s = self.settings = settings
         self.split = split
+        s = self.settings = settings
         d = split.data
         self.tok = tok or build_tokenizer("word", [c for i in split.train for c in d.captions[i]],
                                           min_freq=s.get("min_freq", 1), lowercase=True)
@@ -56,13 +57,8 @@ class CaptionTask:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> CaptionTask:
         s = config["settings"]
-        split = load_split(s)
-        if split.record["images"] != s["images"]:
-            raise ValueError(f"{s['data']} changed since the run started "
-                             f"({split.record['images']} images now, {s['images']} then); "
-                             f"cannot resume exactly")
-        model = {k: v for k, v in config["model"].items()
-                 if k not in ("vocab", "bos", "eos", "image_size")}
+        split = resumed_split(load_split(s), s, "images", "images")
+        model = without(config["model"], "vocab", "bos", "eos", "image_size")
         return cls(split, s, model, tokenizer_from_json(config["tokenizer"]))
 
     def build_model(self) -> nn.Module:

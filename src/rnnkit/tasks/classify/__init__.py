@@ -7,6 +7,12 @@ trainer), ``api.py`` (:func:`load` -> :class:`TextClassifier`: ``predict``,
 ``rnnkit predict``, ``rnnkit eval``; ``SPEC``).
 """
 
+__all__ = [
+    "MAX_HELD", "POOLS", "SPEC", "TRUNCATE", "BucketStream", "Classifier", "ClassifyTask",
+    "Split", "StreamSession", "TextClassifier", "collate", "load", "make_split",
+    "predict_proba_ids", "run_chunk", "stable_prefix", "truncate",
+]
+
 from rnnkit.tasks.classify.api import StreamSession, TextClassifier, load, run_chunk
 from rnnkit.tasks.classify.cli import SPEC
 from rnnkit.tasks.classify.data import (
@@ -21,9 +27,3 @@ from rnnkit.tasks.classify.data import (
 )
 from rnnkit.tasks.classify.model import POOLS, Classifier
 from rnnkit.tasks.classify.task import ClassifyTask, predict_proba_ids
-
-__all__ = [
-    "MAX_HELD", "POOLS", "SPEC", "TRUNCATE", "BucketStream", "Classifier", "ClassifyTask",
-    "Split", "StreamSession", "TextClassifier", "collate", "load", "make_split",
-    "predict_proba_ids", "run_chunk", "stable_prefix", "truncate",
-]

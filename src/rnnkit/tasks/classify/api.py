@@ -29,6 +29,7 @@ from rnnkit.tasks.classify.data import stable_prefix, truncate
 from rnnkit.tasks.classify.metrics import classification_metrics, decide
 from rnnkit.tasks.classify.model import Classifier, State
 from rnnkit.tasks.classify.task import predict_proba_ids
+from rnnkit.tasks.common import run_config
 
 
 def run_chunk(rnn: nn.Module, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -83,13 +84,9 @@ class StreamSession:
     the recurrent state, the pooling state and at most ``MAX_HELD`` characters not yet final."""
 
     def __init__(self, clf: TextClassifier) -> None:
-        if clf.model.rnn.bidirectional:
-            raise ValueError("streaming needs a unidirectional model: a bidirectional one reads "
-                             "each text backwards from its end, which a live stream does not "
-                             "have yet; train with --no-bidirectional")
         self.clf = clf
+        self.pool = clf.model.stream_pool("text")
         self.state: State = None
-        self.pool = clf.model.pool_init(clf.model.head.weight)
         self.held = ""  # trailing text whose tokens may still change
 
     @torch.no_grad()
@@ -193,10 +190,7 @@ def _advance_many(m: Classifier, ids: list[list[int]], states: tuple[Tensor, ...
 
 def load(run_dir: str | Path) -> TextClassifier:
     """A trained classifier from a run folder (its ``best/`` checkpoint) or a checkpoint."""
-    src = ckpt.resolve(run_dir)
-    cfg = ckpt.read_json(src / ckpt.CONFIG)
-    if cfg.get("task") != "classify":
-        raise ValueError(f"{run_dir} holds a {cfg.get('task')!r} model, not a classifier")
+    src, cfg = run_config(run_dir, "classify", "a classifier")
     tok = tokenizer_from_json(cfg["tokenizer"])
     model = ckpt.build_checked(
         lambda: Classifier(tok.vocab_size, len(cfg["labels"]), **cfg["model"]), src)

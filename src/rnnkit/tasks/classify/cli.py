@@ -19,14 +19,14 @@ from rnnkit import checkpoint as ckpt
 from rnnkit.data import KINDS
 from rnnkit.data.text import read_pieces
 from rnnkit.layers import CELLS
-from rnnkit.tasks.args import FRACTION, POS_INT, SEED, pick
+from rnnkit.tasks.args import POS_INT, add_split_args, pick
 from rnnkit.tasks.classify.api import TextClassifier, load
 from rnnkit.tasks.classify.data import TRUNCATE, make_split, read_data
 from rnnkit.tasks.classify.metrics import choose_threshold, format_table, plot_confusion
 from rnnkit.tasks.classify.model import POOLS
 from rnnkit.tasks.classify.task import ClassifyTask, split_args
-from rnnkit.tasks.spec import TaskSpec, Verb, record_split
-from rnnkit.train import TrainResult, is_main_process
+from rnnkit.tasks.spec import record_split, task_spec, tell, verb
+from rnnkit.train import TrainResult
 
 DESCRIPTION = """Train a recurrent text classifier on a labelled CSV, TSV or JSONL file:
 embedding, rnnkit GRU/LSTM/RNN stack run with the texts' lengths, pooling over time (last, mean,
@@ -60,9 +60,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     a("--valid", help="validation file (default: a stratified split of --data)")
     a("--test", help="test file (default: --test-fraction of --data)")
     add_columns(g)
-    a("--valid-fraction", type=FRACTION, help="held out for validation (default: 0.1)")
-    a("--test-fraction", type=FRACTION, help="held out for testing (default: 0, none)")
-    a("--split-seed", type=SEED, help="seed of the stratified splits (default: 0)")
+    add_split_args(g, OWN, stratified=True)
     a("--tokenizer", choices=KINDS, help="default: char")
     a("--vocab-size", type=POS_INT, help="cap (char/jamo/word) or target (bpe)")
     a("--min-freq", type=POS_INT, help="tokens seen fewer times become <unk> (default: 1)")
@@ -88,14 +86,13 @@ def from_args(args: argparse.Namespace, out: str) -> ClassifyTask:
     model["pool"] = s["pool"]
     task = ClassifyTask(split, s, model)
     record_split(out, split.record)
-    if not is_main_process():  # under torchrun, rank 0 reports
-        return task
-    skipped = ", ".join(f"{v} in {k}" for k, v in split.skipped.items())
-    print(f"train {len(task.train[0]):,} ({', '.join(f'{c} {n:,}' for c, n in task.counts.items())}"
-          f"), validation {len(task.valid[0]):,}, test {len(split.test[1]) if split.test else 0:,}"
-          f"; empty texts skipped: {skipped}; {task.tok.kind} vocabulary {task.tok.vocab_size:,}"
-          f"; class weights {'on' if task.class_weights else 'off'} (majority class "
-          f"{task.majority:.1%})", file=sys.stderr)
+    counts = ", ".join(f"{c} {n:,}" for c, n in task.counts.items())
+    tell(f"train {len(task.train[0]):,} ({counts}), validation {len(task.valid[0]):,}, test "
+         f"{len(split.test[1]) if split.test else 0:,}",
+         "empty texts skipped: " + ", ".join(f"{v} in {k}" for k, v in split.skipped.items()),
+         f"{task.tok.kind} vocabulary {task.tok.vocab_size:,}",
+         f"class weights {'on' if task.class_weights else 'off'} (majority class "
+         f"{task.majority:.1%})")
     return task
 
 
@@ -259,12 +256,7 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-SPEC = TaskSpec(
-    name="classify", help="train a text classifier (CSV/TSV/JSONL)", description=DESCRIPTION,
-    defaults=DEFAULTS, add_args=add_args, from_args=from_args, from_config=from_config,
-    saved_flags=saved_flags, report=report, load=load, add_eval_args=add_eval_args,
-    evaluate=evaluate, epochs=True, model_cells=list(CELLS),
-    model_flags=("cell", "hidden", "layers", "embed", "dropout", "bidirectional"),
-    verbs=(Verb("predict", "classify text with a trained classifier", add_predict_args,
-                predict, predict.__doc__ or ""),),
+SPEC = task_spec(
+    globals(), "classify", "train a text classifier (CSV/TSV/JSONL)", model_cells=list(CELLS),
+    verbs=(verb(predict, "classify text with a trained classifier", add_predict_args),),
 )

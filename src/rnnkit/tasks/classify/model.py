@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.layers import CELLS
+from rnnkit.tasks.common import one_of
 
 POOLS = ("last", "mean", "max", "attention")
 State = Tensor | tuple[Tensor, Tensor] | None
@@ -33,18 +34,33 @@ class Classifier(nn.Module):
                  hidden: int = 256, layers: int = 1, bidirectional: bool = False,
                  pool: str = "max", dropout: float = 0.2) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        self.pool = pool
+        one_of("cell", cell, CELLS)
+        one_of("pool", pool, POOLS)
         self.embed = nn.Embedding(vocab_size, embed, padding_idx=0)
-        self.rnn = CELLS[cell](embed, hidden, num_layers=layers, bidirectional=bidirectional,
+        self.build_pooled(embed, num_classes, cell=cell, hidden=hidden, layers=layers,
+                          bidirectional=bidirectional, pool=pool, dropout=dropout)
+
+    def build_pooled(self, width: int, num_classes: int, *, cell: str, hidden: int,
+                     layers: int, bidirectional: bool, pool: str, dropout: float) -> None:
+        """The part after the input: the recurrent stack over ``width`` features (``rnn``),
+        the pooling ``pool`` (``attn`` for attention), dropout and the linear head to
+        ``num_classes`` logits (the sequence classifier builds the same)."""
+        self.pool = pool
+        self.rnn = CELLS[cell](width, hidden, num_layers=layers, bidirectional=bidirectional,
                                dropout=dropout if layers > 1 else 0.0)
         D = self.rnn.output_size
         self.attn = attention_scorer(D) if pool == "attention" else None
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(D, num_classes)
+
+    def stream_pool(self, what: str) -> dict[str, Tensor]:
+        """The pooling state a stream starts from; a bidirectional model cannot stream (a
+        ValueError: it reads each ``what``, a text or a sequence, backwards from its end)."""
+        if self.rnn.bidirectional:
+            raise ValueError(f"streaming needs a unidirectional model: a bidirectional one reads "
+                             f"each {what} backwards from its end, which a live stream does not "
+                             f"have yet; train with --no-bidirectional")
+        return self.pool_init(self.head.weight)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         x = self.drop(self.embed(ids))                                   # (B, T, E)

@@ -17,6 +17,7 @@ from rnnkit.data import Tokenizer, build_tokenizer, tokenizer_from_json
 from rnnkit.tasks.classify.data import BucketStream, Split, collate, make_split, truncate
 from rnnkit.tasks.classify.metrics import classification_metrics
 from rnnkit.tasks.classify.model import Classifier
+from rnnkit.tasks.common import resumed_split
 
 
 @torch.no_grad()
@@ -93,10 +94,7 @@ class ClassifyTask:
         """The task of a saved run: the same split (remade from its settings and checked),
         the run's own tokenizer."""
         s = config["settings"]
-        split = make_split(**split_args(s))
-        if split.record["rows"] != s["rows"]:
-            raise ValueError(f"{s['data']} changed since the run started ({split.record['rows']}"
-                             f" rows now, {s['rows']} then); cannot resume exactly")
+        split = resumed_split(make_split(**split_args(s)), s, "rows", "rows")
         return cls(split, s, config["model"], tokenizer_from_json(config["tokenizer"]))
 
     def build_model(self) -> Classifier:

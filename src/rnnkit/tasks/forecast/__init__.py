@@ -10,10 +10,10 @@ pinball, CRPS; the plot), ``api.py`` (:func:`load` -> :class:`Forecaster`: ``for
 eval RUN``; ``SPEC``).
 """
 
+__all__ = ["SPEC", "ForecastNet", "ForecastTask", "Forecaster", "gaussian_nll", "load",
+           "pinball"]
+
 from rnnkit.tasks.forecast.api import Forecaster, load
 from rnnkit.tasks.forecast.cli import SPEC
 from rnnkit.tasks.forecast.model import ForecastNet, gaussian_nll, pinball
 from rnnkit.tasks.forecast.task import ForecastTask
-
-__all__ = ["SPEC", "ForecastNet", "ForecastTask", "Forecaster", "gaussian_nll", "load",
-           "pinball"]

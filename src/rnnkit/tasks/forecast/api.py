@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from rnnkit import checkpoint as ckpt
+from rnnkit.tasks.common import run_config
 from rnnkit.tasks.forecast.data import Frame, frame, future_times
 from rnnkit.tasks.forecast.model import ForecastNet
 from rnnkit.tasks.forecast.task import ForecastTask, decode
@@ -116,10 +117,7 @@ class Forecaster:
 
 def load(run_dir: str | Path) -> Forecaster:
     """A trained forecaster from a run folder (its ``best/`` checkpoint) or a checkpoint."""
-    src = ckpt.resolve(run_dir)
-    cfg = ckpt.load_config(src)
-    if cfg.get("task") != "forecast":
-        raise ValueError(f"{run_dir} holds a {cfg.get('task')!r} model, not a forecaster")
+    src, cfg = run_config(run_dir, "forecast", "a forecaster")
     F = len(cfg["features"])
     model = ckpt.build_checked(
         lambda: ForecastNet(F, F - cfg["n_past"], len(cfg["schema"]["target"]),

@@ -5,7 +5,9 @@ the same origins as the network:
 * ``seasonal naive``: the value one season earlier;
 * ``Markov AR(1)``: the first-order Markov model, statsmodels ``AutoReg(lags=1)``;
 * ``AR(p)``: ``p`` chosen by AIC (statsmodels ``ar_select_order``), ``AutoReg(lags=p)``;
-* ``VAR(p)`` (several targets): statsmodels ``VAR``, ``p`` by AIC.
+* ``VAR(p)``: statsmodels ``VAR`` over the targets and the numeric past covariates together
+  (the multivariate AR: every series' lags predict every series), ``p`` by AIC; scored on the
+  targets. Present when there is more than one such series.
 
 The fits are statsmodels'; forecasting from thousands of origins uses the fitted
 coefficients in one vectorised recursion (``tests/test_forecast.py`` checks it equals
@@ -104,10 +106,12 @@ def fit_var(y: np.ndarray, maxlag: int = 24) -> VARFit:
 
 
 def ladder(y: np.ndarray, n_train: int, t: np.ndarray, H: int, season: int,
-           maxlag: int = 48) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+           maxlag: int = 48, covariates: np.ndarray | None = None
+           ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every rung's forecasts ``{label: (B, H, N)}`` from origins ``t`` of the filled
     targets ``y`` ``(T, N)``, fitted on rows ``[0, n_train)``; and what was fitted
-    (orders, coefficients)."""
+    (orders, coefficients). ``covariates`` ``(T, C)``: numeric past covariates, which join
+    the targets in the VAR (forecast jointly, scored on the targets)."""
     N = y.shape[1]
     out = {"naive": naive(y, t, H)}
     info: dict[str, Any] = {"season": season}
@@ -123,9 +127,11 @@ def ladder(y: np.ndarray, n_train: int, t: np.ndarray, H: int, season: int,
                                         -1)
     info["ar1"] = [[f.c, *f.phi.tolist()] for f in ar1]
     info["ar_p"] = ps
-    if N > 1:
-        v = fit_var(y[:n_train], maxlag=min(maxlag, 24))
+    series = y if covariates is None or covariates.shape[1] == 0 else np.concatenate(
+        [y, covariates], 1)
+    if series.shape[1] > 1:
+        v = fit_var(series[:n_train], maxlag=min(maxlag, 24))
         if t.min() >= v.p:
-            out[f"VAR({v.p}), AIC"] = v.forecast(y, t, H)
-        info["var_p"] = v.p
+            out[f"VAR({v.p}), AIC"] = v.forecast(series, t, H)[..., :N]
+        info["var_p"], info["var_series"] = v.p, int(series.shape[1])
     return out, info

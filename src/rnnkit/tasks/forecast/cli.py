@@ -18,7 +18,7 @@ from rnnkit.tasks.forecast.data import CALENDAR, FILLS, read_table
 from rnnkit.tasks.forecast.metrics import format_ladder, plot_forecasts
 from rnnkit.tasks.forecast.model import ARCHS, FORECAST_CELLS, HEADS
 from rnnkit.tasks.forecast.task import ForecastTask, quantiles_for
-from rnnkit.tasks.spec import TaskSpec, Verb
+from rnnkit.tasks.spec import task_spec, tell, verb
 from rnnkit.train import TrainResult
 
 DESCRIPTION = """Forecast a time series (one or more target columns of a CSV/Parquet table)
@@ -110,12 +110,13 @@ def from_args(args: argparse.Namespace, out: str) -> ForecastTask:
     task = ForecastTask(s, model)
     f, sch = task.frame, task.schema
     miss = ", ".join(f"{c} {n:,}" for c, n in f.missing.items()) or "none"
-    print(f"{s['data'] or 'built-in synthetic series'}: {len(f.values):,} rows; target "
-          f"{', '.join(sch['target'])}; {len(f.names)} features ({', '.join(f.names)}); "
-          f"missing values: {miss} (filled: {sch['fill']}); train {task.n_train:,} rows "
-          f"({len(task.train_origins):,} windows), validation {task.n_fit - task.n_train:,}, "
-          f"test {len(f.values) - task.n_fit:,} ({len(task.test_origins):,} origins); "
-          f"season {task.season}", file=sys.stderr)
+    tell(f"{s['data'] or 'built-in synthetic series'}: {len(f.values):,} rows",
+         f"target {', '.join(sch['target'])}",
+         f"{len(f.names)} features ({', '.join(f.names)})",
+         f"missing values: {miss} (filled: {sch['fill']})",
+         f"train {task.n_train:,} rows ({len(task.train_origins):,} windows), validation "
+         f"{task.n_fit - task.n_train:,}, test {len(f.values) - task.n_fit:,} "
+         f"({len(task.test_origins):,} origins)", f"season {task.season}")
     return task
 
 
@@ -211,12 +212,9 @@ def forecast(args: argparse.Namespace) -> int:
     return 0
 
 
-SPEC = TaskSpec(
-    name="forecast", help="forecast a time series (multi-step, with intervals) against the AR "
-    "ladder", description=DESCRIPTION, defaults=DEFAULTS, add_args=add_args,
-    from_args=from_args, from_config=from_config, saved_flags=saved_flags, report=report,
-    load=load, add_eval_args=add_eval_args, evaluate=evaluate, epochs=False,
-    model_cells=list(FORECAST_CELLS), model_flags=("cell", "hidden", "layers", "dropout"),
-    verbs=(Verb("forecast", "forecast the next steps with a trained forecaster",
-                add_forecast_args, forecast, forecast.__doc__ or ""),),
+SPEC = task_spec(
+    globals(), "forecast", "forecast a time series (multi-step, with intervals) against the "
+    "AR ladder", model_cells=list(FORECAST_CELLS),
+    verbs=(verb(forecast, "forecast the next steps with a trained forecaster",
+                add_forecast_args),),
 )

@@ -113,7 +113,10 @@ def plot_forecasts(path: Path, time: np.ndarray | None, series: np.ndarray, t0: 
             ax.plot(xf, p["baseline"], color="C3", lw=1, ls="--", label=p["baseline_label"])
         ax.axvline(xf[0], color="0.6", lw=0.8, ls=":")
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-        ax.set_title(f"origin {time[t] if time is not None else t}"[:30], fontsize=8)
+        when = t if time is None else time[t]
+        if isinstance(when, np.datetime64):  # to the minute, not the nanosecond
+            when = str(when.astype("datetime64[m]")).replace("T", " ")
+        ax.set_title(f"origin {when}"[:30], fontsize=8)
         ax.set_ylabel(target, fontsize=8)
     axes[0][0].legend(fontsize=7)
     if per_step:

@@ -19,7 +19,8 @@ network starts near the naive forecast.
 The buffer ``interval_offset`` ``(H, N)`` (normalised units, saved with the weights) widens
 (or narrows) the central interval by conformalised quantile regression (Romano et al. 2019):
 the task sets it from the validation origins' errors, so the interval covers its level there
-(``ForecastTask.calibrate``). ``forward`` does not use it; decoding the output does.
+(``ForecastTask.evaluate``, ``task.conformal_offset``). ``forward`` does not use it;
+decoding the output does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.layers import CELLS
+from rnnkit.tasks.common import one_of
 
 HEADS = ("point", "gaussian", "quantile")
 ARCHS = ("direct", "seq2seq")
@@ -47,12 +49,9 @@ class ForecastNet(nn.Module):
                  head: str = "quantile", quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
                  arch: str = "direct", sampling: float = 0.0) -> None:
         super().__init__()
-        if cell not in FORECAST_CELLS:
-            raise ValueError(f"cell must be one of {', '.join(FORECAST_CELLS)}, got {cell!r}")
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        one_of("cell", cell, FORECAST_CELLS)
+        one_of("head", head, HEADS)
+        one_of("arch", arch, ARCHS)
         self.n_known, self.n_target, self.horizon = n_known, n_target, horizon
         self.head_kind, self.arch, self.sampling = head, arch, sampling
         self.quantiles = tuple(float(q) for q in quantiles)

@@ -148,11 +148,10 @@ class ForecastTask:
         y, mask = self.truth(t)
         m = summarize(y, res, mask, self.scale)
         if "lo" in res:  # the checkpoint saved after this evaluation carries its calibration
-            inner = model.module if hasattr(model, "module") else model
             offset = conformal_offset(y, res["lo"], res["hi"], mask,
                                       float(self.settings.get("interval", 0.8)))
             n_t = self.frame.n_target
-            inner.interval_offset.copy_(torch.from_numpy(offset / self.std[:n_t]))
+            model.interval_offset.copy_(torch.from_numpy(offset / self.std[:n_t]))
         return {"loss": loss / max(n, 1), "mae": m["mae"], "rmse": m["rmse"]}
 
     def config(self) -> dict[str, Any]:
@@ -188,8 +187,7 @@ class ForecastTask:
             outs.append(model(b["past"].to(dev), b["future"].to(dev)).double().cpu().numpy())
         model.train(was)
         n = self.frame.n_target
-        inner = model.module if hasattr(model, "module") else model
-        offset = inner.interval_offset.double().cpu().numpy() if calibrated else None
+        offset = model.interval_offset.double().cpu().numpy() if calibrated else None
         return decode(np.concatenate(outs, 0), self.model_cfg, self.mean[:n], self.std[:n],
                       float(self.settings.get("interval", 0.8)), offset)
 
@@ -205,9 +203,12 @@ class ForecastTask:
         n = self.frame.n_target
         rows: dict[str, dict[str, Any]] = {}
         preds: dict[str, dict[str, np.ndarray]] = {}
+        numeric = [i for i, c in enumerate(self.frame.names) if c in self.schema["covariates"]
+                   and c not in self.schema["categories"]]
         base, info = baselines.ladder(self.frame.values[:, :n], self.n_train, t, self.H,
                                       self.season, maxlag=int(self.settings.get("maxlag")
-                                                              or self.L))
+                                                              or self.L),
+                                      covariates=self.frame.values[:, numeric])
         for name, p in base.items():
             rows[name] = summarize(y, {"point": p}, mask, self.scale)
             preds[name] = {"point": p}

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from rnnkit import checkpoint as ckpt
 from rnnkit.data import Tokenizer, tokenizer_from_json
+from rnnkit.tasks.common import run_config
 from rnnkit.tasks.lm.model import build_model
 from rnnkit.tasks.lm.ngram import NGramLM
 from rnnkit.tasks.lm.task import bits_per_char
@@ -29,10 +30,7 @@ StepFn = Callable[[Tensor, Any], tuple[Tensor, Any]]
 def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer, dict]:
     """(model in eval mode, tokenizer, config) of a run folder (best/, else last/) or a
     checkpoint folder."""
-    d = ckpt.resolve(run_dir)
-    config = ckpt.load_config(d)
-    if config.get("task") != "lm":
-        raise ValueError(f"{run_dir} is a {config.get('task')!r} run, not a language model")
+    d, config = run_config(run_dir, "lm", "a language model")
     m = config.get("model")
     if not isinstance(m, dict) or "cell" not in m:
         raise ValueError(f"{d / ckpt.CONFIG} has no model description ('model' with 'cell')")

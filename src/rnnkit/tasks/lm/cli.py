@@ -20,7 +20,7 @@ from rnnkit.tasks.lm.api import LanguageModel, generate, load, load_run
 from rnnkit.tasks.lm.data import LMData, load_data, read_split
 from rnnkit.tasks.lm.ngram import NGramLM, max_order
 from rnnkit.tasks.lm.task import LMTask, bits_per_char, resolve_precision
-from rnnkit.tasks.spec import Command, TaskSpec, Verb
+from rnnkit.tasks.spec import Command, task_spec, verb
 from rnnkit.train import TrainResult, is_main_process, pick_device
 
 DESCRIPTION = """Character-level language model: embedding, rnnkit RNN/LSTM/GRU stack, linear
@@ -269,15 +269,12 @@ def inspect_cells(args: argparse.Namespace) -> int:
     return 0
 
 
-SPEC = TaskSpec(
-    name="lm", help="character-level language model (default corpus: Python's stdlib source)",
-    description=DESCRIPTION, defaults=DEFAULTS, add_args=add_args, from_args=from_args,
-    from_config=from_config, saved_flags=saved_flags, report=report, load=load,
-    add_eval_args=add_eval_args, evaluate=evaluate, model_cells=[*CELLS, "ngram"],
-    fit=fit_ngram,
-    verbs=(Verb("sample", "generate text from a trained language model", add_sample_args,
-                sample, "Stream text from a trained run, one token at a time, carrying the "
-                "recurrent state."),),
+SPEC = task_spec(
+    globals(), "lm", "character-level language model (default corpus: Python's stdlib source)",
+    model_cells=[*CELLS, "ngram"], fit=fit_ngram,
+    verbs=(verb(sample, "generate text from a trained language model", add_sample_args,
+                "Stream text from a trained run, one token at a time, carrying the recurrent "
+                "state."),),
     commands=(Command("cells", "units that track strings, comments, indentation, brackets",
                       add_cells_args, inspect_cells, group="inspect",
                       description="Which units of a character language model track strings, "

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from rnnkit import checkpoint as ckpt
+from rnnkit.tasks.common import run_config
 from rnnkit.tasks.longrange.task import LongRangeTask
 
 
@@ -34,9 +35,6 @@ class LongRangeRun:
 
 def load(run_dir: str | Path) -> LongRangeRun:
     """The model of a ``rnnkit train longrange`` run (its ``best/`` checkpoint)."""
-    d = ckpt.resolve(run_dir)
-    config = ckpt.load_config(d)
-    if config.get("task") != "longrange":
-        raise ValueError(f"{run_dir} is a {config.get('task')!r} run, not a long-range one")
+    d, config = run_config(run_dir, "longrange", "a long-range model")
     task = LongRangeTask.from_config(config)
     return LongRangeRun(task, ckpt.load_weights(task.build_model(), d), config)

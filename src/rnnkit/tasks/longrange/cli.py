@@ -23,7 +23,7 @@ from rnnkit.tasks.longrange.data import PROBLEMS
 from rnnkit.tasks.longrange.model import LONGRANGE_CELLS, parse_init
 from rnnkit.tasks.longrange.task import DEFAULTS as PER_PROBLEM
 from rnnkit.tasks.longrange.task import LongRangeTask, make_task
-from rnnkit.tasks.spec import Command, TaskSpec
+from rnnkit.tasks.spec import Command, task_spec
 from rnnkit.train import TrainConfig, TrainResult, train
 
 DEFAULTS = PER_PROBLEM  # (hidden, batch, lr) per problem, for the experiment commands
@@ -270,12 +270,9 @@ def add_gradients_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="PNG path (default: <out-dir>/gradient_flow.png)")
 
 
-SPEC = TaskSpec(
-    name="longrange", help="one cell on a long-range problem (adding, copy, digits)",
-    description=DESCRIPTION,
-    defaults=TRAIN_DEFAULTS, add_args=add_args, from_args=from_args, from_config=from_config,
-    saved_flags=saved_flags, report=report, load=load, add_eval_args=add_eval_args,
-    evaluate=evaluate, model_cells=list(LONGRANGE_CELLS), model_flags=("cell", "hidden"),
+SPEC = task_spec(
+    globals(), "longrange", "one cell on a long-range problem (adding, copy, digits)",
+    defaults=TRAIN_DEFAULTS, model_cells=list(LONGRANGE_CELLS), model_flags=("cell", "hidden"),
     commands=(
         Command("longrange", "long-range benchmarks: every cell under the same budget",
                 add_longrange_args, run_longrange, DESCRIPTION),

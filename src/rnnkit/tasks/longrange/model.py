@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.layers import CELLS
+from rnnkit.tasks.common import one_of
 
 LONGRANGE_CELLS = ("rnn", "lstm", "gru")
 
@@ -56,8 +57,7 @@ class LongRangeModel(nn.Module):
     def __init__(self, cell: str, n_in: int, hidden: int, n_out: int,
                  init: str | float = "chrono", t_max: int = 100) -> None:
         super().__init__()
-        if cell not in LONGRANGE_CELLS:
-            raise ValueError(f"cell must be one of {', '.join(LONGRANGE_CELLS)}, got {cell!r}")
+        one_of("cell", cell, LONGRANGE_CELLS)
         self.rnn = CELLS[cell](n_in, hidden)
         self.head = nn.Linear(hidden, n_out)
         init_keep_gate(self.rnn, init, t_max)

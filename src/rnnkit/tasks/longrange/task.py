@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnkit import checkpoint as ckpt
+from rnnkit.tasks.common import one_of
 from rnnkit.tasks.longrange import data as problems
 from rnnkit.tasks.longrange.data import COPY_SYMBOLS, N_COPY, N_TEST, PROBLEMS
 from rnnkit.tasks.longrange.model import LONGRANGE_CELLS, LongRangeModel
@@ -53,10 +54,8 @@ class LongRangeTask:
     def __init__(self, task: str, length: int, cell: str, *, hidden: int | None = None,
                  batch: int | None = None, seed: int = 0, permute: bool = False,
                  init: str | float = "chrono") -> None:
-        if task not in PROBLEMS:
-            raise ValueError(f"the problem must be one of {', '.join(PROBLEMS)}, got {task!r}")
-        if cell not in LONGRANGE_CELLS:
-            raise ValueError(f"cell must be one of {', '.join(LONGRANGE_CELLS)}, got {cell!r}")
+        one_of("the problem", task, PROBLEMS)
+        one_of("cell", cell, LONGRANGE_CELLS)
         if permute and task != "digits":
             raise ValueError(f"--permute applies to the digits task only, got task {task!r}")
         if task == "digits" and length not in (64, 0):

@@ -9,6 +9,13 @@ baselines), ``api.py`` (:func:`load` -> :class:`SequenceModel`: ``predict``,
 ``rnnkit eval``, ``rnnkit predict``; ``SPEC``).
 """
 
+__all__ = [
+    "BUILTINS", "SPEC", "FrameCNN", "SequenceClassifier", "SequenceModel", "SequenceTask",
+    "Sequences", "Split", "StreamSession", "baselines", "builtin", "collate", "feature_stats",
+    "fill_missing", "from_arrays", "load", "make_split", "predict_proba", "read_file",
+    "read_long_csv", "read_npz", "read_ts", "synthetic", "windows",
+]
+
 from rnnkit.tasks.sequences.api import SequenceModel, StreamSession, load
 from rnnkit.tasks.sequences.cli import SPEC
 from rnnkit.tasks.sequences.data import (
@@ -29,10 +36,3 @@ from rnnkit.tasks.sequences.data import (
 )
 from rnnkit.tasks.sequences.model import FrameCNN, SequenceClassifier
 from rnnkit.tasks.sequences.task import SequenceTask, baselines, predict_proba, windows
-
-__all__ = [
-    "BUILTINS", "SPEC", "FrameCNN", "SequenceClassifier", "SequenceModel", "SequenceTask",
-    "Sequences", "Split", "StreamSession", "baselines", "builtin", "collate", "feature_stats",
-    "fill_missing", "from_arrays", "load", "make_split", "predict_proba", "read_file",
-    "read_long_csv", "read_npz", "read_ts", "synthetic", "windows",
-]

@@ -25,6 +25,7 @@ from rnnkit import checkpoint as ckpt
 from rnnkit.tasks.classify.api import run_chunk
 from rnnkit.tasks.classify.metrics import classification_metrics
 from rnnkit.tasks.classify.model import State
+from rnnkit.tasks.common import run_config
 from rnnkit.tasks.sequences.model import SequenceClassifier
 from rnnkit.tasks.sequences.task import predict_proba
 
@@ -99,13 +100,9 @@ class StreamSession:
     that prefix (no windowing is applied to a stream)."""
 
     def __init__(self, sm: SequenceModel) -> None:
-        if sm.model.rnn.bidirectional:
-            raise ValueError("streaming needs a unidirectional model: a bidirectional one reads "
-                             "each sequence backwards from its end, which a live stream does "
-                             "not have yet; train with --no-bidirectional")
         self.sm = sm
+        self.pool = sm.model.stream_pool("sequence")
         self.state: State = None
-        self.pool = sm.model.pool_init(sm.model.head.weight)
         self.steps = 0
 
     @torch.no_grad()
@@ -124,11 +121,7 @@ class StreamSession:
 
 def load(run_dir: str | Path) -> SequenceModel:
     """A trained sequence classifier from a run folder (its ``best/``) or a checkpoint."""
-    src = ckpt.resolve(run_dir)
-    cfg = ckpt.read_json(src / ckpt.CONFIG)
-    if cfg.get("task") != "sequences":
-        raise ValueError(f"{run_dir} holds a {cfg.get('task')!r} model, not a sequence "
-                         f"classifier")
+    src, cfg = run_config(run_dir, "sequences", "a sequence classifier")
     model = ckpt.build_checked(
         lambda: SequenceClassifier(cfg["step_shape"], len(cfg["labels"]), **cfg["model"]), src)
     return SequenceModel(model, cfg["labels"], cfg)

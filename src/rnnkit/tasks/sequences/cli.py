@@ -15,7 +15,7 @@ import numpy as np
 from rnnkit import checkpoint as ckpt
 from rnnkit.inspect import count_params
 from rnnkit.layers import CELLS
-from rnnkit.tasks.args import FRACTION, POS_INT, SEED, pick
+from rnnkit.tasks.args import POS_INT, add_split_args, pick
 from rnnkit.tasks.classify.metrics import format_table, plot_confusion
 from rnnkit.tasks.classify.model import POOLS
 from rnnkit.tasks.sequences.api import SequenceModel, load
@@ -28,7 +28,7 @@ from rnnkit.tasks.sequences.data import (
     make_split,
 )
 from rnnkit.tasks.sequences.task import SequenceTask, baselines
-from rnnkit.tasks.spec import TaskSpec, Verb, record_split
+from rnnkit.tasks.spec import record_split, task_spec, verb
 from rnnkit.train import TrainResult
 
 DESCRIPTION = """Classify sequences of real-valued vectors (sensor streams, shape (T, F)) or
@@ -62,11 +62,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
       f"set: {', '.join(BUILTINS)} (default: synthetic)")
     a("--test", help="test file (default: the built-in set's own test split, else "
       "--test-fraction of --data)")
-    a("--valid-fraction", type=FRACTION, help="of the training part, held out for validation "
-      "(default: 0.2)")
-    a("--test-fraction", type=FRACTION, help="of a file without --test, held out for testing "
-      "(default: 0.2)")
-    a("--split-seed", type=SEED, help="seed of the stratified splits (default: 0)")
+    add_split_args(g, OWN, valid="of the training part, held out for validation",
+                   test="of a file without --test, held out for testing", stratified=True)
     a("--fill", choices=FILLS, help="fill NaN inputs: ffill (carry the last value forward) or "
       "zero (default: NaN is an error naming its position)")
     a("--normalise", action=argparse.BooleanOptionalAction, default=None,
@@ -261,12 +258,8 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
-SPEC = TaskSpec(
-    name="sequences", help="classify sequences of vectors (sensors) or video frames",
-    description=DESCRIPTION, defaults=DEFAULTS, add_args=add_args, from_args=from_args,
-    from_config=from_config, saved_flags=saved_flags, report=report, load=load,
-    add_eval_args=add_eval_args, evaluate=evaluate, epochs=True, model_cells=list(CELLS),
-    model_flags=("cell", "hidden", "layers", "embed", "dropout", "bidirectional"),
-    verbs=(Verb("predict", "classify sequences with a trained sequence classifier",
-                add_predict_args, predict, predict.__doc__ or ""),),
+SPEC = task_spec(
+    globals(), "sequences", "classify sequences of vectors (sensors) or video frames",
+    model_cells=list(CELLS), verbs=(verb(predict, "classify sequences with a trained sequence "
+                                         "classifier", add_predict_args),),
 )

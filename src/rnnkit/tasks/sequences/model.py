@@ -13,14 +13,15 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.layers import CELLS
-from rnnkit.tasks.classify.model import POOLS, Classifier, attention_scorer
+from rnnkit.tasks.classify.model import POOLS, Classifier
+from rnnkit.tasks.common import he_init, one_of
 
 
 class FrameCNN(nn.Module):
     """A small CNN for one frame, applied to every frame alone (the batch and time axes are
     folded together): ``(B, T, H, W, C)`` → ``(B, T, out)``. Three 3×3 convolutions (16, 32,
     32 channels, ReLU, 2×2 max-pooling after the first two), average-pooled to a 4×4 grid (so
-    where things are survives), then linear."""
+    where things are survives), then linear and ReLU; He-initialised (``tasks.common.he_init``)."""
 
     def __init__(self, channels: int, out: int = 64) -> None:
         super().__init__()
@@ -30,6 +31,7 @@ class FrameCNN(nn.Module):
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
             nn.Flatten(), nn.Linear(32 * 16, out), nn.ReLU())
+        he_init(self.net)
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, H, W, C = x.shape
@@ -47,21 +49,21 @@ class SequenceClassifier(nn.Module):
     pool_init = Classifier.pool_init
     pool_update = Classifier.pool_update
     pool_read = Classifier.pool_read
+    build_pooled = Classifier.build_pooled
+    stream_pool = Classifier.stream_pool
 
     def __init__(self, step_shape: Sequence[int], num_classes: int, *, cell: str = "gru",
                  hidden: int = 64, layers: int = 1, bidirectional: bool = False,
                  pool: str = "last", dropout: float = 0.1, embed: int = 64,
                  frame_encoder: nn.Module | None = None) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        one_of("cell", cell, CELLS)
+        one_of("pool", pool, POOLS)
         step_shape = tuple(step_shape)
         if len(step_shape) not in (1, 3):
             raise ValueError(f"a time step must be a vector (F,) or a frame (H, W, C), got "
                              f"shape {step_shape}")
-        self.step_shape, self.pool = step_shape, pool
+        self.step_shape = step_shape
         C = step_shape[-1]
         self.register_buffer("mean", torch.zeros(C))
         self.register_buffer("std", torch.ones(C))
@@ -70,12 +72,8 @@ class SequenceClassifier(nn.Module):
             width = self.encoder.out_features
         else:
             self.encoder, width = None, C
-        self.rnn = CELLS[cell](width, hidden, num_layers=layers, bidirectional=bidirectional,
-                               dropout=dropout if layers > 1 else 0.0)
-        D = self.rnn.output_size
-        self.attn = attention_scorer(D) if pool == "attention" else None
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(D, num_classes)
+        self.build_pooled(width, num_classes, cell=cell, hidden=hidden, layers=layers,
+                          bidirectional=bidirectional, pool=pool, dropout=dropout)
 
     def set_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))

@@ -9,6 +9,12 @@ Slots: ``model.py`` (:class:`rnnkit.seq2seq.Seq2Seq` built from a config, batche
 (``SPEC``).
 """
 
+__all__ = [
+    "SPEC", "PairStream", "Pairs", "Retrieval", "TranslateTask", "Translator", "baselines",
+    "build_model", "collate", "load", "make_split", "number_words", "read_pairs", "scores",
+    "synthetic_pairs", "translate_ids",
+]
+
 from rnnkit.tasks.translate.api import Translator, load
 from rnnkit.tasks.translate.cli import SPEC
 from rnnkit.tasks.translate.data import (
@@ -23,9 +29,3 @@ from rnnkit.tasks.translate.data import (
 from rnnkit.tasks.translate.metrics import Retrieval, baselines, scores
 from rnnkit.tasks.translate.model import build_model, translate_ids
 from rnnkit.tasks.translate.task import TranslateTask
-
-__all__ = [
-    "SPEC", "PairStream", "Pairs", "Retrieval", "TranslateTask", "Translator", "baselines",
-    "build_model", "collate", "load", "make_split", "number_words", "read_pairs", "scores",
-    "synthetic_pairs", "translate_ids",
-]

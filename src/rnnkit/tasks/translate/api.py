@@ -18,6 +18,7 @@ from torch import Tensor
 from rnnkit import checkpoint as ckpt
 from rnnkit.data import Tokenizer, tokenizer_from_json
 from rnnkit.seq2seq import Hypothesis, Seq2Seq
+from rnnkit.tasks.common import run_config
 from rnnkit.tasks.translate.metrics import scores
 from rnnkit.tasks.translate.model import build_model, translate_ids
 
@@ -89,10 +90,7 @@ class Translator:
 
 def load(run_dir: str | Path, device: str = "cpu") -> Translator:
     """The translator of a run folder (its ``best/`` checkpoint) or a checkpoint folder."""
-    src = ckpt.resolve(run_dir)
-    cfg = ckpt.read_json(src / ckpt.CONFIG)
-    if cfg.get("task") != "translate":
-        raise ValueError(f"{run_dir} is a {cfg.get('task')!r} run, not a translation model")
+    src, cfg = run_config(run_dir, "translate", "a translation model")
     model = ckpt.build_checked(lambda: build_model(cfg["model"]), src)
     return Translator(model.to(device), tokenizer_from_json(cfg["src_tokenizer"]),
                       tokenizer_from_json(cfg["tgt_tokenizer"]), cfg)

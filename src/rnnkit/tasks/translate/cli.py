@@ -15,10 +15,17 @@ from rnnkit import checkpoint as ckpt
 from rnnkit.data import KINDS
 from rnnkit.data.text import read_pieces
 from rnnkit.seq2seq import ATTENTIONS, BRIDGES, DECODER_CELLS
-from rnnkit.tasks.args import FRACTION, NONNEG_FLOAT, NONNEG_INT, POS_INT, SEED, pick
-from rnnkit.tasks.spec import TaskSpec, Verb, record_split
-from rnnkit.tasks.translate.api import Translator, load, warn_cut
-from rnnkit.tasks.translate.data import Pairs, make_split, read_pairs, target_language
+from rnnkit.tasks.args import (
+    FRACTION,
+    NONNEG_FLOAT,
+    NONNEG_INT,
+    POS_INT,
+    add_split_args,
+    pick,
+)
+from rnnkit.tasks.spec import record_split, task_spec, verb
+from rnnkit.tasks.translate.api import load, warn_cut
+from rnnkit.tasks.translate.data import Pairs, read_pairs, target_language
 from rnnkit.tasks.translate.metrics import baselines, scores
 from rnnkit.tasks.translate.task import TranslateTask, load_split
 from rnnkit.train import TrainResult
@@ -67,9 +74,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_columns(g)
     a("--target-lang", help="target language code (BLEU tokenizes ko/ja/zh by character; "
       "default: the target column's name, else guessed from the script)")
-    a("--test-fraction", type=FRACTION, help="held out for testing (default: 0.05)")
-    a("--valid-fraction", type=FRACTION, help="held out for validation (default: 0.05)")
-    a("--split-seed", type=SEED, help="seed of the split (default: 0)")
+    add_split_args(g, OWN)
     a("--src-tokenizer", choices=KINDS, help="source tokenizer (default: char)")
     a("--tgt-tokenizer", choices=KINDS, help="target tokenizer (default: char; jamo for "
       "Korean)")
@@ -276,15 +281,8 @@ def translate(args: argparse.Namespace) -> int:
     return 0
 
 
-SPEC = TaskSpec(
-    name="translate", help="train an encoder-decoder with attention to translate (TSV pairs)",
-    description=DESCRIPTION, defaults=DEFAULTS, add_args=add_args, from_args=from_args,
-    from_config=from_config, saved_flags=saved_flags, report=report, load=load,
-    add_eval_args=add_eval_args, evaluate=evaluate, epochs=True,
+SPEC = task_spec(
+    globals(), "translate", "train an encoder-decoder with attention to translate (TSV pairs)",
     model_cells=list(DECODER_CELLS),
-    model_flags=("cell", "hidden", "layers", "embed", "dropout", "bidirectional"),
-    verbs=(Verb("translate", "translate text with a trained translation model",
-                add_translate_args, translate, translate.__doc__ or ""),),
+    verbs=(verb(translate, "translate text with a trained translation model", add_translate_args),),
 )
-
-__all__ = ["SPEC", "Translator", "make_split"]

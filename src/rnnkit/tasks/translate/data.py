@@ -27,6 +27,7 @@ from torch import Tensor
 from rnnkit.data.batches import EpochBatches
 from rnnkit.data.tables import parse_rows, resolve_column
 from rnnkit.data.text import read_text_file
+from rnnkit.tasks.common import holdout
 
 HEADER_NAMES = {"source", "target", "src", "tgt", "input", "output", "text", "translation",
                 "domain", "id"}
@@ -182,13 +183,7 @@ def make_split(pairs: Pairs, *, test_fraction: float = 0.05, valid_fraction: flo
     ``valid_fraction`` of all pairs from the rest (the next rows); the record lists the
     held-out row numbers."""
     N = len(pairs)
-    perm = np.random.default_rng(seed).permutation(N)
-    n_test, n_valid = round(test_fraction * N), max(1, round(valid_fraction * N))
-    if n_test + n_valid >= N:
-        raise ValueError(f"{N} pairs are too few to hold out {n_test} for testing and "
-                         f"{n_valid} for validation")
-    te, va, tr = (sorted(perm[:n_test].tolist()), sorted(perm[n_test:n_test + n_valid].tolist()),
-                  sorted(perm[n_test + n_valid:].tolist()))
+    te, va, tr = holdout(N, test_fraction, valid_fraction, seed, "pairs")
 
     def part(rows: list[int]) -> tuple[list[str], list[str]]:
         return [pairs.src[i] for i in rows], [pairs.tgt[i] for i in rows]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.data import Tokenizer, build_tokenizer, tokenizer_from_json
+from rnnkit.tasks.common import resumed_split, without
 from rnnkit.tasks.translate.data import (
     PairStream,
     Split,
@@ -86,13 +87,9 @@ class TranslateTask:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TranslateTask:
         s = config["settings"]
-        split = load_split(s)
-        if split.record["rows"] != s["rows"]:
-            raise ValueError(f"{s['data']} changed since the run started ({split.record['rows']}"
-                             f" pairs now, {s['rows']} then); cannot resume exactly")
-        model = {k: v for k, v in config["model"].items()
-                 if k not in ("src_vocab", "tgt_vocab", "bos", "eos")}
-        return cls(split, s, model, tokenizer_from_json(config["src_tokenizer"]),
+        split = resumed_split(load_split(s), s, "rows", "pairs")
+        return cls(split, s, without(config["model"], "src_vocab", "tgt_vocab", "bos", "eos"),
+                   tokenizer_from_json(config["src_tokenizer"]),
                    tokenizer_from_json(config["tgt_tokenizer"]))
 
     def build_model(self) -> nn.Module:
