@@ -123,7 +123,8 @@ def test_tiny_emoji_run(tmp_path, capsys, lang):
     split = json.loads((run / "split.json").read_text())
     assert split["data"].startswith(f"builtin:emoji:{lang}:16px")
     assert len(split["test_images"]) == round(0.1 * split["images"])
-    assert json.loads((run / "config.json").read_text())["model"]["feature_norm"] is True
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["feature_norm"] is True and model["vector_norm"] is True
     m = json.loads((run / "metrics.json").read_text())
     assert m["n"] == len(split["test_images"])
     refs = {e["image"]: e["references"][0] for e in m["examples"]}

@@ -55,7 +55,7 @@ OWN: dict[str, Any] = {
     "data_size": 3000, "image_size": None, "test_fraction": 0.1, "valid_fraction": 0.05,
     "split_seed": 0, "min_freq": 1, "max_len": 20, "decoder": "attend",
     "channels": "32,64,128", "image_vector": 256, "lang": "en", "eval_images": 300, "beam": 5,
-    "alpha": 0.0, "feature_norm": None,
+    "alpha": 0.0, "feature_norm": None, "bridge_act": "linear",
 }
 SETTINGS = ("data", *OWN)
 MODEL_KEYS = ("cell", "embed", "hidden", "layers", "dropout")
@@ -96,6 +96,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     a("--beam", type=POS_INT, help="beam size of the final test captions (default: 5)")
     a("--feature-norm", choices=("on", "off"), help="layer-normalise the CNN grid per "
       "position (default: on for --data emoji, off otherwise)")
+    a("--bridge-act", choices=("tanh", "linear"), help="the decoder's initial state from the "
+      "image vector: linear (W v + b, the cs231n form) or tanh(W v + b) (default: linear)")
     a("--alpha", type=NONNEG_FLOAT, help="GNMT length penalty (default: 0)")
 
 
@@ -107,7 +109,8 @@ def from_args(args: argparse.Namespace, out: str) -> CaptionTask:
     split = load_split(s)
     s.update(images=split.record["images"], image_size=split.record["image_size"])
     model = {**pick(args, DEFAULTS, *MODEL_KEYS), "decoder": s["decoder"], "channels": ch,
-             "image_vector": s["image_vector"],
+             "image_vector": s["image_vector"], "vector_norm": True,
+             "bridge_act": s["bridge_act"],
              "feature_norm": s["data"] == "emoji" if s["feature_norm"] is None
              else s["feature_norm"] == "on"}
     if model["cell"] not in DECODER_CELLS:
