@@ -9,9 +9,9 @@
 set -euo pipefail
 DEC=${1:?usage: caption_acceptance.sh show-tell|attend}
 MINUTES=${MINUTES:-12}
-# show-tell at lr 5e-4: at the default 2e-3 its image path collapses within ~200 steps (the same
+# lr 5e-4: at the default 2e-3 show-tell's image path collapses within ~200 steps (the same
 # initial state for every image) and it stays a caption language model (chrF ~35)
-LR=$([ "$DEC" = show-tell ] && echo 5e-4 || echo 2e-3)
+LR=${LR:-5e-4}
 OUT=${OUT:-runs/caption}
 mkdir -p "$OUT"
 RNNKIT=${RNNKIT:-rnnkit}
