@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The emoji captioning acceptance runs: the built-in emoji set (Noto Color Emoji, CLDR names),
 # 10% test split by seed 0, one pair of runs side by side with one thread each (the 2-core
-# budget), the pair under one lock so no other timed job overlaps it.
+# budget), the pair under one lock (CPU_LOCK, default /work/.cpu.lock) so no other timed job
+# overlaps it.
 #   examples/caption_acceptance.sh show-tell   # en and ko side by side
 #   examples/caption_acceptance.sh attend
 # MINUTES (default 12) is each run's budget of training and evaluation. Each job prints the test
@@ -15,7 +16,7 @@ LR=${LR:-5e-4}
 OUT=${OUT:-runs/caption}
 mkdir -p "$OUT"
 RNNKIT=${RNNKIT:-rnnkit}
-flock /work/.cpu.lock bash -c "
+flock "${CPU_LOCK:-/work/.cpu.lock}" bash -c "
   for L in en ko; do
     $RNNKIT train caption --data emoji --lang \$L --decoder $DEC --threads 1 --epochs 1000 --lr $LR \
       --minutes $MINUTES --out $OUT/\$L-$DEC --restart > $OUT/\$L-$DEC.log 2>&1 &
