@@ -5,7 +5,7 @@
 # busy-machine, seq2seq and serving benchmarks) and the server. Every other README command is run by
 # tests/test_readme.py, which also checks that each README command it does not run stands
 # here, verbatim (a server line may end in " &").
-# Usage: examples/readme_long.sh [install|lm|sequences|forecast|bench|serve] ...
+# Usage: examples/readme_long.sh [install|lm|sequences|forecast|caption|bench|serve] ...
 #        (default: all but install)
 # Run from anywhere; it works in the project root, with rnnkit on PATH (after the install)
 # and the shared data in ../shared/data.
@@ -51,6 +51,14 @@ bench() {  # the benchmarks, ~25 minutes
   python bench/serve_bench.py --out bench/results/serve.json
 }
 
+caption() {  # "Image captioning", the emoji set: 2 pairs of runs (12 + 10 minutes) and the table
+  MINUTES=12 examples/caption_acceptance.sh show-tell  # en and ko side by side, 1 thread each
+  MINUTES=10 examples/caption_acceptance.sh attend
+  python docs/caption/emoji_table.py runs/caption      # the table below
+  python docs/caption/emoji_grid.py runs/caption/en-show-tell docs/caption/emoji_show_tell_captions.png
+  python docs/caption/emoji_grid.py runs/caption/en-attend docs/caption/emoji_attend_captions.png
+}
+
 serve() {  # "Serving live scores": the server (needs runs/lm from lm) and the requests
   [ -d runs/clf/sms_char ] || examples/classify_acceptance.sh sms
   rnnkit serve sms=runs/clf/sms_char lm=runs/lm --port 8000 &
@@ -62,11 +70,12 @@ serve() {  # "Serving live scores": the server (needs runs/lm from lm) and the r
   curl -s localhost:8000/v1/sessions/$sid/feed -d '{"text": "hello, this is your bank"}'
 }
 
-for job in "${@:-lm sequences forecast bench serve}"; do
+for job in "${@:-lm sequences forecast caption bench serve}"; do
   for j in $job; do
     case $j in
-      install|lm|sequences|forecast|bench|serve) $j ;;
-      *) echo "unknown job $j (install, lm, sequences, forecast, bench, serve)" >&2; exit 2 ;;
+      install|lm|sequences|forecast|caption|bench|serve) $j ;;
+      *) echo "unknown job $j (install, lm, sequences, forecast, caption, bench, serve)" >&2
+         exit 2 ;;
     esac
   done
 done

@@ -53,10 +53,16 @@ def test_cnn_grid_shape_odd_sizes_and_batch_independence(hw):
 
 def test_the_decoder_and_the_search_are_seq2seqs():
     m = _model()
-    assert type(m.decoder) is s2s.Decoder
+    # the seq2seq decoder; the subclass only adds the linear bridge (init_state)
+    assert isinstance(m.decoder, s2s.Decoder) and type(m.decoder).__mro__[1] is s2s.Decoder
+    assert set(vars(type(m.decoder))) - set(vars(object)) <= {"init_state", "bridge_act",
+                                                             "__module__", "__doc__",
+                                                             "__qualname__",
+                                                             "__firstlineno__",
+                                                             "__static_attributes__"}
     assert m.decoder.attention == "additive" and m.decoder.input_feed
     st = _model("show-tell")
-    assert type(st.decoder) is s2s.Decoder and st.decoder.attention == "none"
+    assert isinstance(st.decoder, s2s.Decoder) and st.decoder.attention == "none"
     import rnnkit.tasks.caption.model as cm
     assert cm.beam_search is s2s.beam_search and cm.greedy_search is s2s.greedy_search
 
@@ -221,3 +227,38 @@ def test_tiny_run_then_eval_caption_and_load(tmp_path, capsys):
     with pytest.raises(ValueError, match="cannot read"):
         (tmp_path / "junk.png").write_bytes(b"junk")
         cap.caption([str(tmp_path / "junk.png")])
+
+
+def test_vector_norm_is_layer_norm_of_the_flattened_grid_and_keeps_blind_blind():
+    import torch
+
+    from rnnkit.tasks.caption import Captioner
+
+    torch.manual_seed(0)
+    m = Captioner(9, bos=7, eos=8, image_size=(12, 12), channels=(4, 6), embed=8, hidden=12,
+                  image_vector=10, decoder="show-tell", vector_norm=True).eval()
+    x = torch.rand(2, 3, 12, 12)
+    _, _, v = m.encode(x)
+    ref = torch.nn.functional.layer_norm(m.fc(m.encoder(x).flatten(1)), (10,),
+                                         m.vector_norm.weight, m.vector_norm.bias)
+    torch.testing.assert_close(v, ref)
+    y = torch.tensor([[7, 2, 3], [7, 2, 3]])
+    out = m(x, y, blind=True)
+    torch.testing.assert_close(out[0], out[1])
+    assert not torch.allclose(m(x, y)[0], m(x, y)[1])
+    # the linear bridge (cs231n): h_0 = W_b v + b_b, c_0 likewise; tanh of it otherwise
+    lin = Captioner(9, bos=7, eos=8, image_size=(12, 12), channels=(4, 6), embed=8, hidden=12,
+                    image_vector=10, decoder="show-tell", vector_norm=True,
+                    bridge_act="linear").eval()
+    _, _, v = lin.encode(x)
+    h0, c0 = lin.decoder.init_state(v, 2, v)
+    torch.testing.assert_close(h0[0], lin.decoder.bridge[0](v))
+    torch.testing.assert_close(c0[0], lin.decoder.bridge[1](v))
+    th = m.decoder.init_state(m.encode(x)[2], 2, x)
+    torch.testing.assert_close(th[0][0], torch.tanh(m.decoder.bridge[0](m.encode(x)[2])))
+    with pytest.raises(ValueError, match="bridge_act"):
+        Captioner(9, bos=7, eos=8, image_size=(12, 12), bridge_act="relu")
+    # a model saved before the options (none in its config) keeps the ReLU and the tanh
+    old = Captioner(9, bos=7, eos=8, image_size=(12, 12), channels=(4, 6), embed=8, hidden=12,
+                    image_vector=10, decoder="show-tell")
+    assert old.vector_norm is None and "vector_norm.weight" not in old.state_dict()

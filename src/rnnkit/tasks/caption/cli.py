@@ -33,9 +33,13 @@ one and the same beam search as rnnkit train translate) writes the caption word 
 the cs231n form); attend: attention over the grid positions at every word (Xu et al. 2015).
 --data names a folder of images with captions.tsv (file<TAB>caption, several lines per image
 allowed; PNG read with matplotlib; grayscale and RGBA converted; other sizes resized to
---image-size; unusable lines skipped and counted); without it, the built-in digits set:
-strips of 1-5 handwritten scikit-learn digits captioned with their names ("three seven
-one", generated from the labels). The split is by image (--test-fraction, --valid-fraction by
+--image-size; unusable lines skipped and counted); --data emoji: every emoji the Noto Color
+Emoji font (Debian fonts-noto-color-emoji) draws, rendered with Pillow at 32x32 (or
+--image-size) and captioned with its CLDR short name from the emoji package (pip install
+emoji) in --lang en or ko, e.g. "woman cook medium skin tone" (written by people; rendered
+once, cached in ~/.cache/rnnkit/emoji); without --data, the built-in digits set: strips of
+1-5 handwritten scikit-learn digits captioned with their names ("three seven one",
+generated from the labels). The split is by image (--test-fraction, --valid-fraction by
 --split-seed), recorded in split.json; the best checkpoint is kept by validation chrF. The
 job ends with chrF, BLEU (sacrebleu) and exact match of greedy and beam captions of the test
 images beside two baselines on the same split: the most common training caption, and the
@@ -51,7 +55,7 @@ OWN: dict[str, Any] = {
     "data_size": 3000, "image_size": None, "test_fraction": 0.1, "valid_fraction": 0.05,
     "split_seed": 0, "min_freq": 1, "max_len": 20, "decoder": "attend",
     "channels": "32,64,128", "image_vector": 256, "lang": "en", "eval_images": 300, "beam": 5,
-    "alpha": 0.0,
+    "alpha": 0.0, "feature_norm": None, "bridge_act": "linear",
 }
 SETTINGS = ("data", *OWN)
 MODEL_KEYS = ("cell", "embed", "hidden", "layers", "dropout")
@@ -71,8 +75,9 @@ def channels(s: str) -> list[int]:
 def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("captioning")
     a = g.add_argument
-    a("--data", metavar="FOLDER", help="a folder of images with captions.tsv, or digits "
-      "(the built-in set; the default)")
+    a("--data", metavar="FOLDER", help="a folder of images with captions.tsv, emoji (the "
+      "built-in Noto Color Emoji set, CLDR names in --lang en|ko) or digits (the built-in "
+      "strips; the default)")
     a("--data-size", type=POS_INT, help="strips of the built-in digits set (default: 3000)")
     a("--image-size", type=POS_INT, nargs=2, metavar=("H", "W"),
       help="images are resized to this (default: the first image's size)")
@@ -85,10 +90,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     a("--channels", type=channels, help="CNN channels per stage (default: 32,64,128)")
     a("--image-vector", type=POS_INT, help="size of the image vector (default: 256)")
     a("--lang", help="caption language code (BLEU tokenizes ko/ja/zh by character; "
-      "default: en)")
+      "--data emoji: the names' language, en or ko; default: en)")
     a("--eval-images", type=NONNEG_INT, help="validation images captioned at each evaluation, "
       "0 = all (default: 300)")
     a("--beam", type=POS_INT, help="beam size of the final test captions (default: 5)")
+    a("--feature-norm", choices=("on", "off"), help="layer-normalise the CNN grid per "
+      "position (default: on for --data emoji, off otherwise)")
+    a("--bridge-act", choices=("tanh", "linear"), help="the decoder's initial state from the "
+      "image vector: linear (W v + b, the cs231n form) or tanh(W v + b) (default: linear)")
     a("--alpha", type=NONNEG_FLOAT, help="GNMT length penalty (default: 0)")
 
 
@@ -100,7 +109,10 @@ def from_args(args: argparse.Namespace, out: str) -> CaptionTask:
     split = load_split(s)
     s.update(images=split.record["images"], image_size=split.record["image_size"])
     model = {**pick(args, DEFAULTS, *MODEL_KEYS), "decoder": s["decoder"], "channels": ch,
-             "image_vector": s["image_vector"]}
+             "image_vector": s["image_vector"], "vector_norm": True,
+             "bridge_act": s["bridge_act"],
+             "feature_norm": s["data"] == "emoji" if s["feature_norm"] is None
+             else s["feature_norm"] == "on"}
     if model["cell"] not in DECODER_CELLS:
         raise ValueError(f"--cell for captioning must be one of {', '.join(DECODER_CELLS)}, "
                          f"got {model['cell']!r}")

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from rnnkit.tasks.common import holdout
 
+EMOJI_SIZE = 32  # default side of the built-in emoji images
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -158,16 +159,22 @@ def digit_strips(n: int = 3000, seed: int = 0, min_digits: int = 1, max_digits: 
     return Captions(out, caps, names, {}, f"builtin:digits:{n}:{seed}")
 
 
-def load_captions(data: str | None, *, size: int = 3000, image_size: Any = None
-                  ) -> Captions:
-    """``data``: a folder, ``digits`` or None (the built-in digits), ``emoji`` (not
-    available here: a clear error)."""
+def load_captions(data: str | None, *, size: int = 3000, image_size: Any = None,
+                  lang: str = "en") -> Captions:
+    """``data``: a folder, ``digits`` or None (the built-in digits), ``emoji`` (the built-in
+    emoji set in ``lang``, :mod:`rnnkit.tasks.caption.emoji_set`; ``image_size`` default
+    32 × 32, a non-square size is resized from the ``H × H`` render)."""
     if data in (None, "digits"):
         return digit_strips(size, 0)
     if data == "emoji":
-        raise ValueError("the emoji set is not built in this version (it needs Pillow, the "
-                         "emoji package and fonts-noto-color-emoji); use --data digits or a "
-                         "folder with captions.tsv")
+        from rnnkit.tasks.caption.emoji_set import emoji_set
+
+        H, W = (tuple(image_size) if image_size else (EMOJI_SIZE, EMOJI_SIZE))
+        d = emoji_set(lang, int(H))
+        if W != H:
+            d.images = F.interpolate(d.images, size=(int(H), int(W)), mode="bilinear",
+                                     antialias=True, align_corners=False).clamp(0, 1)
+        return d
     return read_folder(data, tuple(image_size) if image_size else None)
 
 

@@ -11,6 +11,13 @@ Two decoders over the same encoder:
 * ``show-tell`` (Vinyals et al. 2015, in the cs231n form): the image vector
   ``v = relu(W_fc flatten(grid) + b)`` is the decoder's initial state through the bridge,
   ``h_0 = tanh(W_b v + b_b)`` (and ``c_0`` for an LSTM); no attention (``attention="none"``).
+* ``bridge_act="linear"`` (the CLI default): ``h_0 = W_b v + b_b`` without the tanh (cs231n's
+  ``h0 = features W_proj + b_proj``).
+* ``vector_norm=True`` (on for every new CLI run): ``v = LayerNorm(W_fc flatten(grid) + b)``
+  instead of the ReLU, so the bridge's tanh does not saturate (it did: the same ``h_0`` for
+  every image, show-tell then a language model).
+* ``feature_norm=True``: the grid is layer-normalised per position (over ``D``) before both
+  (on by default for the built-in emoji set).
 * ``attend`` (Xu et al. 2015, "Show, Attend and Tell"): the same initial state, and at every
   word additive attention over the ``N`` grid positions (the seq2seq decoder's ``memory``,
   every position real), with input feeding.
@@ -32,6 +39,20 @@ from rnnkit.seq2seq import Decoder, DecodeState, Hypothesis, beam_search, greedy
 from rnnkit.tasks.common import he_init, one_of
 
 DECODERS = ("show-tell", "attend")
+BRIDGES = ("tanh", "linear")
+
+
+class ImageDecoder(Decoder):
+    """The seq2seq :class:`~rnnkit.seq2seq.Decoder`; ``bridge_act="linear"``: the initial
+    state is ``W_b v + b_b`` (each ``(L, B, H)``), the cs231n form, without the tanh."""
+
+    bridge_act = "tanh"
+
+    def init_state(self, summary: Tensor | None, batch: int, like: Tensor) -> Any:
+        if self.bridge_act == "tanh" or self.bridge is None or summary is None:
+            return super().init_state(summary, batch, like)
+        return tuple(b(summary).view(batch, self.layers, self.hidden).transpose(0, 1)
+                     .contiguous() for b in self.bridge)
 
 
 class CNNEncoder(nn.Module):
@@ -73,9 +94,11 @@ class Captioner(nn.Module):
                  decoder: str = "attend", cell: str = "lstm", embed: int = 64,
                  hidden: int = 128, layers: int = 1, channels: Sequence[int] = (32, 64, 128),
                  image_vector: int = 256, attn_size: int | None = None, dropout: float = 0.0,
-                 encoder: nn.Module | None = None) -> None:
+                 encoder: nn.Module | None = None, feature_norm: bool = False,
+                 vector_norm: bool = False, bridge_act: str = "tanh") -> None:
         super().__init__()
         one_of("decoder", decoder, DECODERS)
+        one_of("bridge_act", bridge_act, BRIDGES)
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size must be (H, W) >= 1, got {tuple(image_size)}")
         self.bos, self.eos, self.kind = bos, eos, decoder
@@ -87,13 +110,23 @@ class Captioner(nn.Module):
             raise ValueError(f"the image encoder must return (B, N, D), got shape "
                              f"{tuple(g.shape)}")
         self.grid, self.features = int(g.shape[1]), int(g.shape[2])
+        # LayerNorm of each grid position's D features (per image: batch independent); dense
+        # colour pictures (the emoji set) otherwise grow the ReLU stack's features until the
+        # bridge's tanh and the LSTM gates saturate and every caption is the same
+        self.feature_norm = nn.LayerNorm(self.features) if feature_norm else None
         self.fc = nn.Linear(self.grid * self.features, image_vector)
+        # vector_norm: v = LayerNorm(W_fc flatten(grid) + b) instead of the ReLU: unnormalised,
+        # v grows until the bridge's tanh saturates (|h_0| = |c_0| = 1 for every image), no
+        # gradient reaches the image and show-tell learns only a language model
+        self.vector_norm = nn.LayerNorm(image_vector) if vector_norm else None
         self.drop = nn.Dropout(dropout)
-        self.decoder = Decoder(vocab_size, memory_size=self.features, summary_size=image_vector,
-                               embed=embed, hidden=hidden, layers=layers, cell=cell,
-                               attention="additive" if decoder == "attend" else "none",
-                               attn_size=attn_size, input_feed=decoder == "attend",
-                               bridge="linear", dropout=dropout)
+        self.decoder = ImageDecoder(vocab_size, memory_size=self.features,
+                                    summary_size=image_vector, embed=embed, hidden=hidden,
+                                    layers=layers, cell=cell,
+                                    attention="additive" if decoder == "attend" else "none",
+                                    attn_size=attn_size, input_feed=decoder == "attend",
+                                    bridge="linear", dropout=dropout)
+        self.decoder.bridge_act = bridge_act
 
     def encode(self, images: Tensor, blind: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """``(memory (B, N, D), mask (B, N) all True, image vector (B, Z))``."""
@@ -101,9 +134,12 @@ class Captioner(nn.Module):
             raise ValueError(f"expected images (B, 3, {self.image_size[0]}, "
                              f"{self.image_size[1]}), got shape {tuple(images.shape)}")
         g = self.encoder(images)                                          # (B, N, D)
+        if self.feature_norm is not None:
+            g = self.feature_norm(g)
         if blind:
             g = torch.zeros_like(g)
-        v = F.relu(self.fc(self.drop(g.flatten(1))))                       # (B, Z)
+        v = self.fc(self.drop(g.flatten(1)))                               # (B, Z)
+        v = F.relu(v) if self.vector_norm is None else self.vector_norm(v)
         mask = torch.ones(g.shape[:2], dtype=torch.bool, device=g.device)
         return self.drop(g), mask, v
 

@@ -3,6 +3,7 @@ attention of each generated word over the image (attend decoder)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,13 @@ def plot_grid(images: Tensor, hyps: Sequence[str], refs: Sequence[str], path: st
     B = images.shape[0]
     cols = min(cols, B)
     rows = -(-B // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < B:
             ax.imshow(images[k].permute(1, 2, 0).clamp(0, 1).numpy())
-            ax.set_title(f"{hyps[k]}\n(true: {refs[k]})", fontsize=8)
+            title = textwrap.fill(hyps[k], 38) + "\n" + textwrap.fill(f"(true: {refs[k]})", 38)
+            ax.set_title(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

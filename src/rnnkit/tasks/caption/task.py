@@ -21,7 +21,7 @@ from rnnkit.tasks.common import resumed_split, without
 def load_split(s: dict[str, Any]) -> Split:
     """The split of a run's ``settings``."""
     data = load_captions(s.get("data"), size=s.get("data_size", 3000),
-                         image_size=s.get("image_size"))
+                         image_size=s.get("image_size"), lang=s.get("lang", "en"))
     return make_split(data, test_fraction=s["test_fraction"],
                       valid_fraction=s["valid_fraction"], seed=s["split_seed"])
 
