@@ -57,6 +57,7 @@ caption() {  # "Image captioning", the emoji set: 2 pairs of runs (12 + 10 minut
   python docs/caption/emoji_table.py runs/caption      # the table below
   python docs/caption/emoji_grid.py runs/caption/en-show-tell docs/caption/emoji_show_tell_captions.png
   python docs/caption/emoji_grid.py runs/caption/en-attend docs/caption/emoji_attend_captions.png
+  python docs/caption/emoji_grid.py runs/caption/ko-show-tell docs/caption/emoji_ko_show_tell_captions.png
 }
 
 serve() {  # "Serving live scores": the server (needs runs/lm from lm) and the requests

@@ -262,3 +262,22 @@ def test_vector_norm_is_layer_norm_of_the_flattened_grid_and_keeps_blind_blind()
     old = Captioner(9, bos=7, eos=8, image_size=(12, 12), channels=(4, 6), embed=8, hidden=12,
                     image_vector=10, decoder="show-tell")
     assert old.vector_norm is None and "vector_norm.weight" not in old.state_dict()
+
+
+def test_korean_captions_are_drawn_with_a_hangul_font(tmp_path) -> None:
+    """A grid of Korean captions draws every glyph (matplotlib warns of each one a font lacks)."""
+    import warnings
+
+    from rnnkit.tasks.caption.plot import plot_grid
+    from rnnkit.tasks.common import cjk_font, font_for
+
+    assert font_for(["two cats"]) == (None, "")
+    if cjk_font() is None:
+        assert "fonts-noto-cjk" in font_for(["고양이"])[1]
+        pytest.skip("no Hangul font installed (Debian package fonts-noto-cjk)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_grid(torch.rand(2, 3, 8, 8), ["웃는 얼굴", "고양이"], ["웃는 얼굴", "강아지"],
+                  tmp_path / "ko.png", cols=2)
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert mpimg.imread(tmp_path / "ko.png").shape[0] > 0

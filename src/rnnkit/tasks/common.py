@@ -4,7 +4,9 @@ the tasks' small CNNs."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,37 @@ def he_init(net: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u9fff\uac00-\ud7af]")
+
+
+@cache
+def cjk_font() -> str | None:
+    """Path of an installed font with Hangul syllables and Han characters, or None."""
+    from matplotlib import font_manager, ft2font
+
+    for path in sorted(font_manager.findSystemFonts()):
+        try:
+            cmap = ft2font.FT2Font(path).get_charmap()
+        except (OSError, RuntimeError):
+            continue
+        if 0xAC00 in cmap and 0x4E00 in cmap:
+            return path
+    return None
+
+
+def font_for(texts: Iterable[str]) -> tuple[Any, str]:
+    """Matplotlib ``FontProperties`` that draw ``texts`` (a Hangul/CJK font when they hold such
+    characters and one is installed, else ``None``: the default) and a note for the user: ``""``
+    or why glyphs may show as boxes (Debian: ``fonts-noto-cjk``)."""
+    if not CJK.search("".join(texts)):
+        return None, ""
+    font = cjk_font()
+    if font is None:
+        return None, (" (no Hangul/CJK font is installed, e.g. Debian's fonts-noto-cjk: those "
+                      "glyphs show as boxes)")
+    from matplotlib import font_manager
+
+    return font_manager.FontProperties(fname=font), ""
+

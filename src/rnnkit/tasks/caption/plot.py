@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit.tasks.common import font_for
+
 
 def plot_grid(images: Tensor, hyps: Sequence[str], refs: Sequence[str], path: str | Path,
               cols: int = 4) -> None:
@@ -22,6 +24,7 @@ def plot_grid(images: Tensor, hyps: Sequence[str], refs: Sequence[str], path: st
     import matplotlib.pyplot as plt
 
     B = images.shape[0]
+    prop, _ = font_for([*hyps, *refs])  # Korean captions need a Hangul font
     cols = min(cols, B)
     rows = -(-B // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
@@ -30,7 +33,7 @@ def plot_grid(images: Tensor, hyps: Sequence[str], refs: Sequence[str], path: st
         if k < B:
             ax.imshow(images[k].permute(1, 2, 0).clamp(0, 1).numpy())
             title = textwrap.fill(hyps[k], 38) + "\n" + textwrap.fill(f"(true: {refs[k]})", 38)
-            ax.set_title(title, fontsize=8)
+            ax.set_title(title, fontsize=8, fontproperties=prop)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -44,6 +47,7 @@ def plot_attention(cap: Any, image: Tensor, path: str | Path, beam: int = 1) -> 
     import matplotlib.pyplot as plt
 
     words, w, (gh, gw) = cap.attention(image, beam=beam)
+    prop, _ = font_for(words)
     H, W = image.shape[1:]
     maps = F.interpolate(w.view(-1, 1, gh, gw).float(), size=(H, W), mode="bilinear",
                          align_corners=False)[:, 0] if gh > 1 else w.view(-1, 1, gw)
@@ -54,7 +58,7 @@ def plot_attention(cap: Any, image: Tensor, path: str | Path, beam: int = 1) -> 
         ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
         ax.imshow(torch.as_tensor(maps[k]).numpy(), cmap="magma", alpha=0.55,
                   extent=(0, W, H, 0))
-        ax.set_title(words[k], fontsize=9)
+        ax.set_title(words[k], fontsize=9, fontproperties=prop)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

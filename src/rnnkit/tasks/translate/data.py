@@ -27,12 +27,11 @@ from torch import Tensor
 from rnnkit.data.batches import EpochBatches
 from rnnkit.data.tables import parse_rows, resolve_column
 from rnnkit.data.text import read_text_file
-from rnnkit.tasks.common import holdout
+from rnnkit.tasks.common import CJK, holdout
 
 HEADER_NAMES = {"source", "target", "src", "tgt", "input", "output", "text", "translation",
                 "domain", "id"}
 _LANG = re.compile(r"^[a-z]{2}([_-][A-Za-z]{2,4})?$")
-CJK = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u9fff\uac00-\ud7af]")
 
 
 @dataclass
