@@ -53,13 +53,8 @@ def test_cnn_grid_shape_odd_sizes_and_batch_independence(hw):
 
 def test_the_decoder_and_the_search_are_seq2seqs():
     m = _model()
-    # the seq2seq decoder; the subclass only adds the linear bridge (init_state)
-    assert isinstance(m.decoder, s2s.Decoder) and type(m.decoder).__mro__[1] is s2s.Decoder
-    assert set(vars(type(m.decoder))) - set(vars(object)) <= {"init_state", "bridge_act",
-                                                             "__module__", "__doc__",
-                                                             "__qualname__",
-                                                             "__firstlineno__",
-                                                             "__static_attributes__"}
+    # the seq2seq decoder itself, no subclass (its linear bridge is Decoder's bridge_act)
+    assert type(m.decoder) is s2s.Decoder
     assert m.decoder.attention == "additive" and m.decoder.input_feed
     st = _model("show-tell")
     assert isinstance(st.decoder, s2s.Decoder) and st.decoder.attention == "none"

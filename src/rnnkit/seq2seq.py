@@ -25,7 +25,8 @@ One decoder step (Luong et al. 2015's flow; the score function is chosen by ``at
 everything the decoder knows of the source goes through the bridge. The **bridge** maps the
 encoder's final state (``summary``, ``(B, Z)``) to the decoder's initial state:
 ``s_0 = tanh(W_b summary + b_b)`` per state (``h``, and ``c`` for an LSTM), one slice per
-layer; ``bridge="zero"`` starts from zeros.
+layer (``bridge_act="linear"``: ``W_b summary + b_b``, cs231n's image-captioning form);
+``bridge="zero"`` starts from zeros.
 
 Training runs the decoder teacher-forced, step by step on rnnkit's cells with the weights
 prepared once per call: the embedding part of the first layer's input product is one matrix
@@ -51,6 +52,7 @@ from rnnkit.layers import CELLS
 
 ATTENTIONS = ("additive", "dot", "general", "none")
 BRIDGES = ("linear", "zero")
+BRIDGE_ACTS = ("tanh", "linear")
 DECODER_CELLS = ("lstm", "gru", "rnn")
 RNNState = tuple[Tensor, ...]  # each (L, N, H)
 
@@ -182,11 +184,14 @@ class Decoder(nn.Module):
                  embed: int = 128, hidden: int = 256, layers: int = 1, cell: str = "lstm",
                  attention: str = "general", attn_size: int | None = None,
                  input_feed: bool = True, bridge: str = "linear", tie: bool = False,
-                 output_size: int | None = None, dropout: float = 0.0) -> None:
+                 output_size: int | None = None, dropout: float = 0.0,
+                 bridge_act: str = "tanh") -> None:
         super().__init__()
         _check("decoder cell", cell, DECODER_CELLS)
         _check("attention", attention, ATTENTIONS)
         _check("bridge", bridge, BRIDGES)
+        _check("bridge_act", bridge_act, BRIDGE_ACTS)
+        self.bridge_act = bridge_act
         if bridge == "linear" and summary_size <= 0:
             raise ValueError("a linear bridge needs summary_size > 0 (the encoder's final "
                              "state size); use bridge='zero' without one")
@@ -219,7 +224,8 @@ class Decoder(nn.Module):
         if self.bridge is None or summary is None:
             z = like.new_zeros(self.layers, batch, self.hidden)
             return tuple(z.clone() for _ in range(self.n_state))
-        return tuple(torch.tanh(b(summary)).view(batch, self.layers, self.hidden)
+        act = torch.tanh if self.bridge_act == "tanh" else (lambda v: v)
+        return tuple(act(b(summary)).view(batch, self.layers, self.hidden)
                      .transpose(0, 1).contiguous() for b in self.bridge)
 
     def _attend(self, h: Tensor, keys: Tensor | None, memory: Tensor, mask: Tensor

@@ -35,24 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.seq2seq import Decoder, DecodeState, Hypothesis, beam_search, greedy_search
+from rnnkit.seq2seq import (
+    BRIDGE_ACTS,
+    Decoder,
+    DecodeState,
+    Hypothesis,
+    beam_search,
+    greedy_search,
+)
 from rnnkit.tasks.common import he_init, one_of
 
 DECODERS = ("show-tell", "attend")
-BRIDGES = ("tanh", "linear")
-
-
-class ImageDecoder(Decoder):
-    """The seq2seq :class:`~rnnkit.seq2seq.Decoder`; ``bridge_act="linear"``: the initial
-    state is ``W_b v + b_b`` (each ``(L, B, H)``), the cs231n form, without the tanh."""
-
-    bridge_act = "tanh"
-
-    def init_state(self, summary: Tensor | None, batch: int, like: Tensor) -> Any:
-        if self.bridge_act == "tanh" or self.bridge is None or summary is None:
-            return super().init_state(summary, batch, like)
-        return tuple(b(summary).view(batch, self.layers, self.hidden).transpose(0, 1)
-                     .contiguous() for b in self.bridge)
 
 
 class CNNEncoder(nn.Module):
@@ -98,7 +91,7 @@ class Captioner(nn.Module):
                  vector_norm: bool = False, bridge_act: str = "tanh") -> None:
         super().__init__()
         one_of("decoder", decoder, DECODERS)
-        one_of("bridge_act", bridge_act, BRIDGES)
+        one_of("bridge_act", bridge_act, BRIDGE_ACTS)
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"image_size must be (H, W) >= 1, got {tuple(image_size)}")
         self.bos, self.eos, self.kind = bos, eos, decoder
@@ -120,13 +113,11 @@ class Captioner(nn.Module):
         # gradient reaches the image and show-tell learns only a language model
         self.vector_norm = nn.LayerNorm(image_vector) if vector_norm else None
         self.drop = nn.Dropout(dropout)
-        self.decoder = ImageDecoder(vocab_size, memory_size=self.features,
-                                    summary_size=image_vector, embed=embed, hidden=hidden,
-                                    layers=layers, cell=cell,
-                                    attention="additive" if decoder == "attend" else "none",
-                                    attn_size=attn_size, input_feed=decoder == "attend",
-                                    bridge="linear", dropout=dropout)
-        self.decoder.bridge_act = bridge_act
+        self.decoder = Decoder(vocab_size, memory_size=self.features, summary_size=image_vector,
+                               embed=embed, hidden=hidden, layers=layers, cell=cell,
+                               attention="additive" if decoder == "attend" else "none",
+                               attn_size=attn_size, input_feed=decoder == "attend",
+                               bridge="linear", dropout=dropout, bridge_act=bridge_act)
 
     def encode(self, images: Tensor, blind: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """``(memory (B, N, D), mask (B, N) all True, image vector (B, Z))``."""
