@@ -130,41 +130,33 @@ def bench_auto(a: argparse.Namespace, dev: torch.device) -> None:
     from rnnkit.kernels import size_class
 
     x = torch.randn(a.batch, a.T, a.E, device=dev, requires_grad=True)
+    xs = torch.randn(1, 16, a.E, device=dev)  # a streamed chunk: the table's "tiny" class
     table: dict[str, dict[str, float]] = {}
-    for cls, mode in AUTO_FAMILIES:
-        for L, H in a.sizes:
-            ref, auto = torch_twin(cls, a.E, H, L, dev)
-            fused = cls.from_torch(ref, kernel="fused").to(dev)
-            fast = cls.from_torch(ref, kernel="fast").to(dev)
-            name = f"{cls.__name__} {L}x{H}"
-            for what, prog, key in (("forward", fwd, "infer"), ("fwd+bwd", train_step, "train")):
-                t = race([prog(auto, x), prog(fused, x), prog(fast, x)], a.reps, dev)
-                best = min(t[1], t[2])
-                peer = "fused" if t[1] <= t[2] else "fast"
-                row("auto", f"{name} {what}", t[0], best, f"max(fused, fast): {peer}", 0.97,
-                    note=f"[{auto.last_kernel}] fused {t[1] * 1e3:.1f} / fast "
-                         f"{t[2] * 1e3:.1f} ms")
-                row("auto", f"{name} {what} vs torch.nn", t[0], t[1], "torch.nn (fused)", None,
-                    note=f"[{auto.last_kernel}]")
-                dtype = str(x.dtype).removeprefix("torch.")
-                table[f"{dev.type}|{dtype}|{mode}|{key}|{size_class(H)}"] = {
-                    "fused": round(t[1], 5), "fast": round(t[2], 5)}
-        # a streamed chunk (inference, B = 1, T = 16: the "tiny" class) at the first size
-        L, H = a.sizes[0]
+
+    def measure(cls: type, mode: str, L: int, H: int, what: str, prog: Callable, key: str,
+                inp: torch.Tensor, reps: int, label: str) -> None:
+        """One race of auto, fused and fast on ``inp``: two rows and the table's entry."""
         ref, auto = torch_twin(cls, a.E, H, L, dev)
         fused = cls.from_torch(ref, kernel="fused").to(dev)
         fast = cls.from_torch(ref, kernel="fast").to(dev)
-        xs = torch.randn(1, 16, a.E, device=dev)
-        t = race([fwd(auto, xs), fwd(fused, xs), fwd(fast, xs)], a.reps * 4, dev)
+        t = race([prog(auto, inp), prog(fused, inp), prog(fast, inp)], reps, dev)
         peer = "fused" if t[1] <= t[2] else "fast"
-        name = f"{cls.__name__} {L}x{H} forward, B=1 T=16"
+        name = f"{cls.__name__} {L}x{H} {what}{label}"
         row("auto", name, t[0], min(t[1], t[2]), f"max(fused, fast): {peer}", 0.97,
             note=f"[{auto.last_kernel}] fused {t[1] * 1e3:.2f} / fast {t[2] * 1e3:.2f} ms")
         row("auto", f"{name} vs torch.nn", t[0], t[1], "torch.nn (fused)", None,
             note=f"[{auto.last_kernel}]")
-        table[f"{dev.type}|{str(xs.dtype).removeprefix('torch.')}|{mode}|infer|"
-              f"{size_class(H, xs.shape[0] * xs.shape[1])}"] = {
+        dtype = str(inp.dtype).removeprefix("torch.")
+        size = size_class(H, inp.shape[0] * inp.shape[1])
+        table[f"{dev.type}|{dtype}|{mode}|{key}|{size}"] = {
             "fused": round(t[1], 6), "fast": round(t[2], 6)}
+
+    for cls, mode in AUTO_FAMILIES:
+        for L, H in a.sizes:
+            for what, prog, key in (("forward", fwd, "infer"), ("fwd+bwd", train_step, "train")):
+                measure(cls, mode, L, H, what, prog, key, x, a.reps, "")
+        L, H = a.sizes[0]  # the tiny class: inference only, at the first size, more reps
+        measure(cls, mode, L, H, "forward", fwd, "infer", xs, a.reps * 4, ", B=1 T=16")
     if a.write_table:
         path = Path(rnnkit.__file__).parent / "kernels" / "auto_table.py"
         head = path.read_text().split("SOURCE = ")[0]
