@@ -117,3 +117,64 @@ def test_other_task_run_is_refused(tmp_path):
     from rnnkit.tasks.translate import load
     with pytest.raises(ValueError, match="not a translation model"):
         load(run)
+
+
+def test_nearest_never_matches_a_training_pair_with_itself_but_does_with_a_copy():
+    src = ["open the file", "open the file", "close the window", "save all files"]
+    r = Retrieval(src, ["A", "A2", "B", "C"])
+    idx, sim = r.nearest(src, exclude_self=True, chunk=3)   # chunks: the offset is kept
+    assert list(idx[:2]) == [1, 0]                          # the other copy, cosine 1
+    assert sim[0] == pytest.approx(1.0) and sim[2] < 1.0
+    assert all(i != k for k, i in enumerate(idx))
+    assert list(r.nearest(src)[0][2:]) == [2, 3]            # without: each its own
+
+
+def test_memory_matches_and_its_threshold():
+    from rnnkit.tasks.translate.memory import Memory
+    m = Memory(["open the file", "open the files", "close the window"],
+               ["ouvrir", "ouvrir tout", "fermer"], min_sim=0.5)
+    assert m.matches(["open a file", "zzzz qqqq"]) == ["ouvrir", ""]   # cosine 0.33: none
+    assert m.matches(m.src, training=True) == ["ouvrir tout", "ouvrir", ""]
+    with pytest.raises(ValueError, match="memory's own sources"):
+        m.matches(["open the file"], training=True)
+    with pytest.raises(ValueError, match="one target per source"):
+        Memory(["a"], [])
+
+
+def test_a_fuzzy_run_reads_each_source_with_its_match_and_loads_without_the_data(
+        tmp_path, capsys):
+    from rnnkit.tasks.translate.memory import FILE, Memory
+    rows = [f"open file {i}\touvrir le fichier {i}" for i in range(40)]
+    rows += [f"close window {i}\tfermer la fenêtre {i}" for i in range(40)]
+    data = tmp_path / "p.tsv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "translate", "--data", str(data), "--fuzzy", "--out", str(out),
+                 "--steps", "6", "--eval-every", "3", "--hidden", "16", "--embed", "8",
+                 "--eval-sentences", "5", "--beam", "2", "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    s = cfg["settings"]
+    assert s["fuzzy"] and len(s["memory_sha256"]) == 64
+    mem = Memory.load(out / "best", s["memory_sha256"], s["fuzzy_min"])
+    split = json.loads((out / "split.json").read_text())
+    assert len(mem.src) == len(rows) - len(split["test_rows"]) - len(split["valid_rows"])
+    assert main(["eval", str(out), "--beam", "1"]) == 0
+    data.unlink()                                     # the memory travels with the run
+    tr = rnnkit.load(out)
+    sep = tr.src_tok.vocab_size
+    assert cfg["model"]["src_vocab"] == sep + 1       # SEP: one id past the tokenizer
+    text = "open file 7"
+    match = mem.matches([text])[0]
+    assert match.startswith("ouvrir le fichier")
+    assert tr.encode([text])[0] == [*tr.src_tok.encode(text), sep, *tr.src_tok.encode(match)]
+    assert tr.src_tok.encode("fenêtre").count(tr.src_tok.unk_id) == 0   # targets are known
+    assert len(tr.translate([text, "close window 3"], beam=2)) == 2
+    _, src_pieces, w = tr.attention(text)
+    assert "‖" in src_pieces and w.shape[1] == len(src_pieces)
+    capsys.readouterr()
+    (out / FILE).write_text((out / FILE).read_text().replace("ouvrir", "OUVRIR", 1))
+    with pytest.raises(ValueError, match="not the memory this model was trained with"):
+        rnnkit.load(out)
+    (out / FILE).unlink()
+    with pytest.raises(ValueError, match=r"no memory\.jsonl"):
+        rnnkit.load(out)

@@ -19,15 +19,17 @@ from rnnkit import checkpoint as ckpt
 from rnnkit.data import Tokenizer, tokenizer_from_json
 from rnnkit.seq2seq import Hypothesis, Seq2Seq
 from rnnkit.tasks.common import run_config
+from rnnkit.tasks.translate.memory import SEP_TEXT, Memory
 from rnnkit.tasks.translate.metrics import scores
 from rnnkit.tasks.translate.model import build_model, translate_ids
+from rnnkit.tasks.translate.task import encode_sources
 
 
 class Translator:
     """A trained encoder–decoder with its source and target tokenizers (see :func:`load`)."""
 
     def __init__(self, model: Seq2Seq, src_tok: Tokenizer, tgt_tok: Tokenizer,
-                 config: dict[str, Any]) -> None:
+                 config: dict[str, Any], memory: Memory | None = None) -> None:
         self.model, self.src_tok, self.tgt_tok, self.config = model.eval(), src_tok, tgt_tok, \
             config
         s = config.get("settings", {})
@@ -35,19 +37,25 @@ class Translator:
         self.ratio, self.extra = s.get("max_ratio", 2.0), s.get("max_extra", 10)
         self.lang = s.get("target_lang", "other")
         self.cut = 0  # sources cut to max_len by the last call
+        self.memory = memory  # the translation memory of a --fuzzy run
+        self.sep = src_tok.vocab_size if memory else None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Source ids, cut to ``max_len`` (counted in ``self.cut``); unknown characters
+        """Encoder inputs (with each text's fuzzy match for a model trained with a
+        translation memory), cut to ``max_len`` (counted in ``self.cut``); unknown characters
         become ``<unk>``; an empty text is a ValueError."""
-        out, self.cut = [], 0
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"text {i} is empty; expected a sentence to translate")
-            ids = self.src_tok.encode(t.strip()) or [self.src_tok.unk_id]
-            if self.max_len and len(ids) > self.max_len:
-                ids, self.cut = ids[:self.max_len], self.cut + 1
-            out.append(ids)
+        texts = [t.strip() for t in texts]
+        matches = self.memory.matches(texts) if self.memory else None
+        out, was_cut = encode_sources(self.src_tok, texts, self.max_len, matches, self.sep)
+        self.cut = sum(was_cut)
         return out
+
+    def source_pieces(self, ids: Sequence[int]) -> list[str]:
+        """How each encoder input id reads (the separator before a fuzzy match as ‖)."""
+        return [SEP_TEXT.strip() if i == self.sep else self.src_tok.decode([i]) for i in ids]
 
     def hypotheses(self, texts: Sequence[str], beam: int = 5, n_best: int = 1,
                    alpha: float = 0.6, block_ngram: int = 0, attention: bool = False
@@ -76,7 +84,7 @@ class Translator:
         if h.attention is None:
             raise ValueError("this model has no attention (it was trained with --attention "
                              "none)")
-        src = [self.src_tok.decode([i]) for i in self.encode([text])[0]]
+        src = self.source_pieces(self.encode([text])[0])
         tgt = [self.tgt_tok.decode([i]) for i in h.tokens]
         tgt = [*tgt, "</s>"] if len(tgt) < h.attention.shape[0] else tgt
         return tgt, src, h.attention[:len(tgt)]
@@ -92,8 +100,11 @@ def load(run_dir: str | Path, device: str = "cpu") -> Translator:
     """The translator of a run folder (its ``best/`` checkpoint) or a checkpoint folder."""
     src, cfg = run_config(run_dir, "translate", "a translation model")
     model = ckpt.build_checked(lambda: build_model(cfg["model"]), src)
+    s = cfg.get("settings", {})
+    memory = (Memory.load(src, s.get("memory_sha256"), s.get("fuzzy_min", 0.5))
+              if s.get("fuzzy") else None)
     return Translator(model.to(device), tokenizer_from_json(cfg["src_tokenizer"]),
-                      tokenizer_from_json(cfg["tgt_tokenizer"]), cfg)
+                      tokenizer_from_json(cfg["tgt_tokenizer"]), cfg, memory)
 
 
 def warn_cut(tr: Translator) -> None:

@@ -28,7 +28,7 @@ from rnnkit.tasks.translate.api import load, warn_cut
 from rnnkit.tasks.translate.data import Pairs, read_pairs, target_language
 from rnnkit.tasks.translate.metrics import baselines, scores
 from rnnkit.tasks.translate.task import TranslateTask, load_split
-from rnnkit.train import TrainResult
+from rnnkit.train import TrainResult, is_main_process
 
 DESCRIPTION = """Train an encoder-decoder with attention to translate: a bidirectional rnnkit
 LSTM/GRU encoder, a decoder with additive (Bahdanau) or multiplicative (Luong dot, general)
@@ -53,7 +53,8 @@ OWN: dict[str, Any] = {
     "tgt_tokenizer": "char", "src_vocab_size": None, "tgt_vocab_size": None, "min_freq": 1,
     "max_len": 200, "attention": "general", "input_feed": True, "bridge": "linear",
     "tie": False, "label_smoothing": 0.1, "eval_sentences": 500, "beam": 5, "alpha": 0.6,
-    "max_ratio": 2.0, "max_extra": 10, "synthetic_size": 8000,
+    "max_ratio": 2.0, "max_extra": 10, "synthetic_size": 8000, "fuzzy": False,
+    "fuzzy_min": 0.5,
 }
 SETTINGS = ("data", "source_column", "target_column", "target_lang", *OWN)
 MODEL_KEYS = ("cell", "embed", "hidden", "layers", "bidirectional", "dropout")
@@ -91,6 +92,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
       "state (linear) or zeros (default: linear)")
     a("--tie", action=argparse.BooleanOptionalAction, default=None,
       help="tie the output layer to the target embedding (needs --embed = --hidden)")
+    a("--fuzzy", action=argparse.BooleanOptionalAction, default=None,
+      help="translation memory (Neural Fuzzy Repair): the encoder reads each source with the "
+      "translation of its nearest training source (char n-gram TF-IDF), so the network "
+      "learns to repair fuzzy matches; the memory is saved as memory.jsonl (default: off)")
+    a("--fuzzy-min", type=FRACTION, help="cosine below which no match is given (default: "
+      "0.5; unrelated short texts score about 0.3 by their shared spaces)")
     a("--label-smoothing", type=FRACTION, help="default: 0.1")
     a("--eval-sentences", type=NONNEG_INT, help="validation pairs translated at each "
       "evaluation, 0 = all (default: 500)")
@@ -127,13 +134,16 @@ def from_args(args: argparse.Namespace, out: str) -> TranslateTask:
                          f"got {model['cell']!r}")
     task = TranslateTask(split, s, model)
     record_split(out, split.record)
+    if task.memory and is_main_process():
+        task.memory.save(out)
     sk = split.record["skipped"]
     print(f"{split.record['data'] or 'built-in corpus'}: {split.record['rows']:,} pairs "
           f"(skipped: {sk['one_column']} with one column, {sk['empty']} with an empty side); "
           f"train {len(task.train[0]):,}, validation {len(task.valid[0]):,}, test "
           f"{len(split.test[0]):,}; cut to {s['max_len']} tokens: {sum(task.cut.values())}; "
           f"source {task.src_tok.kind} vocabulary {task.src_tok.vocab_size:,}, target "
-          f"{task.tgt_tok.kind} {task.tgt_tok.vocab_size:,}; target language {lang}",
+          f"{task.tgt_tok.kind} {task.tgt_tok.vocab_size:,}; target language {lang}"
+          + (f"; translation memory of {len(task.memory.src):,} pairs" if task.memory else ""),
           file=sys.stderr)
     return task
 

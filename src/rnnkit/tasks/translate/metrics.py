@@ -51,13 +51,27 @@ class Retrieval:
         self.X = self.vec.fit_transform(list(src))
         self.tgt = list(tgt)
 
-    def __call__(self, texts: Sequence[str], chunk: int = 512) -> list[str]:
-        out = []
+    def nearest(self, texts: Sequence[str], exclude_self: bool = False, chunk: int = 512
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Per text, the index of the nearest training source and its cosine ``(N,)``,
+        ``(N,)``. ``exclude_self``: ``texts`` are the training sources themselves, in order,
+        and text ``i`` is never matched with source ``i`` (another copy of the same
+        sentence still can)."""
+        idx, sims = [], []
         for k in range(0, len(texts), chunk):
-            sim = self.vec.transform(list(texts[k:k + chunk])) @ self.X.T
-            best = np.asarray(sim.argmax(1)).ravel()
-            out += [self.tgt[i] for i in best]
-        return out
+            sim = (self.vec.transform(list(texts[k:k + chunk])) @ self.X.T).toarray()
+            if exclude_self:
+                rows = np.arange(sim.shape[0])
+                sim[rows, rows + k] = -1.0
+            best = sim.argmax(1)
+            idx.append(best)
+            sims.append(sim[np.arange(len(best)), best])
+        if not idx:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return np.concatenate(idx), np.concatenate(sims)
+
+    def __call__(self, texts: Sequence[str], chunk: int = 512) -> list[str]:
+        return [self.tgt[i] for i in self.nearest(texts, chunk=chunk)[0]]
 
 
 def baselines(train: tuple[list[str], list[str]], test: tuple[list[str], list[str]],

@@ -5,6 +5,7 @@ translations (the best checkpoint is kept by chrF)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from rnnkit.tasks.translate.data import (
     read_pairs,
     synthetic_pairs,
 )
+from rnnkit.tasks.translate.memory import Memory, with_match
 from rnnkit.tasks.translate.metrics import scores
 from rnnkit.tasks.translate.model import build_model, translate_ids
 
@@ -40,6 +42,25 @@ def cut(ids: list[int], max_len: int | None) -> tuple[list[int], bool]:
     return ids[:max_len], True
 
 
+def encode_sources(tok: Tokenizer, texts: Sequence[str], max_len: int | None,
+                   matches: Sequence[str] | None = None, sep: int | None = None
+                   ) -> tuple[list[list[int]], list[bool]]:
+    """Encoder inputs of ``texts``: their ids (``[<unk>]`` for a text with none), or under
+    a translation memory ``ids + [sep] + ids of the match``, each part cut to ``max_len``;
+    and per text whether anything was cut."""
+    out, was_cut = [], []
+    for i, a in enumerate(texts):
+        x, c = cut(tok.encode(a), max_len)
+        x = x or [tok.unk_id]
+        if matches is not None:
+            assert sep is not None
+            y, c2 = cut(tok.encode(matches[i]), max_len)
+            x, c = with_match(x, y, sep), c or c2
+        out.append(x)
+        was_cut.append(c)
+    return out, was_cut
+
+
 class TranslateTask:
     """What :func:`rnnkit.train.train` needs, from a :class:`Split`, the run's ``settings``
     and the model config; tokenizers are trained on the training pairs (or given, on
@@ -53,7 +74,12 @@ class TranslateTask:
                  src_tok: Tokenizer | None = None, tgt_tok: Tokenizer | None = None) -> None:
         s = self.settings = settings
         self.split = split
-        self.src_tok = src_tok or build_tokenizer(s["src_tokenizer"], split.train[0],
+        # --fuzzy: the translation memory of the training pairs; the source tokenizer then
+        # reads targets too (the fuzzy match joins the source), and SEP is one id past it
+        self.memory = (Memory(*split.train, min_sim=s.get("fuzzy_min", 0.5))
+                       if s.get("fuzzy") else None)
+        src_texts = split.train[0] + (split.train[1] if self.memory else [])
+        self.src_tok = src_tok or build_tokenizer(s["src_tokenizer"], src_texts,
                                                   vocab_size=s.get("src_vocab_size"),
                                                   min_freq=s.get("min_freq", 1))
         self.tgt_tok = tgt_tok or build_tokenizer(s["tgt_tokenizer"], split.train[1],
@@ -61,9 +87,15 @@ class TranslateTask:
                                                   min_freq=s.get("min_freq", 1))
         V = self.tgt_tok.vocab_size
         self.bos, self.eos = V, V + 1
-        self.model_cfg = {**model_cfg, "src_vocab": self.src_tok.vocab_size,
+        self.sep = self.src_tok.vocab_size if self.memory else None
+        self.model_cfg = {**model_cfg, "src_vocab": self.src_tok.vocab_size + bool(self.memory),
                           "tgt_vocab": V + 2, "bos": V, "eos": V + 1}
-        self.cut: dict[str, int] = {}
+        if self.memory:
+            sha = self.memory.sha256()
+            if s.setdefault("memory_sha256", sha) != sha:
+                raise ValueError(f"the training pairs of {s.get('data')} differ from the ones "
+                                 f"this run's translation memory was made of; cannot resume")
+        self.cut: dict[str, int] = {"train": 0, "valid": 0}
         self.train = self._encode("train", *split.train)
         self.valid = self._encode("valid", *split.valid)
         n = s.get("eval_sentences") or len(self.valid[0])
@@ -73,15 +105,15 @@ class TranslateTask:
 
     def _encode(self, name: str, src: list[str], tgt: list[str]
                 ) -> tuple[list[list[int]], list[list[int]]]:
+        matches = (self.memory.matches(src, training=name == "train") if self.memory
+                   else None)
         m = self.settings.get("max_len")
-        n_cut = 0
-        es, et = [], []
-        for a, b in zip(src, tgt, strict=True):
-            (x, c1), (y, c2) = cut(self.src_tok.encode(a), m), cut(self.tgt_tok.encode(b), m)
-            n_cut += c1 or c2
-            es.append(x or [1])
+        es, was_cut = encode_sources(self.src_tok, src, m, matches, self.sep)
+        et = []
+        for b, c in zip(tgt, was_cut, strict=True):
+            y, c2 = cut(self.tgt_tok.encode(b), m)
             et.append(y)
-        self.cut[name] = n_cut
+            self.cut[name] = self.cut.get(name, 0) + (c or c2)
         return es, et
 
     @classmethod
