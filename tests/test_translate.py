@@ -162,15 +162,16 @@ def test_a_fuzzy_run_reads_each_source_with_its_match_and_loads_without_the_data
     data.unlink()                                     # the memory travels with the run
     tr = rnnkit.load(out)
     sep = tr.src_tok.vocab_size
-    assert cfg["model"]["src_vocab"] == sep + 1       # SEP: one id past the tokenizer
+    nt = tr.tgt_tok.vocab_size                        # SEP, then the target pieces
+    assert cfg["model"]["src_vocab"] == sep + 1 + nt
     text = "open file 7"
     match = mem.matches([text])[0]
     assert match.startswith("ouvrir le fichier")
-    assert tr.encode([text])[0] == [*tr.src_tok.encode(text), sep, *tr.src_tok.encode(match)]
-    assert tr.src_tok.encode("fenêtre").count(tr.src_tok.unk_id) == 0   # targets are known
+    assert tr.encode([text])[0] == [*tr.src_tok.encode(text), sep,
+                                    *(sep + 1 + t for t in tr.tgt_tok.encode(match))]
     assert len(tr.translate([text, "close window 3"], beam=2)) == 2
     _, src_pieces, w = tr.attention(text)
-    assert "‖" in src_pieces and w.shape[1] == len(src_pieces)
+    assert "".join(src_pieces) == text + "‖" + match and w.shape[1] == len(src_pieces)
     capsys.readouterr()
     (out / FILE).write_text((out / FILE).read_text().replace("ouvrir", "OUVRIR", 1))
     with pytest.raises(ValueError, match="not the memory this model was trained with"):

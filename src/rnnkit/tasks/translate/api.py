@@ -38,7 +38,6 @@ class Translator:
         self.lang = s.get("target_lang", "other")
         self.cut = 0  # sources cut to max_len by the last call
         self.memory = memory  # the translation memory of a --fuzzy run
-        self.sep = src_tok.vocab_size if memory else None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Encoder inputs (with each text's fuzzy match for a model trained with a
@@ -49,13 +48,17 @@ class Translator:
                 raise ValueError(f"text {i} is empty; expected a sentence to translate")
         texts = [t.strip() for t in texts]
         matches = self.memory.matches(texts) if self.memory else None
-        out, was_cut = encode_sources(self.src_tok, texts, self.max_len, matches, self.sep)
+        out, was_cut = encode_sources(self.src_tok, texts, self.max_len, matches, self.tgt_tok)
         self.cut = sum(was_cut)
         return out
 
     def source_pieces(self, ids: Sequence[int]) -> list[str]:
-        """How each encoder input id reads (the separator before a fuzzy match as ‖)."""
-        return [SEP_TEXT.strip() if i == self.sep else self.src_tok.decode([i]) for i in ids]
+        """How each encoder input id reads (the separator before a fuzzy match as ‖, the
+        match's pieces as the target tokenizer's)."""
+        sep = self.src_tok.vocab_size
+        return [self.src_tok.decode([i]) if i < sep or self.memory is None else
+                SEP_TEXT if i == sep else self.tgt_tok.decode([i - sep - 1])
+                for i in ids]
 
     def hypotheses(self, texts: Sequence[str], beam: int = 5, n_best: int = 1,
                    alpha: float = 0.6, block_ngram: int = 0, attention: bool = False

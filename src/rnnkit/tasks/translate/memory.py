@@ -2,14 +2,15 @@
 its nearest training source ("Neural Fuzzy Repair", Bulte & Tezcan 2019), so the network
 learns to keep what the fuzzy match got right and to repair the rest.
 
-The encoder reads ``source ids + [SEP] + match ids`` (the match tokenized by the *source*
-tokenizer, which is then trained on the training sources and targets together); ``SEP`` is
-the id just past the source tokenizer's vocabulary. The match is the target of the training
-source nearest by the retrieval baseline's character n-gram TF-IDF cosine
-(:class:`~rnnkit.tasks.translate.metrics.Retrieval`), never the pair itself for a training
-pair, and is left out (the source alone, then ``SEP``) when the cosine is below ``min_sim``.
-The memory (the training pairs) is written to the run folder as ``memory.jsonl`` so that a
-trained model translates with no data file.
+The encoder reads ``source ids + [SEP] + match ids``: ``SEP`` is the id just past the source
+tokenizer's vocabulary ``Vs``, and the match is tokenized by the *target* tokenizer, its id
+``t`` read as ``Vs + 1 + t`` (so the encoder's vocabulary is ``Vs + 1 + Vt``): the match is
+cut into the very pieces the decoder writes, and keeping a piece is an identity to learn.
+The match is the target of the training source nearest by the retrieval baseline's
+character n-gram TF-IDF cosine (:class:`~rnnkit.tasks.translate.metrics.Retrieval`), never
+the pair itself for a training pair, and is left out (the source alone, then ``SEP``) when
+the cosine is below ``min_sim``. The memory (the training pairs) is written to the run
+folder as ``memory.jsonl``, so that a trained model translates with no data file.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rnnkit import checkpoint as ckpt
 from rnnkit.tasks.translate.metrics import Retrieval
 
 FILE = "memory.jsonl"
-SEP_TEXT = " ‖ "  # how SEP is shown (attention pictures)
+SEP_TEXT = "‖"  # how SEP is shown (attention pictures)
 
 
 class Memory:
@@ -86,5 +87,6 @@ class Memory:
 
 
 def with_match(src_ids: list[int], match_ids: list[int], sep: int) -> list[int]:
-    """The encoder's input: ``src_ids + [sep] + match_ids``."""
-    return [*src_ids, sep, *match_ids]
+    """The encoder's input: ``src_ids + [sep]`` then the match's target-tokenizer ids
+    ``match_ids`` shifted past ``sep``."""
+    return [*src_ids, sep, *(sep + 1 + t for t in match_ids)]

@@ -43,19 +43,20 @@ def cut(ids: list[int], max_len: int | None) -> tuple[list[int], bool]:
 
 
 def encode_sources(tok: Tokenizer, texts: Sequence[str], max_len: int | None,
-                   matches: Sequence[str] | None = None, sep: int | None = None
+                   matches: Sequence[str] | None = None, tgt_tok: Tokenizer | None = None
                    ) -> tuple[list[list[int]], list[bool]]:
     """Encoder inputs of ``texts``: their ids (``[<unk>]`` for a text with none), or under
-    a translation memory ``ids + [sep] + ids of the match``, each part cut to ``max_len``;
-    and per text whether anything was cut."""
+    a translation memory :func:`~rnnkit.tasks.translate.memory.with_match` of them and the
+    ``tgt_tok`` ids of each match, each part cut to ``max_len``; and per text whether
+    anything was cut."""
     out, was_cut = [], []
     for i, a in enumerate(texts):
         x, c = cut(tok.encode(a), max_len)
         x = x or [tok.unk_id]
         if matches is not None:
-            assert sep is not None
-            y, c2 = cut(tok.encode(matches[i]), max_len)
-            x, c = with_match(x, y, sep), c or c2
+            assert tgt_tok is not None
+            y, c2 = cut(tgt_tok.encode(matches[i]), max_len)
+            x, c = with_match(x, y, tok.vocab_size), c or c2
         out.append(x)
         was_cut.append(c)
     return out, was_cut
@@ -74,12 +75,10 @@ class TranslateTask:
                  src_tok: Tokenizer | None = None, tgt_tok: Tokenizer | None = None) -> None:
         s = self.settings = settings
         self.split = split
-        # --fuzzy: the translation memory of the training pairs; the source tokenizer then
-        # reads targets too (the fuzzy match joins the source), and SEP is one id past it
+        # --fuzzy: the translation memory of the training pairs (memory.py)
         self.memory = (Memory(*split.train, min_sim=s.get("fuzzy_min", 0.5))
                        if s.get("fuzzy") else None)
-        src_texts = split.train[0] + (split.train[1] if self.memory else [])
-        self.src_tok = src_tok or build_tokenizer(s["src_tokenizer"], src_texts,
+        self.src_tok = src_tok or build_tokenizer(s["src_tokenizer"], split.train[0],
                                                   vocab_size=s.get("src_vocab_size"),
                                                   min_freq=s.get("min_freq", 1))
         self.tgt_tok = tgt_tok or build_tokenizer(s["tgt_tokenizer"], split.train[1],
@@ -87,8 +86,8 @@ class TranslateTask:
                                                   min_freq=s.get("min_freq", 1))
         V = self.tgt_tok.vocab_size
         self.bos, self.eos = V, V + 1
-        self.sep = self.src_tok.vocab_size if self.memory else None
-        self.model_cfg = {**model_cfg, "src_vocab": self.src_tok.vocab_size + bool(self.memory),
+        n_src = self.src_tok.vocab_size + (1 + V if self.memory else 0)
+        self.model_cfg = {**model_cfg, "src_vocab": n_src,
                           "tgt_vocab": V + 2, "bos": V, "eos": V + 1}
         if self.memory:
             sha = self.memory.sha256()
@@ -108,7 +107,7 @@ class TranslateTask:
         matches = (self.memory.matches(src, training=name == "train") if self.memory
                    else None)
         m = self.settings.get("max_len")
-        es, was_cut = encode_sources(self.src_tok, src, m, matches, self.sep)
+        es, was_cut = encode_sources(self.src_tok, src, m, matches, self.tgt_tok)
         et = []
         for b, c in zip(tgt, was_cut, strict=True):
             y, c2 = cut(self.tgt_tok.encode(b), m)
