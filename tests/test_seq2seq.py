@@ -246,3 +246,90 @@ def test_ngram_blocking_and_attention_rows():
         assert h.attention.shape[1] == src.shape[1]
         torch.testing.assert_close(h.attention.sum(-1), torch.ones(h.attention.shape[0]))
         assert torch.all(h.attention[:, n:] == 0)
+
+
+# -- copying (pointer-generator) ----------------------------------------------------------------
+def copy_model(**kw):
+    return model(copy_offset=8, **kw)   # source ids 8..12 stand for target ids 0..4
+
+
+def test_copy_distribution_is_the_pointer_generator_mix_by_hand():
+    torch.manual_seed(4)
+    m = copy_model(layers=1, attention="general")
+    src, L, y = batch()
+    src[0, :3] = torch.tensor([3, 11, 11])     # two steps that copy target id 3
+    src[3, 0] = 4                              # sentence 3: nothing to copy
+    logp = m(src, L, y)                        # (B, T, V) log-probabilities
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(logp.shape[:2]))
+    # by hand, from the attention weights and the plain decoder's logits
+    memory, mask, summary = m.encoder(src, L)
+    gate = m.decoder.copy_gate
+    m.decoder.copy_gate = None
+    logits, w = m.decoder(y, memory, mask, summary)
+    m.decoder.copy_gate = gate
+    # the attentional vectors, recovered from the generator's inputs
+    outs = []
+    hook = m.decoder.generator.register_forward_hook(lambda mod, i, o: outs.append(i[0]))
+    m.decoder(y, memory, mask, summary, m.copy_ids(src))
+    hook.remove()
+    g = torch.sigmoid(gate(outs[0]))[..., 0]                             # (B, T)
+    ids = m.copy_ids(src)
+    for b in range(4):
+        for t in range(y.shape[1]):
+            p = torch.softmax(logits[b, t], -1)
+            ok = ids[b] >= 0
+            if ok.any():
+                a = w[b, t] * ok
+                a = a / a.sum()
+                p = g[b, t] * p
+                for s in range(src.shape[1]):
+                    if ok[s]:
+                        p[ids[b, s]] += (1 - g[b, t]) * a[s]
+            torch.testing.assert_close(logp[b, t], torch.log(p), rtol=0, atol=1e-5)
+    assert ids[0, 1] == 3 and ids[0, 0] == -1
+
+
+def test_copy_step_path_equals_teacher_forced_and_beam_one_is_greedy():
+    torch.manual_seed(5)
+    m = copy_model(layers=2)
+    src, L, y = batch()
+    src[:, 0] = 12
+    want = m(src, L, y)
+    step, st = m.decoding(src, L)
+    got = []
+    for t in range(y.shape[1]):
+        lp, st, _ = step(y[:, t], st)
+        got.append(lp)
+    torch.testing.assert_close(torch.stack(got, 1), want, rtol=0, atol=1e-5)
+    lens = [7] * 4
+    g = greedy_search(*m.decoding(src, L), lens, bos=BOS, eos=EOS, forbid=(0, 1, BOS))
+    b = beam_search(*m.decoding(src, L, 1), lens, beam=1, bos=BOS, eos=EOS, forbid=(0, 1, BOS))
+    assert [h.tokens for h in g] == [h[0].tokens for h in b]
+    together = beam_search(*m.decoding(src, L, 3), lens, beam=3, bos=BOS, eos=EOS,
+                           forbid=(0, 1, BOS))
+    alone = beam_search(*m.decoding(src[1:2, :L[1]], L[1:2], 3), lens[:1], beam=3, bos=BOS,
+                        eos=EOS, forbid=(0, 1, BOS))[0]
+    assert [h.tokens for h in alone] == [h.tokens for h in together[1]]
+
+
+def test_copy_learns_to_copy_quickly_and_bad_configs_are_refused():
+    """Target = the source's copyable tokens in order: a copying decoder gets there in a few
+    hundred steps where the generator alone has to learn every identity."""
+    torch.manual_seed(6)
+    m = copy_model(layers=1, dropout=0.0).train()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(150):
+        tok = torch.randint(2, 5, (16, 4))                 # target ids 2..4
+        src = tok + 8
+        y = torch.cat([torch.full((16, 1), BOS), tok], 1)
+        out = torch.cat([tok, torch.full((16, 1), EOS)], 1)
+        loss = nn.functional.nll_loss(m(src, torch.full((16,), 4), y).flatten(0, 1),
+                                      out.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3
+    with pytest.raises(ValueError, match="needs attention"):
+        copy_model(attention="none")
+    with pytest.raises(ValueError, match="copy_offset must lie inside"):
+        model(copy_offset=13)

@@ -164,6 +164,7 @@ def test_a_fuzzy_run_reads_each_source_with_its_match_and_loads_without_the_data
     sep = tr.src_tok.vocab_size
     nt = tr.tgt_tok.vocab_size                        # SEP, then the target pieces
     assert cfg["model"]["src_vocab"] == sep + 1 + nt
+    assert cfg["model"]["copy_offset"] == sep + 1     # --copy: on with --fuzzy
     text = "open file 7"
     match = mem.matches([text])[0]
     assert match.startswith("ouvrir le fichier")

@@ -21,6 +21,17 @@ One decoder step (Luong et al. 2015's flow; the score function is chosen by ``at
     h~_t  = tanh(W_c [c_t; h_t])                      the attentional vector (B, O)
     p(y_t | y_<t, x) = softmax(W_o h~_t + b_o)        W_o tied to emb when ``tie``
 
+**Copying** (``copy=True``; the pointer-generator of See et al. 2017 over the same
+attention): source positions that hold a target token (``copy_ids`` ``(B, S)``: its target
+id, or -1) can be copied::
+
+    g_t   = sigmoid(w_g·h~_t + b_g)                   how much to generate
+    a'_ts = a_ts [copy_ids_s ≥ 0] / Σ_s a_ts [copy_ids_s ≥ 0]   attention on copyable steps
+    p(y_t = w) = g_t softmax(W_o h~_t + b_o)_w + (1 − g_t) Σ_{s: copy_ids_s = w} a'_ts
+
+(``g_t = 1`` for a sentence with no copyable step); the decoder then returns
+``log p(y_t)`` where it would return logits (a log-softmax leaves them unchanged).
+
 ``attention="none"`` is the plain encoder–decoder (Sutskever et al. 2014): ``h~_t = h_t``,
 everything the decoder knows of the source goes through the bridge. The **bridge** maps the
 encoder's final state (``summary``, ``(B, Z)``) to the decoder's initial state:
@@ -161,6 +172,7 @@ class DecodeState:
     memory: Tensor
     keys: Tensor | None
     mask: Tensor
+    copy_ids: Tensor | None = None
 
     def reorder(self, idx: Tensor) -> DecodeState:
         """Rows ``idx`` ``(N,)`` of the recurrent state and the feed (beam reordering). The
@@ -168,7 +180,7 @@ class DecodeState:
         sentence's beams, so it is not moved."""
         return DecodeState(tuple(s.index_select(1, idx) for s in self.rnn),
                            None if self.feed is None else self.feed.index_select(0, idx),
-                           self.memory, self.keys, self.mask)
+                           self.memory, self.keys, self.mask, self.copy_ids)
 
 
 class Decoder(nn.Module):
@@ -177,7 +189,9 @@ class Decoder(nn.Module):
 
     ``forward(y_in (B, T), memory (B, S, M), mask (B, S), summary (B, Z))`` → logits
     ``(B, T, V)`` and attention weights ``(B, T, S)`` (teacher forcing: ``y_in`` is the target
-    shifted right, starting with BOS). Decoding: :meth:`start` then :meth:`step`.
+    shifted right, starting with BOS). Decoding: :meth:`start` then :meth:`step`. With
+    ``copy``, both also take ``copy_ids`` ``(B, S)`` and return log-probabilities of the
+    mixed distribution in place of logits (module docstring).
     """
 
     def __init__(self, vocab_size: int, *, memory_size: int, summary_size: int = 0,
@@ -185,7 +199,7 @@ class Decoder(nn.Module):
                  attention: str = "general", attn_size: int | None = None,
                  input_feed: bool = True, bridge: str = "linear", tie: bool = False,
                  output_size: int | None = None, dropout: float = 0.0,
-                 bridge_act: str = "tanh") -> None:
+                 bridge_act: str = "tanh", copy: bool = False) -> None:
         super().__init__()
         _check("decoder cell", cell, DECODER_CELLS)
         _check("attention", attention, ATTENTIONS)
@@ -209,6 +223,10 @@ class Decoder(nn.Module):
         self.bridge = (nn.ModuleList(nn.Linear(summary_size, layers * hidden)
                                      for _ in range(self.n_state)) if bridge == "linear" else None)
         self.generator = nn.Linear(O, vocab_size)
+        if copy and attention == "none":
+            raise ValueError("copying points with the attention weights; it needs attention "
+                             "(got attention='none')")
+        self.copy_gate = nn.Linear(O, 1) if copy else None
         if tie:
             if O != embed:
                 raise ValueError(f"a tied output layer needs the attentional vector's size to "
@@ -236,9 +254,32 @@ class Decoder(nn.Module):
         ctx, w = self.attn(h, keys, memory, mask)
         return torch.tanh(self.combine(torch.cat([ctx, h], -1))), w
 
+    def _copy_mix(self, logits: Tensor, out: Tensor, w: Tensor, copy_ids: Tensor | None
+                  ) -> Tensor:
+        """``log p`` of the pointer-generator mix (module docstring): ``logits`` ``(..., V)``,
+        attentional vectors ``out`` ``(..., O)``, weights ``w`` ``(..., S)``, ``copy_ids``
+        ``(N, S)`` with ``...`` = ``(N,)`` or ``(N, T)``."""
+        if copy_ids is None:
+            raise ValueError("a decoder with copy=True needs copy_ids (B, S): each source "
+                             "step's target id, or -1")
+        if copy_ids.shape != w.shape[:1] + w.shape[-1:]:
+            raise ValueError(f"expected copy_ids of shape {tuple(w.shape[:1] + w.shape[-1:])}"
+                             f", got {tuple(copy_ids.shape)}")
+        ok = copy_ids >= 0                                                 # (N, S)
+        ids = copy_ids.clamp_min(0)
+        if w.dim() == 3:
+            ok, ids = ok[:, None], ids[:, None].expand_as(w)
+        wc = w.float() * ok
+        tot = wc.sum(-1, keepdim=True)                                     # (..., 1)
+        g = torch.sigmoid(self.copy_gate(out).float())
+        g = torch.where(tot > 0, g, torch.ones_like(g))
+        p = g * torch.softmax(logits.float(), -1)
+        p = p.scatter_add(-1, ids, (1 - g) * wc / tot.clamp_min(1e-30))
+        return torch.log(p.clamp_min(1e-30))
+
     # -- teacher forcing (training) ---------------------------------------------------------
-    def forward(self, y_in: Tensor, memory: Tensor, mask: Tensor, summary: Tensor | None
-                ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, y_in: Tensor, memory: Tensor, mask: Tensor, summary: Tensor | None,
+                copy_ids: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         B, T = y_in.shape
         E = self.embed_size
         x = self.drop(self.embed(y_in))                                    # (B, T, E)
@@ -267,11 +308,14 @@ class Decoder(nn.Module):
             weights.append(w)
         hs = torch.stack(outs, 1)                                          # (B, T, O)
         logits = self.generator(self.drop(hs))                             # (B, T, V)
-        return logits, (None if weights[0] is None else torch.stack(weights, 1))
+        w_all = None if weights[0] is None else torch.stack(weights, 1)    # (B, T, S)
+        if self.copy_gate is not None:
+            logits = self._copy_mix(logits, hs, w_all, copy_ids)
+        return logits, w_all
 
     # -- one step at a time (decoding) ------------------------------------------------------
-    def start(self, memory: Tensor, mask: Tensor, summary: Tensor | None, repeat: int = 1
-              ) -> DecodeState:
+    def start(self, memory: Tensor, mask: Tensor, summary: Tensor | None, repeat: int = 1,
+              copy_ids: Tensor | None = None) -> DecodeState:
         """The state before the first step, every sentence repeated ``repeat`` times (its
         beams: rows ``b*repeat .. b*repeat+repeat-1``)."""
         B = memory.shape[0]
@@ -279,11 +323,13 @@ class Decoder(nn.Module):
         if repeat > 1:
             memory = memory.repeat_interleave(repeat, 0)
             mask = mask.repeat_interleave(repeat, 0)
+            if copy_ids is not None:
+                copy_ids = copy_ids.repeat_interleave(repeat, 0)
             rnn = tuple(s.repeat_interleave(repeat, 1) for s in rnn)
         N = B * repeat
         keys = None if self.attention == "none" else self.attn.keys(memory)
         feed = memory.new_zeros(N, self.output_size) if self.input_feed else None
-        return DecodeState(rnn, feed, memory, keys, mask)
+        return DecodeState(rnn, feed, memory, keys, mask, copy_ids)
 
     @torch.no_grad()
     def step(self, y: Tensor, st: DecodeState) -> tuple[Tensor, DecodeState, Tensor | None]:
@@ -299,9 +345,11 @@ class Decoder(nn.Module):
         h, new = stepper(x, st.rnn if self.n_state > 1 else st.rnn[0])
         new = new if isinstance(new, tuple) else (new,)
         out, w = self._attend(h, st.keys, st.memory, st.mask)
-        logp = torch.log_softmax(self.generator(out).float(), -1)
+        logits = self.generator(out)
+        logp = (self._copy_mix(logits, out, w, st.copy_ids) if self.copy_gate is not None
+                else torch.log_softmax(logits.float(), -1))
         return logp, DecodeState(new, out if self.input_feed else None, st.memory, st.keys,
-                                 st.mask), w
+                                 st.mask, st.copy_ids), w
 
 
 # -- the whole model ----------------------------------------------------------------------------
@@ -310,16 +358,23 @@ class Seq2Seq(nn.Module):
     → logits ``(B, T, V)``. A bidirectional encoder has ``hidden // 2`` units per direction,
     so the memory has ``M = hidden`` features, like the decoder (OpenNMT's convention; dot
     attention needs it). Target ids ``bos``/``eos`` mark a sentence's start and end
-    (``pad`` = 0 everywhere)."""
+    (``pad`` = 0 everywhere). ``copy_offset``: source ids ``>= copy_offset`` stand for the
+    target token ``id - copy_offset`` (a fuzzy match, :mod:`rnnkit.tasks.translate.memory`),
+    and the decoder can copy them (``copy=True``); ``forward`` then returns log-probabilities.
+    """
 
     def __init__(self, src_vocab: int, tgt_vocab: int, *, bos: int, eos: int, cell: str = "lstm",
                  embed: int = 128, hidden: int = 256, layers: int = 1,
                  bidirectional: bool = True, attention: str = "general",
                  attn_size: int | None = None, input_feed: bool = True, bridge: str = "linear",
-                 tie: bool = False, output_size: int | None = None, dropout: float = 0.2
-                 ) -> None:
+                 tie: bool = False, output_size: int | None = None, dropout: float = 0.2,
+                 copy_offset: int | None = None) -> None:
         super().__init__()
         self.bos, self.eos = bos, eos
+        if copy_offset is not None and not 0 < copy_offset < src_vocab:
+            raise ValueError(f"copy_offset must lie inside the source vocabulary (1 .. "
+                             f"{src_vocab - 1}), got {copy_offset}")
+        self.copy_offset = copy_offset
         if bidirectional and hidden % 2:
             raise ValueError(f"a bidirectional encoder splits the units between its two "
                              f"directions; hidden must be even, got {hidden}")
@@ -331,16 +386,24 @@ class Seq2Seq(nn.Module):
                                summary_size=self.encoder.summary_size, embed=embed,
                                hidden=hidden, layers=layers, cell=cell, attention=attention,
                                attn_size=attn_size, input_feed=input_feed, bridge=bridge,
-                               tie=tie, output_size=output_size, dropout=dropout)
+                               tie=tie, output_size=output_size, dropout=dropout,
+                               copy=copy_offset is not None)
+
+    def copy_ids(self, src: Tensor) -> Tensor | None:
+        """``src`` ``(B, S)`` → the target id each step can be copied as, or -1 ``(B, S)``;
+        None for a model that does not copy."""
+        if self.copy_offset is None:
+            return None
+        return torch.where(src >= self.copy_offset, src - self.copy_offset, -1)
 
     def forward(self, src: Tensor, src_len: Tensor, y_in: Tensor) -> Tensor:
         memory, mask, summary = self.encoder(src, src_len)
-        return self.decoder(y_in, memory, mask, summary)[0]
+        return self.decoder(y_in, memory, mask, summary, self.copy_ids(src))[0]
 
     def attention_weights(self, src: Tensor, src_len: Tensor, y_in: Tensor) -> Tensor | None:
         """Teacher-forced attention ``(B, T, S)``."""
         memory, mask, summary = self.encoder(src, src_len)
-        return self.decoder(y_in, memory, mask, summary)[1]
+        return self.decoder(y_in, memory, mask, summary, self.copy_ids(src))[1]
 
     @torch.no_grad()
     def decoding(self, src: Tensor, src_len: Tensor, repeat: int = 1) -> tuple[
@@ -349,7 +412,8 @@ class Seq2Seq(nn.Module):
         """``(step, state)`` for :func:`greedy_search` / :func:`beam_search` /
         :func:`sample_search`, every sentence repeated ``repeat`` times."""
         memory, mask, summary = self.encoder(src, src_len)
-        return self.decoder.step, self.decoder.start(memory, mask, summary, repeat)
+        return self.decoder.step, self.decoder.start(memory, mask, summary, repeat,
+                                                     self.copy_ids(src))
 
 
 # -- decoding -----------------------------------------------------------------------------------

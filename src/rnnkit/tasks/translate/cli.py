@@ -54,7 +54,7 @@ OWN: dict[str, Any] = {
     "max_len": 200, "attention": "general", "input_feed": True, "bridge": "linear",
     "tie": False, "label_smoothing": 0.1, "eval_sentences": 500, "beam": 5, "alpha": 0.6,
     "max_ratio": 2.0, "max_extra": 10, "synthetic_size": 8000, "fuzzy": False,
-    "fuzzy_min": 0.5,
+    "fuzzy_min": 0.5, "copy": None,
 }
 SETTINGS = ("data", "source_column", "target_column", "target_lang", *OWN)
 MODEL_KEYS = ("cell", "embed", "hidden", "layers", "bidirectional", "dropout")
@@ -98,6 +98,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
       "learns to repair fuzzy matches; the memory is saved as memory.jsonl (default: off)")
     a("--fuzzy-min", type=FRACTION, help="cosine below which no match is given (default: "
       "0.5; unrelated short texts score about 0.3 by their shared spaces)")
+    a("--copy", action=argparse.BooleanOptionalAction, default=None,
+      help="the decoder can copy the fuzzy match's pieces (pointer-generator, See et al. "
+      "2017; needs --fuzzy and attention; default: on with --fuzzy)")
     a("--label-smoothing", type=FRACTION, help="default: 0.1")
     a("--eval-sentences", type=NONNEG_INT, help="validation pairs translated at each "
       "evaluation, 0 = all (default: 500)")
@@ -127,6 +130,12 @@ def from_args(args: argparse.Namespace, out: str) -> TranslateTask:
                                                                   "hidden")["hidden"]:
         raise ValueError("--tie needs --embed equal to --hidden (the output layer reads the "
                          "attentional vector, of --hidden features)")
+    if s["copy"] is None:
+        s["copy"] = bool(s["fuzzy"]) and s["attention"] != "none"
+    if s["copy"] and not (s["fuzzy"] and s["attention"] != "none"):
+        raise ValueError(f"--copy copies from the fuzzy match with the attention weights: it "
+                         f"needs --fuzzy and an --attention other than none (got fuzzy "
+                         f"{s['fuzzy']}, attention {s['attention']})")
     model = {**pick(args, DEFAULTS, *MODEL_KEYS), "attention": s["attention"],
              "input_feed": s["input_feed"], "bridge": s["bridge"], "tie": s["tie"]}
     if model["cell"] not in DECODER_CELLS:

@@ -89,6 +89,8 @@ class TranslateTask:
         n_src = self.src_tok.vocab_size + (1 + V if self.memory else 0)
         self.model_cfg = {**model_cfg, "src_vocab": n_src,
                           "tgt_vocab": V + 2, "bos": V, "eos": V + 1}
+        if self.memory and s.get("copy"):   # the match's pieces: ids Vs + 1 + t
+            self.model_cfg["copy_offset"] = self.src_tok.vocab_size + 1
         if self.memory:
             sha = self.memory.sha256()
             if s.setdefault("memory_sha256", sha) != sha:
@@ -119,7 +121,8 @@ class TranslateTask:
     def from_config(cls, config: dict[str, Any]) -> TranslateTask:
         s = config["settings"]
         split = resumed_split(load_split(s), s, "rows", "pairs")
-        return cls(split, s, without(config["model"], "src_vocab", "tgt_vocab", "bos", "eos"),
+        return cls(split, s, without(config["model"], "src_vocab", "tgt_vocab", "bos", "eos",
+                                     "copy_offset"),
                    tokenizer_from_json(config["src_tokenizer"]),
                    tokenizer_from_json(config["tgt_tokenizer"]))
 
@@ -132,6 +135,7 @@ class TranslateTask:
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor], carry: Any
              ) -> tuple[Tensor, None, int]:
+        # logits, or log p under --copy (which cross_entropy's log_softmax leaves as it is)
         logits = model(batch["src"], batch["src_len"], batch["y_in"])
         loss = F.cross_entropy(logits.flatten(0, 1), batch["y_out"].flatten(), ignore_index=0,
                                label_smoothing=self.settings.get("label_smoothing", 0.0))
