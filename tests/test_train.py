@@ -242,3 +242,41 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
+
+
+_SLOW_EVAL_WORKER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_train import ToyTask
+from rnnkit.train import TrainConfig, train
+
+
+class SlowEval(ToyTask):
+    def evaluate(self, model):   # only rank 0 evaluates: only it knows this takes 1 s
+        time.sleep(1.0)
+        return super().evaluate(model)
+
+
+train(SlowEval(rows=4, dropout=0.0),
+      TrainConfig(out={out!r}, minutes=0.1, eval_every=50, log_every=1, warmup=2, lr=1e-2,
+                  progress=False))
+"""
+
+
+def test_two_processes_stop_together_on_a_minutes_budget_with_a_slow_evaluation(tmp_path):
+    """The clock keeps room for the next evaluation, whose length only rank 0 measures: the
+    ranks must agree on it, else rank 0 stops while rank 1 trains on and both wait for ever
+    (a 2-rank translation run hung so after its last evaluation)."""
+    out = tmp_path / "run"
+    script = tmp_path / "worker.py"
+    script.write_text(_SLOW_EVAL_WORKER.format(tests=str(Path(__file__).parent), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nproc-per-node", "2", str(script)],
+                           capture_output=True, text=True, env=env, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the two ranks did not stop together (hung)")
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = json.loads((out / "last/trainer.json").read_text())
+    assert done["step"] >= 1 and done["elapsed"] <= 6.0 + 1.0

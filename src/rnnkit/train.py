@@ -671,10 +671,13 @@ def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
         while True:
             # -- the clock: stop when the next evaluation would overrun the budget ---------
             elapsed = s.elapsed + time.perf_counter() - t0
-            if world > 1:  # all ranks agree on the clock (stop together, same lr)
-                e = torch.tensor([elapsed], dtype=torch.float64, device=device)
+            if world > 1:  # all ranks agree on the clock and on the room the next evaluation
+                # needs (only rank 0 evaluates, so only it knows how long that takes): they
+                # stop together (a rank that trained on alone would wait in its all_reduce
+                # for ever) and use the same lr
+                e = torch.tensor([elapsed, eval_secs], dtype=torch.float64, device=device)
                 dist.all_reduce(e, op=dist.ReduceOp.MAX)
-                elapsed = float(e)
+                elapsed, eval_secs = float(e[0]), float(e[1])
             if (cfg.steps is not None and s.step >= cfg.steps) or \
                     elapsed + eval_secs >= budget_s:
                 finished = True
