@@ -32,18 +32,29 @@ def number(kind: type = float, lo: float | None = None, hi: float | None = None,
         what = ("an integer" if kind is int else "a number") + (
             " " + " and ".join(rng) if rng else "")
 
-    def parse(s: str) -> Any:
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+    def check(v: Any, s: str) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
         if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
         return v
 
+    def parse(s: str) -> Any:
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        return check(v, s)
+
+    def check_value(v: Any) -> Any:
+        """The same check for a value read back from a run's config (a JSON number)."""
+        ok = isinstance(v, int) if kind is int else isinstance(v, int | float)
+        if isinstance(v, bool) or not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}")
+        return check(v, repr(v))
+
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    parse.check_value = check_value  # type: ignore[attr-defined]
     return parse
 
 

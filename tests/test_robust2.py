@@ -1,0 +1,209 @@
+"""Issue 22, audited item by item: the regressions test_robust.py did not hold yet (each fails
+without its fix). A safetensors file whose header length starts with byte 0x80 is no pickle;
+a run's saved settings are checked like the flags that set them; a fresh run never writes into
+another run's folder; ``--resume`` of a folder in use is refused with the holder's PID; a bad
+metrics line names the file; ``predict -`` reads and scores stdin in bounded batches."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit import checkpoint as ckpt
+from rnnkit.cli import main
+
+TEXT = "def f(x):\n    return x + 1\n\n" * 60
+LM = ["--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq", "16", "--log-every", "5",
+      "--sample-length", "0", "--baseline-order", "2", "--quiet"]
+CLF = ["--hidden", "8", "--embed", "8", "--batch-size", "8", "--quiet"]
+
+
+def _table(tmp: Path) -> Path:
+    f = tmp / "d.tsv"
+    rows = ["text\tlabel"] + [f"{'good' if i % 2 else 'bad'} film {i}\t{'ab'[i % 2]}"
+                              for i in range(40)]
+    f.write_text("\n".join(rows) + "\n")
+    return f
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One tiny LM run and one tiny classifier run, copied by the tests that change them."""
+    tmp = tmp_path_factory.mktemp("runs")
+    (tmp / "t.txt").write_text(TEXT)
+    out = {"tmp": tmp, "text": tmp / "t.txt", "table": _table(tmp)}
+    assert main(["train", "lm", "--data", str(out["text"]), *LM, "--steps", "4",
+                 "--eval-every", "2", "--out", str(tmp / "lm")]) == 0
+    assert main(["train", "classify", "--data", str(out["table"]), *CLF, "--steps", "4",
+                 "--out", str(tmp / "clf")]) == 0
+    out.update(lm=tmp / "lm", clf=tmp / "clf")
+    return out
+
+
+def _copy(run: Path, tmp: Path) -> Path:
+    dst = tmp / run.name
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name != ckpt.LOCK}
+
+
+# -- a valid safetensors file is never taken for a pickle -------------------------------------
+def test_a_safetensors_header_whose_first_byte_is_0x80_loads(tmp_path):
+    """The header length is the file's first 8 bytes: one in 256 headers begins with 0x80,
+    a pickle's first byte. Such a file (it broke a resume in the audit) loads; a pickle is
+    still refused."""
+    from safetensors.torch import save
+
+    t = {"w": torch.arange(6.0).reshape(2, 3)}
+    data = next(d for k in range(600) if (d := save(t, metadata={"pad": "x" * k}))[0] == 0x80)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(data)
+    got, _ = ckpt.read_tensors(f)
+    torch.testing.assert_close(got["w"], t["w"])
+    back = ckpt.build_checked(lambda: _W(), f)
+    torch.testing.assert_close(back.w, t["w"])
+    import pickle
+
+    f.write_bytes(pickle.dumps({"w": [1.0]}, protocol=2))
+    with pytest.raises(ValueError, match="contains a pickle"):
+        ckpt.read_tensors(f)
+
+
+class _W(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(2, 3))
+
+
+# -- a tampered config is checked like the flag that set it -----------------------------------
+def _tamper(run: Path, change) -> None:
+    for p in (run / ckpt.CONFIG, run / "best" / ckpt.CONFIG, run / "last" / ckpt.CONFIG):
+        c = json.loads(p.read_text())
+        change(c)
+        p.write_text(json.dumps(c))
+
+
+def test_a_tampered_max_len_or_hidden_is_refused_naming_field_and_flag(runs, tmp_path, capsys):
+    clf = _copy(runs["clf"], tmp_path)
+    _tamper(clf, lambda c: c.update(max_len=-3))  # what the classifier reads back
+    for argv in (["predict", str(clf), "good film"], ["eval", str(clf), "--data",
+                                                       str(runs["table"])],
+                 ["train", "classify", "--resume", str(clf), "--steps", "6"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        e = capsys.readouterr().err
+        assert "saved max_len (--max-len) is not valid" in e and "got -3" in e, e
+    lm = _copy(runs["lm"], tmp_path)
+    _tamper(lm, lambda c: c["model"].update(dropout=float("nan")))
+    assert main(["train", "lm", "--resume", str(lm), "--steps", "6"]) == 2
+    assert "saved dropout (--dropout) is not valid" in capsys.readouterr().err
+    _tamper(lm, lambda c: c["model"].update(dropout=0.1, cell="nope"))
+    assert main(["sample", str(lm), "--length", "3"]) == 2
+    assert "saved cell (--cell)" in capsys.readouterr().err
+
+
+# -- a fresh run never writes into another run's folder ---------------------------------------
+def test_a_fresh_run_into_another_tasks_run_writes_nothing(runs, tmp_path, capsys):
+    lm = _copy(runs["lm"], tmp_path)
+    before = _files(lm)
+    table = str(runs["table"])
+    for argv in (["train", "classify", "--data", table, *CLF, "--steps", "2", "--out", str(lm)],
+                 ["train", "classify", "--resume", str(lm), "--steps", "9"],
+                 ["train", "classify", "--resume", "--out", str(lm), "--steps", "9"],
+                 ["train", "lm", "--data", str(runs["text"]), *LM, "--steps", "2",
+                  "--out", str(lm)]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        e = capsys.readouterr().err
+        assert "'lm'" in e or "already holds a run" in e, e
+        assert _files(lm) == before, argv  # no split.json, nothing else
+    assert "split.json" not in before
+
+
+# -- the run lock holds for --resume too ------------------------------------------------------
+def test_resume_of_a_folder_in_use_is_refused_with_the_holders_pid(runs, tmp_path, capsys):
+    lm = _copy(runs["lm"], tmp_path)
+    before = _files(lm)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from rnnkit import checkpoint as c\n"
+         "with c.run_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)",
+         str(lm)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        assert main(["train", "lm", "--resume", str(lm), "--steps", "6", "--quiet"]) == 2
+        assert f"in use by another rnnkit process (PID {holder.pid})" in \
+            capsys.readouterr().err
+        assert _files(lm) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(["train", "lm", "--resume", str(lm), "--steps", "6", "--quiet"]) == 0
+    assert json.loads((lm / "last/trainer.json").read_text())["step"] == 6
+
+
+# -- metrics.jsonl: only a torn last line is dropped ------------------------------------------
+def test_a_bad_metrics_line_before_the_last_names_file_and_line(runs, tmp_path, capsys):
+    lm = _copy(runs["lm"], tmp_path)
+    lines = (lm / "metrics.jsonl").read_text().splitlines()
+    lines.insert(1, '{"step": 1, "train_lo')
+    (lm / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["train", "lm", "--resume", str(lm), "--steps", "6", "--quiet"]) == 2
+    e = capsys.readouterr().err
+    assert f"{lm / 'metrics.jsonl'}, line 2, is not valid JSON" in e, e
+
+
+# -- predict - : bounded batches, read as it goes ---------------------------------------------
+class _Lines(io.RawIOBase):
+    """A stdin whose lines are made on demand, counting how many were read."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.read_lines = n, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.read_lines == self.n:
+            return b""
+        self.read_lines += 1
+        return f"good film {self.read_lines}\n".encode()
+
+
+def test_batch_predict_reads_and_scores_stdin_in_bounded_batches(runs, monkeypatch, capsys):
+    from rnnkit.tasks.classify import api
+    from rnnkit.tasks.classify import cli as ccli
+
+    stdin = _Lines(1000)
+    seen: list[tuple[int, int]] = []  # (batch size, lines read when it was scored)
+    real = api.TextClassifier.predict_proba
+
+    def spy(self, texts):
+        seen.append((len(texts), stdin.read_lines))
+        return real(self, texts)
+
+    monkeypatch.setattr(api.TextClassifier, "predict_proba", spy)
+    monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": stdin})())
+    capsys.readouterr()
+    assert main(["predict", str(runs["clf"]), "-"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1000 and all(ln.split("\t")[0] in ("a", "b") for ln in out)
+    assert sum(n for n, _ in seen) == 1000
+    assert max(n for n, _ in seen) <= ccli.BATCH_LINES  # memory bounded by one batch
+    # each batch is scored before the next is read: stdin is read as it goes, not all first
+    for k, (_, read) in enumerate(seen):
+        assert read <= (k + 1) * ccli.BATCH_LINES + 1, seen
