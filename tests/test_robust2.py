@@ -207,3 +207,148 @@ def test_batch_predict_reads_and_scores_stdin_in_bounded_batches(runs, monkeypat
     # each batch is scored before the next is read: stdin is read as it goes, not all first
     for k, (_, read) in enumerate(seen):
         assert read <= (k + 1) * ccli.BATCH_LINES + 1, seen
+
+
+# -- the CLI fuzz, run: an accepted value trains or is one clear line, never a traceback ------
+_VALUES = ["0", "-1", "nan", "inf", "1e30", "x", "0.5", "3", "1e-12", "99999999999999999999999"]
+
+
+def _accepted_train_values() -> list[tuple[str, str, str]]:
+    """(task, flag, value) for every numeric flag of every ``train TASK`` and every fuzz value
+    its checked type accepts (the refused ones exit 2 at parse: test_robust's fuzz)."""
+    import argparse
+
+    from rnnkit.tasks import specs
+    from rnnkit.tasks.spec import _train_parser
+
+    out = []
+    for name, s in specs().items():
+        for a in _train_parser(s)._actions:
+            if not a.option_strings or not hasattr(a.type, "check_value"):
+                continue
+            flag = a.option_strings[-1]
+            for v in _VALUES:
+                try:
+                    a.type(v)
+                except argparse.ArgumentTypeError:
+                    continue
+                out.append((name, flag, v))
+    return out
+
+
+ACCEPTED = _accepted_train_values()
+
+
+def test_every_task_has_accepted_values_to_run():
+    from rnnkit.tasks import TASKS
+
+    assert {t for t, *_ in ACCEPTED} == set(TASKS)
+
+
+@pytest.mark.parametrize("case", [ACCEPTED[i] for i in range(0, len(ACCEPTED),
+                                                            max(1, len(ACCEPTED) // 9))],
+                         ids=lambda c: f"{c[0]}{c[1]}={c[2]}")
+def test_an_accepted_value_trains_or_is_one_clear_line(case, tmp_path, capsys):
+    """A spread sample over every task's accepted (flag, value) pairs, each run for two steps
+    under a 90 s alarm: exit 0, or exit 2 with one ``rnnkit: error:`` line; no traceback."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_tasks import TINY
+
+    name, flag, value = case
+    args, _ = TINY[name](tmp_path)
+    argv = ["train", name, *args, "--steps", "2", "--eval-every", "1", "--quiet",
+            "--out", str(tmp_path / "r"), f"{flag}={value}"]
+
+    def late(*_):
+        raise TimeoutError(f"train {name} {flag}={value} ran past 90 s")
+
+    old = signal.signal(signal.SIGALRM, late)
+    signal.alarm(90)
+    try:
+        rc = main(argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    err = capsys.readouterr().err
+    assert rc in (0, 2) and "Traceback" not in err, (case, rc, err[-2000:])
+    if rc == 2:
+        assert err.strip().splitlines()[-1].startswith("rnnkit: error: "), err[-500:]
+
+
+def test_an_allocation_too_large_is_one_line_naming_the_flags(monkeypatch, capsys):
+    def alloc(*_a, **_k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 3959999999604 bytes.")
+
+    monkeypatch.setattr("rnnkit.cli.train_command", lambda *a: alloc())
+    assert main(["train", "lm", "--hidden", "9000", "--steps", "1"]) == 2
+    e = capsys.readouterr().err
+    assert e.count("\n") == 1 and "out of memory" in e and "--hidden 9000" in e, e
+
+    def bug(*_a):
+        raise RuntimeError("a bug, not a size")
+
+    monkeypatch.setattr("rnnkit.cli.train_command", lambda *a: bug())
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
+        main(["train", "lm", "--steps", "1"])
+
+
+# -- a full disk while writing a run's small files --------------------------------------------
+def test_a_full_disk_on_a_small_file_names_it_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    f = tmp_path / "config.json"
+    ckpt.atomic_write(f, '{"v": 1}')
+
+    def full(path, data):
+        Path(path).write_bytes(data[:3])  # a partial temporary, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_synced", full)
+    with pytest.raises(OSError, match=rf"no space .* write {f} \(8 bytes needed\).*unchanged"):
+        ckpt.atomic_write(f, '{"v": 2}')
+    assert f.read_text() == '{"v": 1}' and [p.name for p in tmp_path.iterdir()] == [f.name]
+
+
+# -- a diverged model is not saved ------------------------------------------------------------
+def test_a_non_finite_validation_loss_stops_before_the_checkpoint(runs, tmp_path, capsys,
+                                                                  monkeypatch):
+    """Weights that diverged between two evaluations (a finite training loss, then NaN
+    weights after the update: lr and weight decay far too high) are not saved: last/ stays
+    the last good one and the run exits 2."""
+    from rnnkit.tasks.classify.task import ClassifyTask
+
+    real, calls = ClassifyTask.evaluate, []
+
+    def evaluate(self, model):
+        m = real(self, model)
+        calls.append(1)
+        return {**m, "loss": float("nan")} if len(calls) == 2 else m
+
+    monkeypatch.setattr(ClassifyTask, "evaluate", evaluate)
+    run = tmp_path / "wd"
+    assert main(["train", "classify", "--data", str(runs["table"]), *CLF, "--steps", "4",
+                 "--eval-every", "2", "--out", str(run)]) == 2
+    e = capsys.readouterr().err
+    assert "training stopped: the validation loss became nan at step 4" in e, e[-800:]
+    assert json.loads((run / "last/trainer.json").read_text())["step"] == 2
+
+
+# -- sequences --stream: the one decoding rule, bounded lines ---------------------------------
+def test_sequence_stream_input_is_strict_utf8_and_bounded(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "seq"
+    assert main(["train", "sequences", "--hidden", "8", "--batch-size", "8", "--steps", "2",
+                 "--quiet", "--out", str(run)]) == 0
+    good = b"0,0,0,0,0,0\n"
+    for data, needle in ((good + "좋은".encode("cp949") + b"\n",
+                          f"stdin is not UTF-8 text: invalid byte at byte offset {len(good)}"),
+                         (good + b"1," * 40000 + b"\n", "stdin line 2 is longer than 65,536")):
+        monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": io.BytesIO(data)})())
+        capsys.readouterr()
+        assert main(["predict", str(run), "--stream", "-"]) == 2
+        out = capsys.readouterr()
+        assert needle in out.err and out.out.startswith("1\t"), (out.err, out.out)
+    f = tmp_path / "rows.csv"
+    f.write_bytes(good + b"\xff\n")
+    assert main(["predict", str(run), "--stream", "--file", str(f)]) == 2
+    assert f"{f} is not UTF-8 text: invalid byte at byte offset 12" in capsys.readouterr().err

@@ -67,10 +67,15 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    data = data.encode() if isinstance(data, str) else data
     try:
-        _write_synced(tmp, data.encode() if isinstance(data, str) else data)
-    except OSError:
+        _write_synced(tmp, data)
+    except OSError as e:
         tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, f"no space left on the device to write {path} "
+                          f"({len(data):,} bytes needed); the previous file there is "
+                          f"unchanged. Free some space and try again") from None
         raise
     os.replace(tmp, path)
     _fsync_dir(path.parent)
