@@ -352,3 +352,94 @@ def test_sequence_stream_input_is_strict_utf8_and_bounded(tmp_path, monkeypatch,
     f.write_bytes(good + b"\xff\n")
     assert main(["predict", str(run), "--stream", "--file", str(f)]) == 2
     assert f"{f} is not UTF-8 text: invalid byte at byte offset 12" in capsys.readouterr().err
+
+
+# -- SIGKILL before each file operation of one checkpoint save, in turn ------------------------
+_OPS = ("_write_synced", "_fsync_dir")
+_OS_OPS = ("replace", "rename", "mkdir", "unlink", "rmdir")
+
+
+def _save_killed_at(k: int, path: Path, model: nn.Module, config: dict, state: dict) -> int:
+    """Fork; the child saves with a SIGKILL before its ``k``-th file operation (every
+    checkpoint helper and ``os`` call that changes the disk, ``shutil.rmtree`` included).
+    Returns the child's wait status as (signal or 0, operations done)."""
+    import os
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: count, kill itself at k, never return
+        try:
+            os.close(r)
+            n = [0]
+
+            def hook(mod, name):
+                f = getattr(mod, name)
+
+                def g(*a, **kw):
+                    n[0] += 1
+                    if n[0] == k:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return f(*a, **kw)
+                setattr(mod, name, g)
+            for name in _OPS:
+                hook(ckpt, name)
+            for name in _OS_OPS:
+                hook(os, name)
+            hook(shutil, "rmtree")
+            ckpt.save(path, model, config, {"step": 2}, state)
+            os.write(w, str(n[0]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    done = os.read(r, 32)
+    os.close(r)
+    return (os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0), int(done or 0)
+
+
+def test_a_kill_before_each_file_operation_of_a_save_leaves_old_or_new_whole(tmp_path,
+                                                                            monkeypatch):
+    """The first and a later save of a checkpoint, killed before each of their file
+    operations in turn: the folder then holds the old checkpoint or the new one, whole (model,
+    config and trainer state of one save), and the next save works. (fsync is skipped: it
+    guards against power loss, and a killed process loses nothing it wrote.)"""
+    import os
+
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    torch.manual_seed(0)
+    old, new = nn.Linear(3, 2), nn.Linear(3, 2)
+    state = {"m": torch.arange(4.0), "n": 1}
+
+    def check(c: Path, want: list[tuple[nn.Module, int]]) -> None:
+        d = ckpt.resolve(c)
+        got = ckpt.load_weights(nn.Linear(3, 2), d)
+        cfg = ckpt.load_config(d)
+        rec = ckpt.load_trainer(d)
+        match = [v for m, v in want if torch.equal(got.weight, m.weight)]
+        assert match == [cfg["v"]] and rec["step"] == cfg["v"], (c, cfg, rec["step"])
+        torch.testing.assert_close(rec["state"]["m"], state["m"])
+
+    for first in (True, False):
+        base = tmp_path / ("first" if first else "later")
+        probe = base / "probe"
+        if not first:
+            ckpt.save(probe, old, {"v": 1}, {"step": 1}, state)
+        sig, n_ops = _save_killed_at(10 ** 6, probe, new, {"v": 2}, state)
+        assert sig == 0 and n_ops >= 8, n_ops
+        for k in range(1, n_ops + 1):
+            c = base / f"k{k}"
+            if not first:
+                ckpt.save(c, old, {"v": 1}, {"step": 1}, state)
+            sig, _ = _save_killed_at(k, c, new, {"v": 2}, state)
+            assert sig == signal.SIGKILL, k
+            if first and not (c / ckpt.MODEL).exists() and not (
+                    c.with_name(f".{c.name}.old") / ckpt.MODEL).exists():
+                with pytest.raises(FileNotFoundError):  # nothing yet: nothing half-read
+                    ckpt.resolve(c)
+            else:
+                check(c, [(new, 2)] if first else [(old, 1), (new, 2)])
+            ckpt.clean_stale(c.parent)
+            ckpt.save(c, new, {"v": 2}, {"step": 2}, state)  # the next save works
+            check(c, [(new, 2)])
+            assert not [p for p in c.parent.iterdir() if ".tmp" in p.name or
+                        p.name.endswith(".old")], k
