@@ -132,7 +132,7 @@ def test_a_nan_weight_is_refused_on_load_naming_the_tensor(tmp_path, capsys):
 # -- every numeric flag checked once, naming the flag ---------------------------------------
 BAD_FLAGS = [
     ("--minutes", "nan"), ("--minutes", "inf"), ("--minutes", "-1"), ("--steps", "0"),
-    ("--clip", "-1"), ("--lr", "nan"), ("--lr", "0"), ("--epochs", "0"), ("--epochs", "-1"),
+    ("--clip", "-1"), ("--lr", "nan"), ("--lr", "0"), ("--lr", "1e30"), ("--layers", "99999"),
     ("--batch-size", "0"), ("--batch-size", "-4"), ("--batch", "-2"), ("--dropout", "nan"),
     ("--dropout", "1.5"), ("--max-chars", "-5"), ("--hidden", "0"), ("--eval-every", "0"),
     ("--warmup", "-3"), ("--seed", "x"), ("--weight-decay", "inf"),
@@ -148,6 +148,15 @@ def test_a_bad_number_is_exit_2_with_one_line_naming_the_flag(flag, value, tmp_p
     msg = err_of(capsys)
     assert flag in msg and "Traceback" not in msg, msg
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_classify_epochs_are_checked(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "classify", "--data", str(tmp_path / "d.tsv"), f"--epochs={value}",
+              "--out", str(tmp_path / "r")])
+    assert e.value.code == 2
+    assert "argument --epochs: expected a number > 0" in err_of(capsys)
 
 
 @pytest.mark.parametrize("argv", [
@@ -347,8 +356,15 @@ NUMERIC = _numeric_flags()
 
 
 def test_the_fuzz_covers_every_command_with_numbers():
+    from rnnkit.tasks import specs
+
     cmds = {" ".join(p) for p, *_ in NUMERIC}
-    assert {"train lm", "train classify", "sample", "predict", "explain"} <= cmds, cmds
+    want = {f"train {n}" for n in specs()} | {"eval", "sample", "predict", "explain", "serve"}
+    assert want <= cmds, want - cmds  # a new task's flags are fuzzed from the registry
+    # every numeric flag is checked by the shared argument layer (range and finiteness), so a
+    # value it accepts is in range, and the same check reads a run's config back
+    plain = [f"{' '.join(p)} {f}" for p, _, f, a in NUMERIC if not hasattr(a.type, "check_value")]
+    assert not plain, plain
 
 
 @settings(max_examples=300, deadline=None, derandomize=True,
@@ -373,6 +389,9 @@ def test_a_numeric_flag_parses_or_exits_2_naming_itself(row, value):
             return
     v = getattr(args, action.dest)  # accepted: a finite number, in the flag's range
     assert isinstance(v, int | float) and v == v and abs(v) != float("inf"), (flag, value, v)
+    assert action.type.check_value(v) == v
+    if action.type.__name__ == "int":  # past any size or count: refused
+        assert value != "99999999999999999999999", (flag, v)
 
 
 def test_a_tampered_config_is_refused_before_anything_is_allocated(tmp_path, capsys):

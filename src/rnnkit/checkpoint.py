@@ -67,16 +67,30 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    data = data.encode() if isinstance(data, str) else data
     try:
-        _write_synced(tmp, data.encode() if isinstance(data, str) else data)
-    except OSError:
+        _write_synced(tmp, data)
+    except OSError as e:
         tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(e.errno, f"no space left on the device to write {path} "
+                          f"({len(data):,} bytes needed); the previous file there is "
+                          f"unchanged. Free some space and try again") from None
         raise
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file starts with its JSON header's length (u64 little-endian) and then the
+    header's ``{``; a header length whose low byte is 0x80 looks like a pickle's first byte."""
+    n = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    return head[8:9] == b"{" and 0 < n <= size - 8
+
+
 def _refuse_pickle(path: Path, head: bytes) -> None:
+    if _is_safetensors(head, path.stat().st_size if path.is_file() else 0):
+        return
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
         kind = "a zip archive (torch.save format)" if head[:2] == b"PK" else "a pickle"
         raise ValueError(f"{path} contains {kind}; rnnkit never unpickles (it can run arbitrary "

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
 from rnnkit import __version__, export_cli, serve_cli, tasks
 from rnnkit.inspect import explain
 from rnnkit.runtime import keep_freed_memory
-from rnnkit.tasks.args import POS_INT, add_model_args, add_train_args, parser_kwargs
+from rnnkit.tasks.args import BATCH, SEED, add_model_args, add_train_args, number, parser_kwargs
 from rnnkit.tasks.spec import TaskSpec, train_command
 
 GROUPS = {"inspect": "look inside models: gradient flow, interpretable cells"}
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint folder")
     ev.add_argument("--data", help="the file to evaluate on (text for lm, a labelled table for "
                     "classify)")
-    ev.add_argument("--batch-size", "--batch", type=POS_INT, default=None, dest="batch_size",
+    ev.add_argument("--batch-size", "--batch", type=BATCH, default=None, dest="batch_size",
                     help="evaluation batch size")
     seen = {"--data", "--batch-size", "--batch"}
     for spec in specs.values():
@@ -117,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  **parser_kwargs(c.description or c.help))
             c.add_args(p)
             p.set_defaults(func=c.run)
-    explain.register(sub, **parser_kwargs(explain.__doc__))
+    explain.register(sub, size=number(int, lo=1, hi=1024), seed=SEED,
+                     **parser_kwargs(explain.__doc__))
     export_cli.register(sub)
     serve_cli.register(sub)
     return parser
@@ -137,6 +139,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+_TOO_BIG = re.compile(r"allocate|out of memory|dimension exceeded|[Oo]verflow")
+
+
+def too_big(args: argparse.Namespace, e: BaseException) -> str:
+    """One line for a request too large for this machine (an allocation that failed, a size
+    past what a tensor holds), naming the large numbers given on the command line."""
+    big = [f"--{k.replace('_', '-')} {v:g}" for k, v in vars(args).items()
+           if isinstance(v, int | float) and not isinstance(v, bool) and abs(v) >= 1024]
+    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return (f"out of memory or past the largest size a tensor takes ({why}): "
+            + (f"use smaller values than {', '.join(big)}" if big else "use smaller sizes"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     keep_freed_memory()  # training steps reuse freed memory instead of page-faulting it anew
@@ -144,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except (ValueError, OSError) as e:  # bad input, missing or unwritable files: no traceback
         print(f"rnnkit: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, OverflowError, RuntimeError, TypeError) as e:
+        if not isinstance(e, MemoryError | OverflowError) and not _TOO_BIG.search(str(e)):
+            raise  # a bug: the traceback is what it needs
+        print(f"rnnkit: error: {too_big(args, e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)

@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 
 from rnnkit.runtime import keep_freed_memory
-from rnnkit.tasks.args import POS_INT, parser_kwargs
+from rnnkit.tasks.args import POS_INT, number, parser_kwargs
 
 HELP = {
     "max_sessions": "live streaming sessions, HTTP and WebSocket together (429 beyond)",
@@ -45,7 +45,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder (or NAME=RUN)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, "
                    "loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free)")
+    p.add_argument("--port", type=number(int, lo=0, hi=65535), default=8000,
+                   help="port (default: 8000; 0 = any free)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default: info)")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                    help="one JSON line per request and per closed stream on stderr "

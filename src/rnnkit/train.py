@@ -624,6 +624,9 @@ def evaluate_and_save(task: Task, model: nn.Module, cfg: TrainConfig, s: RunStat
                  **{f"valid_{k}": x for k, x in m.items()}})
         progress.note(f"step {s.step:,}: " + "  ".join(f"valid {k} {x:.4f}"
                                                      for k, x in m.items()))
+        if not math.isfinite(m.get("loss", 0.0)):  # the weights diverged: keep the last good
+            raise TrainingDiverged(_diverged_msg("validation loss", m["loss"], s.step - 1,
+                                                 ckpts, updated=True))
     ckpts.save_last(s, elapsed + eval_secs)  # the evaluation's time included
     if log is not None:
         if is_best:
@@ -734,9 +737,11 @@ def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
     return TrainResult(run_dir, s.step, elapsed, s.last_metrics, s.best, train_loss)
 
 
-def _diverged_msg(what: str, value: float, step: int, ckpts: Checkpoints) -> str:
+def _diverged_msg(what: str, value: float, step: int, ckpts: Checkpoints,
+                  updated: bool = False) -> str:
     keep = (f"the last good checkpoint is in {ckpts.last}" if ckpts.has_last()
             else "no checkpoint had been written yet")
-    return (f"training stopped: the {what} became {value} at step {step + 1}; the parameters "
-            f"were not updated with it and {keep}. Try a lower learning rate or gradient "
-            f"clipping.")
+    done = ("these weights were not saved" if updated else
+            "the parameters were not updated with it")
+    return (f"training stopped: the {what} became {value} at step {step + 1}; {done} and "
+            f"{keep}. Try a lower learning rate, less weight decay or gradient clipping.")

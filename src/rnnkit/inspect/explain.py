@@ -4,6 +4,7 @@ one step's gate values on a random input."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
@@ -105,18 +106,20 @@ def _run(a: argparse.Namespace) -> None:
     print(NEXT.format(kind=a.kind))
 
 
-def register(sub: argparse._SubParsersAction, **kwargs: object) -> None:
-    """``rnnkit explain``; ``kwargs`` go to ``add_parser`` (the CLI's description and help
+def register(sub: argparse._SubParsersAction, size: Any = int, seed: Any = int,
+             **kwargs: object) -> None:
+    """``rnnkit explain``; ``size`` and ``seed`` parse the sizes and the seed (the CLI gives
+    its checked types), ``kwargs`` go to ``add_parser`` (the CLI's description and help
     formatter)."""
     p = sub.add_parser("explain", help="formula, equations, weight shapes and one step of a cell",
                        **kwargs)
     p.add_argument("kind", choices=["rnn", "lstm", "gru"], help="the cell")
-    p.add_argument("--input-size", type=int, default=6, help="features per time step")
-    p.add_argument("--hidden-size", type=int, default=16, help="units")
+    p.add_argument("--input-size", type=size, default=6, help="features per time step")
+    p.add_argument("--hidden-size", type=size, default=16, help="units")
     p.add_argument("--convention", choices=["keras", "torch"], default="keras",
                    help="parameter count as Keras counts it (one bias per gate) or as torch.nn "
                         "does (two)")
     p.add_argument("--reset-before", action="store_true",
                    help="GRU: Cho et al. 2014 form (Keras reset_after=False)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the weights and input")
+    p.add_argument("--seed", type=seed, default=0, help="random seed of the weights and input")
     p.set_defaults(func=_run)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnkit import checkpoint as ckpt
-from rnnkit.tasks.spec import Command, TaskSpec, Verb
+from rnnkit.tasks.spec import Command, TaskSpec, Verb, check_config
 
 TASKS: dict[str, str] = {  # config.json "task" -> the package that owns it
     "lm": "rnnkit.tasks.lm",
@@ -44,7 +44,9 @@ def spec_of_run(run_dir: str | Path) -> TaskSpec:
     if config["task"] not in TASKS:
         raise ValueError(f"{run_dir}: config.json names task {config['task']!r}; known tasks: "
                          f"{', '.join(TASKS)}")
-    return spec(config["task"])
+    s = spec(config["task"])
+    check_config(s, config, Path(run_dir) / ckpt.CONFIG)  # the same checks as the flags
+    return s
 
 
 def load(run_dir: str | Path) -> Any:

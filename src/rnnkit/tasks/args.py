@@ -25,30 +25,52 @@ def number(kind: type = float, lo: float | None = None, hi: float | None = None,
     with ``lo_open``); the error names the expected range and the value given."""
     if not what:
         rng = []
+        fmt = "{:,}" if kind is int else "{:g}"
         if lo is not None:
-            rng.append(f"{'>' if lo_open else '>='} {lo:g}")
+            rng.append(f"{'>' if lo_open else '>='} {fmt.format(lo)}")
         if hi is not None:
-            rng.append(f"<= {hi:g}")
+            rng.append(f"<= {fmt.format(hi)}")
         what = ("an integer" if kind is int else "a number") + (
             " " + " and ".join(rng) if rng else "")
 
-    def parse(s: str) -> Any:
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+    def check(v: Any, s: str) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
         if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
         return v
 
+    def parse(s: str) -> Any:
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        return check(v, s)
+
+    def check_value(v: Any) -> Any:
+        """The same check for a value read back from a run's config (a JSON number)."""
+        ok = isinstance(v, int) if kind is int else isinstance(v, int | float)
+        if isinstance(v, bool) or not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}")
+        return check(v, repr(v))
+
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    parse.check_value = check_value  # type: ignore[attr-defined]
     return parse
 
 
-POS_INT = number(int, lo=1)
-NONNEG_INT = number(int, lo=0)
+MAX_INT = 2**31 - 1  # every count and size fits a C int (and a tensor dimension)
+POS_INT = number(int, lo=1, hi=MAX_INT)
+NONNEG_INT = number(int, lo=0, hi=MAX_INT)
+WIDTH = number(int, lo=1, hi=2**14)  # units, embedding and vector sizes
+LAYERS = number(int, lo=1, hi=256)
+BATCH = number(int, lo=1, hi=2**20)
+THREADS = number(int, lo=1, hi=4096)
+LR = number(float, lo=0, hi=10, lo_open=True)
+DECAY = number(float, lo=0, hi=10)
+BEAM = number(int, lo=1, hi=1000)
+PENALTY = number(float, lo=0, hi=10)  # a length penalty's exponent
+GENERATED = number(int, lo=1, hi=10**6)  # tokens generated in one call
 POS_FLOAT = number(float, lo=0, lo_open=True)
 NONNEG_FLOAT = number(float, lo=0)
 FRACTION = number(float, lo=0, hi=1)
@@ -132,12 +154,12 @@ def add_train_args(p: argparse.ArgumentParser, defaults: dict[str, Any], *,
     if epochs:
         a("--epochs", type=POS_FLOAT, help="budget: passes over the training set"
           + _dflt(defaults, "epochs", "{:g}"))
-    a("--batch-size", type=POS_INT, metavar="N", help="examples per optimizer step, over all "
+    a("--batch-size", type=BATCH, metavar="N", help="examples per optimizer step, over all "
       "processes" + _dflt(defaults, "batch_size"))
-    a("--batch", type=POS_INT, dest="batch_size", help=argparse.SUPPRESS)  # old spelling
-    a("--lr", type=POS_FLOAT, help="peak learning rate (AdamW; warmup, then cosine decay to "
+    a("--batch", type=BATCH, dest="batch_size", help=argparse.SUPPRESS)  # old spelling
+    a("--lr", type=LR, help="peak learning rate (AdamW; warmup, then cosine decay to "
       "a tenth)" + _dflt(defaults, "lr", "{:g}"))
-    a("--weight-decay", type=NONNEG_FLOAT, help="AdamW weight decay on matrices"
+    a("--weight-decay", type=DECAY, help="AdamW weight decay on matrices"
       + _dflt(defaults, "weight_decay", "{:g}"))
     a("--warmup", type=NONNEG_INT, metavar="STEPS", help="linear learning-rate warmup"
       + _dflt(defaults, "warmup"))
@@ -152,7 +174,7 @@ def add_train_args(p: argparse.ArgumentParser, defaults: dict[str, Any], *,
       + _dflt(defaults, "seed"))
     a("--device", help="auto (a GPU if there is one), cpu, cuda, cuda:N"
       + _dflt(defaults, "device"))
-    a("--threads", type=POS_INT, metavar="N", help="torch CPU threads (default: the cores "
+    a("--threads", type=THREADS, metavar="N", help="torch CPU threads (default: the cores "
       "free at start; OMP_NUM_THREADS when set)")
     a("--quiet", action="store_true", default=None,
       help="no progress bar or lines (evaluations still print)")
@@ -172,14 +194,14 @@ def add_model_args(p: argparse.ArgumentParser, defaults: dict[str, Any], cells: 
         a("--cell", choices=cells, metavar="CELL",
           help=f"recurrent layer: {', '.join(cells)}" + _dflt(defaults, "cell"))
     if "hidden" in flags:
-        a("--hidden", type=POS_INT, metavar="H", help="units per layer and direction"
+        a("--hidden", type=WIDTH, metavar="H", help="units per layer and direction"
           + (_dflt(defaults, "hidden") or " (default: per problem)"))
     if "layers" in flags:
-        a("--layers", type=POS_INT, metavar="L", help="stacked layers"
+        a("--layers", type=LAYERS, metavar="L", help="stacked layers"
           + _dflt(defaults, "layers"))
     if "embed" in flags:
-        a("--embed", type=POS_INT, metavar="E", help="embedding size" + _dflt(defaults, "embed"))
-        a("--emb", type=POS_INT, dest="embed", help=argparse.SUPPRESS)  # old spelling
+        a("--embed", type=WIDTH, metavar="E", help="embedding size" + _dflt(defaults, "embed"))
+        a("--emb", type=WIDTH, dest="embed", help=argparse.SUPPRESS)  # old spelling
     if "dropout" in flags:
         a("--dropout", type=DROPOUT, help="dropout" + _dflt(defaults, "dropout", "{:g}"))
     if "bidirectional" in flags:

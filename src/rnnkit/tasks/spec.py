@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnkit import checkpoint as ckpt
-from rnnkit.tasks.args import MODEL_FLAGS
+from rnnkit.tasks.args import MODEL_FLAGS, add_model_args, add_train_args
 from rnnkit.train import TrainConfig, TrainResult, is_main_process, train
 
 AddArgs = Callable[[argparse.ArgumentParser], None]
@@ -204,6 +204,73 @@ def check_resume_flags(spec: TaskSpec, args: argparse.Namespace, config: dict[st
                              f"and settings. Start a new run (--out) to change them")
 
 
+def _train_parser(spec: TaskSpec) -> argparse.ArgumentParser:
+    """The parser of ``rnnkit train TASK`` alone (its flags and their checked types)."""
+    p = argparse.ArgumentParser(add_help=False)
+    spec.add_args(p)
+    if spec.model_cells:
+        add_model_args(p, spec.defaults, spec.model_cells, spec.model_flags)
+    add_train_args(p, spec.defaults, epochs=spec.epochs)
+    return p
+
+
+def check_config(spec: TaskSpec, config: dict[str, Any], where: str | Path) -> None:
+    """A run's saved settings pass the same checks as the flags that set them: every value
+    :attr:`TaskSpec.saved_flags` reads back from ``config`` (``max_len``, ``hidden``,
+    ``dropout``...) and the saved training settings are checked by their flag's type (range,
+    finiteness) and choices. A tampered or damaged value is a ValueError naming the file, the
+    field, the flag and what it expects."""
+    try:
+        saved = dict(spec.saved_flags(config))
+    except (KeyError, TypeError, AttributeError):  # the task's loader names what is missing
+        return
+    tc = config.get("train")
+    if isinstance(tc, dict):
+        saved.update({k: tc.get(k) for k in ("lr", "weight_decay", "warmup", "eval_every",
+                                             "log_every", "seed")})
+        saved["clip"] = tc.get("grad_clip")
+        saved["steps"] = tc.get("steps")
+        saved["minutes"] = tc.get("minutes")
+    actions = {a.dest: a for a in _train_parser(spec)._actions if a.option_strings}
+    for key, v in saved.items():
+        a = actions.get(key)
+        if a is None or v is None:
+            continue
+        flag = next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
+        check = getattr(a.type, "check_value", None)
+        try:
+            if check is not None:
+                check(v)
+            elif a.choices is not None and isinstance(v, str) and v not in a.choices:
+                raise argparse.ArgumentTypeError(
+                    f"expected one of {', '.join(map(str, a.choices))}, got {v!r}")
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{where}: the saved {key} ({flag}) is not valid: {e}; the config "
+                             f"was changed or is damaged") from None
+
+
+def refuse_occupied(spec: TaskSpec, out: str | Path) -> None:
+    """Before a fresh run writes anything into ``out``: a folder that already holds a run
+    (a checkpoint, or another task's ``config.json``) is refused, naming the way out."""
+    d = Path(out)
+    if not d.is_dir():
+        return
+    task = None
+    if (d / ckpt.CONFIG).is_file():
+        try:
+            task = ckpt.read_json(d / ckpt.CONFIG).get("task")
+        except (ValueError, OSError, AttributeError):
+            task = None
+    held = any((c / ckpt.MODEL).is_file() for n in ("last", "best")
+               for c in (d / n, d / f".{n}.old"))
+    if task is not None and task != spec.name:
+        raise ValueError(f"{d} already holds a run of task {task!r}; a {spec.name} run needs "
+                         f"another output folder (--out), or clear this one (--restart)")
+    if held:
+        raise ValueError(f"{d} already holds a run; resume it (--resume {d}), clear it "
+                         f"(--restart) or choose another output folder")
+
+
 def train_command(spec: TaskSpec, args: argparse.Namespace) -> int:
     """``rnnkit train TASK``: a fresh run from the flags, or ``--resume`` of a saved one."""
     t_start = time.perf_counter()
@@ -225,6 +292,7 @@ def train_command(spec: TaskSpec, args: argparse.Namespace) -> int:
                 raise ValueError(f"{run_dir} is a {config.get('task')!r} run, not "
                                  f"{spec.name!r}: resume it with rnnkit train "
                                  f"{config.get('task')} --resume {run_dir}")
+            check_config(spec, config, cfg_path)
             check_resume_flags(spec, args, config)
             task = spec.from_config(config, run_dir)
             over = steps_for({k: getattr(args, k, None) for k in BUDGET}, task) if any(
@@ -245,6 +313,8 @@ def train_command(spec: TaskSpec, args: argparse.Namespace) -> int:
     with ckpt.run_lock(out) if main else contextlib.nullcontext():
         if args.restart and main:
             _clear_run(Path(out))
+        elif not args.restart:
+            refuse_occupied(spec, out)
         if spec.fit is not None and spec.fit(args, out):
             return 0
         task = spec.from_args(args, out)

@@ -12,10 +12,13 @@ from typing import Any
 from rnnkit import checkpoint as ckpt
 from rnnkit.seq2seq import DECODER_CELLS
 from rnnkit.tasks.args import (
-    NONNEG_FLOAT,
+    BEAM,
     NONNEG_INT,
+    PENALTY,
     POS_INT,
+    WIDTH,
     add_split_args,
+    number,
     pick,
 )
 from rnnkit.tasks.caption.api import ImageCaptioner, load
@@ -84,21 +87,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_split_args(g, OWN, valid="images held out for validation",
                    test="images held out for testing")
     a("--min-freq", type=POS_INT, help="words seen fewer times become <unk> (default: 1)")
-    a("--max-len", type=POS_INT, help="words per caption, longer ones cut (default: 20)")
+    a("--max-len", type=number(int, lo=1, hi=10_000),
+      help="words per caption, longer ones cut (default: 20)")
     a("--decoder", choices=DECODERS, help="show-tell: the image vector starts the decoder; "
       "attend: attention over the image grid (default: attend)")
     a("--channels", type=channels, help="CNN channels per stage (default: 32,64,128)")
-    a("--image-vector", type=POS_INT, help="size of the image vector (default: 256)")
+    a("--image-vector", type=WIDTH, help="size of the image vector (default: 256)")
     a("--lang", help="caption language code (BLEU tokenizes ko/ja/zh by character; "
       "--data emoji: the names' language, en or ko; default: en)")
     a("--eval-images", type=NONNEG_INT, help="validation images captioned at each evaluation, "
       "0 = all (default: 300)")
-    a("--beam", type=POS_INT, help="beam size of the final test captions (default: 5)")
+    a("--beam", type=BEAM, help="beam size of the final test captions (default: 5)")
     a("--feature-norm", choices=("on", "off"), help="layer-normalise the CNN grid per "
       "position (default: on for --data emoji, off otherwise)")
     a("--bridge-act", choices=("tanh", "linear"), help="the decoder's initial state from the "
       "image vector: linear (W v + b, the cs231n form) or tanh(W v + b) (default: linear)")
-    a("--alpha", type=NONNEG_FLOAT, help="GNMT length penalty (default: 0)")
+    a("--alpha", type=PENALTY, help="GNMT length penalty (default: 0)")
 
 
 def from_args(args: argparse.Namespace, out: str) -> CaptionTask:
@@ -209,7 +213,7 @@ def report(task: CaptionTask, res: TrainResult, args: argparse.Namespace) -> Non
 
 # -- rnnkit eval ---------------------------------------------------------------------------------
 def add_eval_args(p: Any) -> None:
-    p.add_argument("--beam", type=POS_INT, help="beam size, 1 = greedy only (default: the "
+    p.add_argument("--beam", type=BEAM, help="beam size, 1 = greedy only (default: the "
                    "run's, 5)")
 
 
@@ -242,7 +246,7 @@ def evaluate(args: argparse.Namespace) -> int:
 # -- rnnkit caption ------------------------------------------------------------------------------
 def add_caption_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG)")
-    p.add_argument("--beam", type=POS_INT, default=5, help="beam size, 1 = greedy "
+    p.add_argument("--beam", type=BEAM, default=5, help="beam size, 1 = greedy "
                    "(default: 5)")
     p.add_argument("--attention-png", metavar="PNG", help="draw the attention of each word "
                    "over the (first) image (attend decoder)")

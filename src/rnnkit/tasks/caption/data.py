@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit.data.text import decode_utf8
 from rnnkit.tasks.common import holdout
 
 EMOJI_SIZE = 32  # default side of the built-in emoji images
@@ -98,7 +99,7 @@ def read_folder(folder: str | Path, image_size: tuple[int, int] | None = None) -
                                 f"(file<TAB>caption), found no {tsv}")
     skipped = Counter({"no_tab": 0, "empty_caption": 0, "missing_file": 0, "unreadable": 0})
     by_file: dict[str, list[str]] = {}
-    for n, line in enumerate(tsv.read_text(encoding="utf-8").splitlines()):
+    for n, line in enumerate(decode_utf8(tsv.read_bytes(), tsv).splitlines()):
         if not line.strip():
             continue
         if "\t" not in line:

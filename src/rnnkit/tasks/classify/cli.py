@@ -106,7 +106,8 @@ def from_config(config: dict[str, Any], run_dir: Path) -> ClassifyTask:
 def saved_flags(config: dict[str, Any]) -> dict[str, Any]:
     s = config.get("settings", {})
     return {**{k: s.get(k) for k in SETTINGS}, **config["model"],
-            "batch_size": s.get("batch_size")}
+            "batch_size": s.get("batch_size"),  # what the classifier reads back:
+            **{k: config[k] for k in ("max_len", "truncate") if k in config}}
 
 
 def report(task: ClassifyTask, res: TrainResult, args: argparse.Namespace) -> None:

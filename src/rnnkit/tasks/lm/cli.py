@@ -15,7 +15,7 @@ import torch
 from rnnkit import checkpoint as ckpt
 from rnnkit.data import read_text_file
 from rnnkit.layers import CELLS
-from rnnkit.tasks.args import NONNEG_FLOAT, NONNEG_INT, POS_INT, SEED, pick
+from rnnkit.tasks.args import GENERATED, NONNEG_FLOAT, NONNEG_INT, POS_INT, SEED, number, pick
 from rnnkit.tasks.lm.api import LanguageModel, generate, load, load_run
 from rnnkit.tasks.lm.data import LMData, load_data, read_split
 from rnnkit.tasks.lm.ngram import NGramLM, max_order
@@ -76,7 +76,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     a("--baseline-order", type=NONNEG_INT, default=OWN["baseline_order"], help="also fit an "
       "n-gram of this order (capped as --order) on the same split and print its bits/char; 0 = "
       "skip")
-    a("--sample-length", type=NONNEG_INT, default=OWN["sample_length"],
+    a("--sample-length", type=number(int, lo=0, hi=10**6), default=OWN["sample_length"],
       help="characters sampled at the end; 0 = none")
 
 
@@ -217,7 +217,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prime", default="", help="text to start from (read once)")
-    p.add_argument("--length", type=POS_INT, default=500, help="tokens to generate")
+    p.add_argument("--length", type=GENERATED, default=500, help="tokens to generate")
     p.add_argument("--temperature", type=NONNEG_FLOAT, default=0.8,
                    help="sampling temperature; 0 = greedy (deterministic)")
     p.add_argument("--top-k", type=POS_INT, default=None,

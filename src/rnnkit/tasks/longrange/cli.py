@@ -16,7 +16,7 @@ from torch import Tensor
 
 from rnnkit.inspect.gradients import gradient_flow, plot_flows
 from rnnkit.inspect.params import count_params
-from rnnkit.tasks.args import NONNEG_INT, POS_FLOAT, POS_INT, SEED, pick
+from rnnkit.tasks.args import BATCH, LR, NONNEG_INT, POS_FLOAT, POS_INT, SEED, WIDTH, pick
 from rnnkit.tasks.longrange import data as problems
 from rnnkit.tasks.longrange.api import load
 from rnnkit.tasks.longrange.data import PROBLEMS
@@ -205,10 +205,10 @@ def add_longrange_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=POS_INT, default=None, help="step budget per cell")
     p.add_argument("--permute", action="store_true", help="digits: fixed random pixel order")
     p.add_argument("--seed", type=SEED, default=0, help="random seed")
-    p.add_argument("--hidden", type=POS_INT, default=None, help="units (default: per task)")
-    p.add_argument("--batch-size", "--batch", type=POS_INT, dest="batch", default=None,
+    p.add_argument("--hidden", type=WIDTH, default=None, help="units (default: per task)")
+    p.add_argument("--batch-size", "--batch", type=BATCH, dest="batch", default=None,
                    help="examples per step (default: 64)")
-    p.add_argument("--lr", type=POS_FLOAT, default=None, help="learning rate (default: 3e-3)")
+    p.add_argument("--lr", type=LR, default=None, help="learning rate (default: 3e-3)")
     p.add_argument("--init", default="chrono", help="bias of LSTM's forget / GRU's update gate: "
                    "chrono (Tallec & Ollivier 2018), torch, or a number")
     p.add_argument("--eval-every", type=POS_INT, default=100, help="steps between evaluations")
@@ -258,8 +258,8 @@ def run_gradients(args: argparse.Namespace) -> int:
 def add_gradients_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cells")
     p.add_argument("--length", type=POS_INT, default=100, help="sequence length T")
-    p.add_argument("--hidden", type=POS_INT, default=64, help="units")
-    p.add_argument("--batch", type=POS_INT, default=64, help="test sequences averaged")
+    p.add_argument("--hidden", type=WIDTH, default=64, help="units")
+    p.add_argument("--batch", type=BATCH, default=64, help="test sequences averaged")
     p.add_argument("--train-steps", type=NONNEG_INT, default=0,
                    help="also train each model this many steps on the adding problem")
     p.add_argument("--init", default="chrono", help="keep-gate bias of LSTM/GRU: chrono (as in "

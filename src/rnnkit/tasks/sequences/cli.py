@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rnnkit import checkpoint as ckpt
+from rnnkit.data.text import read_pieces
 from rnnkit.inspect import count_params
 from rnnkit.layers import CELLS
 from rnnkit.tasks.args import POS_INT, add_split_args, pick
@@ -226,14 +229,36 @@ def _fmt(labels: list[str], p: Any) -> str:
         f"{c}={v:.4f}" for c, v in zip(labels, p, strict=True))
 
 
+MAX_ROW = 1 << 16  # characters of one streamed row at most
+
+
+def _stream_rows(file: str | None) -> Iterator[tuple[int, list[str], str]]:
+    """``(line number, CSV fields, source name)`` of each line of ``file`` or stdin, read as
+    it arrives and decoded as strict UTF-8 like every other input (a bad byte is an error
+    naming the byte offset); a line past :data:`MAX_ROW` characters is an error, not a
+    memory blow-up."""
+    if file:
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"{file}: no such file")
+        raw, name = open(file, "rb"), file
+    else:
+        raw = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
+        name = "stdin"
+    with raw:
+        for k, piece in enumerate(read_pieces(raw, name, MAX_ROW), 1):
+            if len(piece) == MAX_ROW and not piece.endswith("\n"):
+                raise ValueError(f"{name} line {k} is longer than {MAX_ROW:,} characters; "
+                                 f"expected one row of numbers per line")
+            yield k, (next(csv.reader([piece])) if piece.strip() else []), name
+
+
 def predict(args: argparse.Namespace) -> int:
     """Print each sequence's label and class probabilities (--file), or with --stream the
     running probabilities after every time step (CSV rows of F numbers on stdin)."""
     sm = load(args.run_dir)
     if args.stream:
         session = sm.stream()
-        f = open(args.file, newline="") if args.file else sys.stdin
-        for k, row in enumerate(csv.reader(f), 1):
+        for k, row, name in _stream_rows(args.file):
             if not row or not "".join(row).strip():
                 continue
             try:
@@ -241,8 +266,8 @@ def predict(args: argparse.Namespace) -> int:
             except ValueError:
                 if k == 1:  # a header
                     continue
-                raise ValueError(f"stdin line {k}: expected {sm.model.step_shape[0]} numbers, "
-                                 f"got {row}") from None
+                raise ValueError(f"{name} line {k}: expected {sm.model.step_shape[0]} numbers, "
+                                 f"got {row[:8]}") from None
             if v.shape != sm.model.step_shape:
                 raise ValueError(f"line {k}: expected {sm.model.step_shape[0]} values per row, "
                                  f"got {len(v)}")

@@ -19,6 +19,7 @@ strings. Readers:
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from rnnkit.data import stratified_split
 from rnnkit.data.batches import EpochBatches
+from rnnkit.data.text import read_text_file
 
 BUILTINS = ("synthetic", "basicmotions", "japanesevowels", "moving-digits")
 FILLS = ("ffill", "zero")
@@ -124,8 +126,10 @@ def read_long_csv(path: str | Path, id_column: str = "id", time_column: str = "t
                   label_column: str = "label") -> Sequences:
     """A CSV in long form: a header, one row per time step (``id``, ``time``, features...,
     ``label``); every other column is a feature (numbers; empty or ``NaN`` = missing)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:  # strict UTF-8, the byte offset of a bad byte named, as for every input
+        rows = list(csv.reader(io.StringIO(read_text_file(path), newline="")))
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a CSV file ({e})") from None
     if not rows:
         raise ValueError(f"{path}: empty file")
     head = rows[0]

@@ -12,10 +12,12 @@ images are split by image: clips of the test split use digits no training clip u
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
+from rnnkit.data.text import decode_utf8
 from rnnkit.tasks.sequences.data import Sequences
 
 DIRECTIONS = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
@@ -64,7 +66,7 @@ def read_clip_folder(root: Path) -> Sequences:
     if not tsv.is_file():
         raise ValueError(f"{root}: a folder of clips needs a labels.tsv (clip<TAB>label)")
     X, y, ids = [], [], []
-    with open(tsv, newline="", encoding="utf-8") as f:
+    with io.StringIO(decode_utf8(tsv.read_bytes(), tsv), newline="") as f:  # strict UTF-8
         for k, row in enumerate(csv.reader(f, delimiter="\t"), 1):
             if not row:
                 continue

@@ -16,11 +16,13 @@ from rnnkit.data import KINDS
 from rnnkit.data.text import read_pieces
 from rnnkit.seq2seq import ATTENTIONS, BRIDGES, DECODER_CELLS
 from rnnkit.tasks.args import (
+    BEAM,
     FRACTION,
-    NONNEG_FLOAT,
     NONNEG_INT,
+    PENALTY,
     POS_INT,
     add_split_args,
+    number,
     pick,
 )
 from rnnkit.tasks.spec import record_split, task_spec, verb
@@ -110,12 +112,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def add_decode_args(g: Any, final: bool = False) -> None:
     a = g.add_argument
-    a("--beam", type=POS_INT, help=("beam size of the final test translations" if final else
+    a("--beam", type=BEAM, help=("beam size of the final test translations" if final else
                                     "beam size, 1 = greedy") + " (default: 5)")
-    a("--alpha", type=NONNEG_FLOAT, help="GNMT length penalty ((5+len)/6)^alpha (default: 0.6)")
-    a("--max-ratio", type=NONNEG_FLOAT, help="longest translation: ratio x source length "
-      "+ --max-extra (default: 2.0)")
-    a("--max-extra", type=NONNEG_INT, help="default: 10")
+    a("--alpha", type=PENALTY, help="GNMT length penalty ((5+len)/6)^alpha (default: 0.6)")
+    a("--max-ratio", type=number(float, lo=0, hi=100), help="longest translation: ratio x "
+      "source length + --max-extra (default: 2.0)")
+    a("--max-extra", type=number(int, lo=0, hi=10_000), help="default: 10")
 
 
 def from_args(args: argparse.Namespace, out: str) -> TranslateTask:
@@ -242,7 +244,7 @@ def add_translate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", nargs="?", metavar="TEXT", help="a sentence, or '-' for stdin (one "
                    "per line)")
     p.add_argument("--file", help="one sentence per line")
-    p.add_argument("--n-best", type=POS_INT, default=1, help="print the N best translations "
+    p.add_argument("--n-best", type=BEAM, default=1, help="print the N best translations "
                    "(tab-separated)")
     p.add_argument("--block-ngram", type=NONNEG_INT, default=0, help="forbid repeating an "
                    "n-gram of this size (0 = off)")
