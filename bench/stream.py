@@ -45,8 +45,8 @@ TEXT = ("hello this is your bank calling about the account we noticed a suspicio
 STEPPER = api.run_chunk
 
 
-def today_run_chunk(rnn, x, state, lengths=None):
-    """``run_chunk`` as it was before streaming ran on the stepper."""
+def today_run_chunk(rnn, x, state, lengths=None, verify=True):
+    """``run_chunk`` as it was before streaming ran on the stepper (``verify`` ignored)."""
     return rnn(x, state) if lengths is None else rnn(x, state, lengths=lengths)
 
 
