@@ -131,14 +131,22 @@ class Recurrent(nn.Module):
             rec.add(self, records, name, lengths)
         return out, (new_state[0] if len(new_state) == 1 else new_state)
 
-    def stepper(self, batch: int = 1) -> Stepper:
+    STEPPERS = 4  # steppers kept per layer (one per batch size, the most recently used)
+
+    def stepper(self, batch: int = 1, verify: bool = False) -> Stepper:
         """A :class:`rnnkit.kernels.step.Stepper` for ``batch`` rows: one time step per call,
-        ``(B, I)`` -> ``(B, H)``, inference only; built once and rebuilt when the weights
-        change (generation, streaming)."""
-        st = self.__dict__.get("_stepper")
-        if st is None or st.B != batch or not st.fresh():
+        ``(B, I)`` -> ``(B, H)``, or a chunk (:meth:`~rnnkit.kernels.step.Stepper.run`),
+        inference only; built once and rebuilt when the weights change (generation,
+        streaming). ``verify``: also compare the weights' bytes (``Stepper.fresh(deep=True)``,
+        one pass over them), which catches writes no version counter sees. At most
+        :data:`STEPPERS` batch sizes are kept, whatever the number of calls or sessions."""
+        cache = self.__dict__.setdefault("_steppers", {})
+        st = cache.pop(batch, None)
+        if st is None or not st.fresh(deep=verify):
             st = Stepper(self.describe_stack(), batch)
-            self.__dict__["_stepper"] = st
+        cache[batch] = st  # most recently used last
+        while len(cache) > self.STEPPERS:
+            del cache[next(iter(cache))]
         return st
 
     def _check_input(self, x: Tensor) -> Tensor:

@@ -16,15 +16,47 @@ prepares everything once, while the weights stay unchanged:
   (:class:`gemm.Fixed`), their biases folded into the products, and the cell's own equations
   (``cell.combine``, or ``cell.step`` for cells whose reset gate acts before the recurrent
   product).
+
+:meth:`Stepper.run` runs a whole chunk ``(B, T, I)`` (streaming) on the same prepared weights:
+per layer the input projection of all ``T`` steps as one product, then the recurrence as one C
+call (``*_seq_forward``, the fast path's own forward, here with weights packed once instead of
+on every call) or, without the C library, one product and the cell's equations per step.
+Families with no recurrent weight to prepare (minGRU, minLSTM) or with their own normalised
+kernel (LayerNormLSTM) run the chunk on the layer's whole-sequence kernel.
+
+Freshness (whether the prepared weights are still the layer's): :meth:`Stepper.fresh` compares
+each parameter's address and version counter, and the count of optimizer steps taken in this
+process (a global ``torch.optim`` step hook: fused and foreach optimizers write the weights
+without bumping their version counters); ``fresh(deep=True)`` also compares the weights' bytes
+with a snapshot taken at build, which catches writes no counter sees (``p.data.mul_(2)``, a
+numpy view). Streaming checks deeply once per chunk (one pass over the weights, amortised over
+the chunk's steps); the per-token callers (generation) check cheaply per step.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import dataclasses
+
 import torch
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from rnnkit.kernels import bindings, gemm, native
+from rnnkit.kernels.plan import Plan
 from rnnkit.kernels.stack import Stack
+
+CHUNK_MODES = ("lstm", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu")  # run() prepares these
+
+_OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any optimizer, fused included)
+
+
+def _count_step(*_: object) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 
 class Stepper:
@@ -51,6 +83,10 @@ class Stepper:
         p = next(iter(layer.parameters()))
         self.device, self.dtype = p.device, p.dtype
         self.version = _weights_version(layer)
+        self.steps = _OPTIMIZER_STEPS[0]
+        self.snapshot = [t.detach().clone(memory_format=torch.contiguous_format)
+                         for t in layer.parameters()]
+        self._chunk: list | None = None  # the chunk path's weights, prepared at its first use
         self.split = [hasattr(c, "combine") and getattr(c, "reset_after", True)
                       for c in layer.cells]
         self.native = (layer.mode == "lstm" and all(self.split)
@@ -72,9 +108,19 @@ class Stepper:
                                       gemm.Fixed(cell.weight_hh.detach().t(), batch)))
                     self.biases.append((cell.bias_ih, cell.bias_hh))
 
-    def fresh(self) -> bool:
-        """Whether the layer's weights are still those the stepper was built from."""
-        return _weights_version(self.stack) == self.version
+    def fresh(self, deep: bool = False) -> bool:
+        """Whether the layer's weights are still those the stepper was built from: same
+        tensors, same version counters, no optimizer step since (any optimizer in this
+        process; when its weights turn out unchanged, the stepper stays); ``deep``: also the
+        same bytes (writes that bump no counter, e.g. through ``.data``)."""
+        if _weights_version(self.stack) != self.version:
+            return False
+        if self.steps != _OPTIMIZER_STEPS[0] or deep:
+            if not all(_same(a, b) for a, b in zip(self.stack.parameters(), self.snapshot,
+                                                   strict=True)):
+                return False
+            self.steps = _OPTIMIZER_STEPS[0]
+        return True
 
     @torch.no_grad()
     def __call__(self, x: Tensor, state: Tensor | tuple[Tensor, ...] | None = None
@@ -115,5 +161,148 @@ class Stepper:
         return inp, (new[0] if self.n_state == 1 else new)
 
 
+    # -- a whole chunk -----------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, x: Tensor, state: Tensor | tuple[Tensor, ...] | None = None,
+            lengths: Tensor | None = None) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
+        """A chunk of ``T`` steps for any number of rows: ``x`` ``(b, T, I)``, ``state`` as
+        for :meth:`__call__` but ``(L, b, H)`` each, ``lengths`` ``(b,)`` in ``[1, T]`` or
+        None -> the last layer's outputs ``(b, T, H)`` (zero past each length) and each row's
+        state at its own last step. Equal to the layer's forward to float rounding."""
+        I = self.stack.input_size
+        if x.dim() != 3 or x.shape[2] != I or x.shape[1] == 0 or x.shape[0] == 0:
+            raise ValueError(f"Stepper.run expects x of shape (b, T, {I}) with b, T >= 1, got "
+                             f"{tuple(x.shape)}")
+        b, T, _ = x.shape
+        old = self._state(state, b, x)
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths).to(torch.int64)
+            if tuple(lengths.shape) != (b,) or bool(((lengths < 1) | (lengths > T)).any()):
+                raise ValueError(f"Stepper.run expects lengths of shape ({b},) in [1, {T}], "
+                                 f"got {lengths.tolist()}")
+        if self.stack.mode not in CHUNK_MODES:  # nothing recurrent to prepare: the layer's own
+            from rnnkit import kernels  # (kernels imports this module)
+            out, new, _, _ = kernels.run(dataclasses.replace(self.stack, training=False),
+                                         x.to(self.dtype), old, lengths, False)
+            return out, (new[0] if self.n_state == 1 else new)
+        if self._chunk is None:
+            self._chunk = [self._prepare(cell, split) for cell, split in
+                           zip(self.stack.cells, self.split, strict=True)]
+        plan = Plan.make(lengths, b, T, x.device)
+        X = plan.pack(x.to(self.dtype))
+        old = tuple(plan.sort(s) for s in old)
+        finals: list[list[Tensor]] = [[] for _ in old]
+        steps = plan.steps() if self._chunk[0]["c"] else None
+        for k, cell in enumerate(self.stack.cells):
+            X, fin = self._layer(k, cell, X, tuple(s[k] for s in old), plan, steps)
+            for f, v in zip(finals, fin, strict=True):
+                f.append(v)
+        new = tuple(plan.unsort(torch.stack(f)) for f in finals)
+        return plan.unpack(X), (new[0] if self.n_state == 1 else new)
+
+    def _state(self, state: Tensor | tuple[Tensor, ...] | None, b: int, x: Tensor
+               ) -> tuple[Tensor, ...]:
+        want = (self.L, b, self.H)
+        if state is None:
+            return tuple(x.new_zeros(want, dtype=self.dtype) for _ in range(self.n_state))
+        old = (state,) if isinstance(state, Tensor) else tuple(state)
+        if len(old) != self.n_state or any(tuple(s.shape) != want for s in old):
+            names = " and ".join(self.stack.state_names)
+            raise ValueError(f"Stepper.run expects the state as {names}, each of shape {want}, "
+                             f"got {[tuple(s.shape) for s in old]}")
+        return tuple(s.to(self.dtype) for s in old)
+
+    def _prepare(self, cell, split: bool) -> dict:
+        """One layer's weights for the chunk path: the input projection ``ih`` (its weight
+        reordered once) with its bias ``b_ih``, and the recurrent weights packed once for the
+        C recurrence (``c``) or reordered for the per-step products (``hh``, ``b_hh``)."""
+        H, mode = self.H, self.stack.mode
+        use_c = native.usable(*cell.parameters())
+        w_ih, w_hh = cell.weight_ih.detach(), cell.weight_hh.detach()
+        d: dict = {"c": use_c, "ih": gemm.Fixed(w_ih.t(), self.B)}
+        if mode == "gru_reset_before":
+            d["b_ih"] = cell.bias_rzn
+            if use_c:
+                d["wrz"], d["wn"] = native.pack(w_hh[:2 * H].t()), native.pack(w_hh[2 * H:].t())
+            return d
+        if mode.startswith("rnn") and use_c:  # both biases in the projection
+            d["b_ih"] = None if cell.bias_ih is None else (cell.bias_ih + cell.bias_hh).detach()
+        else:
+            d["b_ih"] = cell.bias_ih
+        if not use_c:
+            d["hh"], d["b_hh"] = gemm.Fixed(w_hh.t(), self.B), cell.bias_hh
+        elif mode == "lstm":
+            d["wx"], d["wh"] = native.pack(w_ih.t()), native.pack(w_hh.t())
+            d["bias"] = (w_ih.new_zeros(4 * H) if cell.bias_ih is None
+                         else (cell.bias_ih + cell.bias_hh).detach().contiguous())
+        else:
+            d["wh"] = native.pack(w_hh.t())
+            if mode == "gru":
+                d["b_hh"] = (w_hh.new_zeros(3 * H) if cell.bias_hh is None
+                             else cell.bias_hh.detach().contiguous())
+        return d
+
+    def _layer(self, k: int, cell, X: Tensor, st: tuple[Tensor, ...], plan: Plan,
+               steps: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Layer ``k`` over packed rows ``X`` ``(N, I_k)`` from the sorted state ``st``
+        (each ``(B, H)``): packed outputs ``(N, H)`` and the final state. ``steps``: the
+        plan's sizes and offsets for the C recurrence."""
+        d, mode, H, B, N, T = self._chunk[k], self.stack.mode, self.H, plan.B, plan.N, plan.T
+        if d["c"]:
+            sizes, offs = steps
+            HH = X.new_empty(B + N, H)
+            HH[:B] = st[0]
+            if mode == "lstm":
+                CC = X.new_empty(B + N, H)
+                CC[:B] = st[1]
+                X = X.contiguous()
+                bindings.lstm_seq_forward(X, d["wx"], d["bias"], d["wh"], HH, CC,
+                                          X.new_empty(N, 4 * H), X.new_empty(N, H), sizes,
+                                          offs, T, B, H, X.shape[1])
+                return HH[B:], (plan.final(HH), plan.final(CC))
+            xp = d["ih"].product(X, d["b_ih"])
+            if mode == "gru":
+                bindings.gru_seq_forward(xp, d["wh"], d["b_hh"], HH, X.new_empty(N, 3 * H),
+                                         X.new_empty(N, 3 * H), sizes, offs, T, B, H)
+            elif mode == "gru_reset_before":
+                bindings.gru_cho_seq_forward(xp, d["wrz"], d["wn"], HH, X.new_empty(N, 3 * H),
+                                             X.new_empty(N, H), sizes, offs, T, B, H)
+            else:
+                bindings.rnn_seq_forward(xp, d["wh"], HH, X.new_empty(N, H), sizes, offs, T,
+                                         B, H, mode == "rnn_relu")
+            return HH[B:], (plan.final(HH),)
+        # no C library: per step, the recurrent product on the reordered weight and the cell
+        run = tuple(s.clone() for s in st)  # each row's latest state (rows sorted by length)
+        Y = X.new_empty(N, H)
+        xi = d["ih"].product(X, d["b_ih"]) if self.split[k] else None
+        for b, s in zip(plan.sizes, plan.offs, strict=True):
+            cur = tuple(r[:b] for r in run)
+            if self.split[k]:
+                out, _ = cell.combine(xi[s:s + b], d["hh"].product(cur[0], d["b_hh"]), cur)
+            else:
+                out, _ = cell.step(X[s:s + b], cur)
+            for r, v in zip(run, out, strict=True):
+                r[:b] = v
+            Y[s:s + b] = out[0]
+        return Y, run
+
+
 def _weights_version(layer: Stack) -> tuple:
     return bindings.versions(layer.parameters())
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+_libc.memcmp.restype = ctypes.c_int
+_libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` holds exactly the bytes of ``b`` (same shape and dtype; NaN equals
+    itself): memcmp on CPU (several times faster than torch.equal), else torch.equal on
+    integer views."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.device.type == "cpu" and a.is_contiguous():
+        return _libc.memcmp(a.data_ptr(), b.data_ptr(), a.numel() * a.element_size()) == 0
+    return torch.equal(a.detach().contiguous().view(torch.uint8).cpu(),
+                       b.contiguous().view(torch.uint8).cpu())

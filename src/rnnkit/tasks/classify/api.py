@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from rnnkit import checkpoint as ckpt
 from rnnkit.data import Tokenizer, tokenizer_from_json
+from rnnkit.layers import Recurrent
 from rnnkit.tasks.classify.data import stable_prefix, truncate
 from rnnkit.tasks.classify.metrics import classification_metrics, decide
 from rnnkit.tasks.classify.model import Classifier, State
@@ -32,11 +33,18 @@ from rnnkit.tasks.classify.task import predict_proba_ids
 from rnnkit.tasks.common import run_config
 
 
-def run_chunk(rnn: nn.Module, x: Tensor, state: State) -> tuple[Tensor, State]:
-    """One chunk of a stream through the recurrent stack: ``x`` ``(1, t, E)``, ``state`` as the
-    layer returns it (or None) → ``(out (1, t, H), new state)``. The one place a stateful
-    stepping kernel plugs in."""
-    return rnn(x, state)
+def run_chunk(rnn: nn.Module, x: Tensor, state: State, lengths: Tensor | None = None,
+              verify: bool = True) -> tuple[Tensor, State]:
+    """One chunk of a stream through the recurrent stack: ``x`` ``(B, t, E)``, ``state`` as
+    the layer returns it (or None), ``lengths`` ``(B,)`` or None → ``(out (B, t, H), new
+    state)``. Runs on the layer's stepper (weights prepared once; with ``verify``, checked
+    byte for byte against them first: :meth:`rnnkit.layers.Recurrent.stepper`) for an rnnkit
+    layer in eval mode without autograd and without recorders; otherwise the layer itself.
+    ``verify=False`` only right after a verified call (the held-back tail of the same chunk)."""
+    if (isinstance(rnn, Recurrent) and not rnn.training and not rnn.bidirectional
+            and not rnn._recorders and not torch.is_grad_enabled()):
+        return rnn.stepper(1, verify=verify).run(x, state, lengths)
+    return rnn(x, state) if lengths is None else rnn(x, state, lengths=lengths)
 
 
 class TextClassifier:
@@ -90,12 +98,12 @@ class StreamSession:
         self.held = ""  # trailing text whose tokens may still change
 
     @torch.no_grad()
-    def _advance(self, ids: list[int], state: State, pool: dict[str, Tensor]
-                 ) -> tuple[State, dict[str, Tensor]]:
+    def _advance(self, ids: list[int], state: State, pool: dict[str, Tensor],
+                 verify: bool = True) -> tuple[State, dict[str, Tensor]]:
         if not ids:
             return state, pool
         m = self.clf.model
-        out, state = run_chunk(m.rnn, m.embed(torch.tensor([ids])), state)
+        out, state = run_chunk(m.rnn, m.embed(torch.tensor([ids])), state, verify=verify)
         return state, m.pool_update(pool, out)
 
     @torch.no_grad()
@@ -107,11 +115,13 @@ class StreamSession:
     def feed(self, chunk: str) -> dict[str, float]:
         text = self.held + chunk
         k = stable_prefix(self.clf.tok, text)
-        self.state, self.pool = self._advance(self.clf.tok.encode(text[:k]), self.state,
-                                              self.pool)
+        ids = self.clf.tok.encode(text[:k])
+        self.state, self.pool = self._advance(ids, self.state, self.pool)
         self.held = text[k:]
-        # score the held-back tail provisionally, without committing it
-        return self._probs(*self._advance(self.clf.tok.encode(self.held), self.state, self.pool))
+        # score the held-back tail provisionally, without committing it (the weights were
+        # just verified when the committed part ran)
+        return self._probs(*self._advance(self.clf.tok.encode(self.held), self.state, self.pool,
+                                          verify=not ids))
 
     @staticmethod
     @torch.no_grad()
@@ -141,7 +151,8 @@ class StreamSession:
         states, pools = _advance_many(clf.model, commit, states, pools)
         for i, s in enumerate(sessions):
             s.state, s.pool = _row(states, i), pools[i]
-        states, pools = _advance_many(clf.model, held, states, pools)  # provisional
+        states, pools = _advance_many(clf.model, held, states, pools,  # provisional
+                                      verify=not any(commit))
         m = clf.model
         v = torch.cat([m.pool_read(pools[i], _row(states, i)) for i in range(len(sessions))])
         p = torch.softmax(m.head(v).double(), -1).tolist()
@@ -168,7 +179,7 @@ def _row(states: tuple[Tensor, ...], i: int) -> State:
 
 
 def _advance_many(m: Classifier, ids: list[list[int]], states: tuple[Tensor, ...],
-                  pools: list[dict[str, Tensor]]
+                  pools: list[dict[str, Tensor]], verify: bool = True
                   ) -> tuple[tuple[Tensor, ...], list[dict[str, Tensor]]]:
     """Step rows ``ids`` (ragged) from ``states`` ``(L, B, H)``; rows with no ids keep
     theirs."""
@@ -179,7 +190,7 @@ def _advance_many(m: Classifier, ids: list[list[int]], states: tuple[Tensor, ...
     for i, x in enumerate(ids):
         pad[i, :len(x)] = torch.tensor(x, dtype=torch.long)
     st = states[0] if len(states) == 1 else states
-    out, new = m.rnn(m.embed(pad), st, lengths=n.clamp(min=1))
+    out, new = run_chunk(m.rnn, m.embed(pad), st, n.clamp(min=1), verify)
     new = (new,) if isinstance(new, Tensor) else tuple(new)
     keep = (n == 0).view(1, -1, 1)
     new = tuple(torch.where(keep, old, t) for old, t in zip(states, new, strict=True))
