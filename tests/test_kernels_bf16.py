@@ -30,15 +30,17 @@ def outputs_and_grads(layer, x, lengths, g, state):
     ``sum(out * g) + sum(h) + sum(c)`` (the run under bf16 autocast unless float64)."""
     xx = x.clone().requires_grad_(True)
     st = tuple(s.clone().requires_grad_(True) for s in state)
+    arg = st if len(st) == 2 else st[0]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=x.dtype != torch.float64):
-        if isinstance(layer, nn.LSTM):
-            out, (h, c) = layer(xx, st)
+        if isinstance(layer, nn.RNNBase):
+            out, fin = layer(xx, arg)
         else:
-            out, (h, c) = layer(xx, st, lengths=lengths)
-    loss = (out.to(g.dtype) * g).sum() + h.to(g.dtype).sum() + c.to(g.dtype).sum()
+            out, fin = layer(xx, arg, lengths=lengths)
+    fin = fin if isinstance(fin, tuple) else (fin,)
+    loss = (out.to(g.dtype) * g).sum() + sum(f.to(g.dtype).sum() for f in fin)
     params = [p for p in layer.parameters()]
     grads = torch.autograd.grad(loss, [xx, *st, *params])
-    return [out, h, c, *grads]
+    return [out, *fin, *grads]
 
 
 CASES = [  # (I, H, layers, bidirectional, lengths)
@@ -48,18 +50,23 @@ CASES = [  # (I, H, layers, bidirectional, lengths)
 ]
 
 
+FAMILIES = {"lstm": (rnnkit.LSTM, {}, 2), "rnn_tanh": (rnnkit.RNN, {}, 1)}
+
+
 @needs_bf16
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("I,H,layers,bidir,lengths", CASES)
-def test_bf16_error_no_larger_than_torch_nn(I, H, layers, bidir, lengths):
-    """rnnkit's bf16 kernel and torch.nn.LSTM (oneDNN, under the same bf16 autocast), each
-    against the float64 reference: rnnkit's relative error is no larger in the output, the final
-    state and the gradient of the input, the initial state and every weight."""
+def test_bf16_error_no_larger_than_torch_nn(family, I, H, layers, bidir, lengths):
+    """rnnkit's bf16 kernel and torch.nn's (oneDNN, under the same bf16 autocast), each against
+    the float64 reference: rnnkit's relative error is no larger in the output, the final state
+    and the gradient of the input, the initial state and every weight."""
     torch.manual_seed(0)
     B, T = 6, 11
-    ours = rnnkit.LSTM(I, H, num_layers=layers, bidirectional=bidir)
+    cls, kw, n_state = FAMILIES[family]
+    ours = cls(I, H, num_layers=layers, bidirectional=bidir, **kw)
     D = 2 if bidir else 1
     x = torch.randn(B, T, I)
-    state = (0.5 * torch.randn(layers * D, B, H), 0.5 * torch.randn(layers * D, B, H))
+    state = tuple(0.5 * torch.randn(layers * D, B, H) for _ in range(n_state))
     g = torch.randn(B, T, D * H, dtype=torch.float64)
     lens = None if lengths is None else torch.tensor(lengths)
     if lens is None:
@@ -68,13 +75,13 @@ def test_bf16_error_no_larger_than_torch_nn(I, H, layers, bidir, lengths):
         ref = ours.to_torch().double()
         ref.batch_first = True
     else:  # torch.nn's packed kernel: rnnkit's fused kernel calls it
-        peer = rnnkit.LSTM.from_torch(ours.to_torch(), kernel="fused")
-        ref = rnnkit.LSTM.from_torch(ours.to_torch(), kernel="reference").double()
+        peer = cls.from_torch(ours.to_torch(), kernel="fused")
+        ref = cls.from_torch(ours.to_torch(), kernel="reference").double()
     got = outputs_and_grads(ours, x, lens, g.float(), state)
     assert ours.last_kernel.runs == "fast:bf16"
     theirs = outputs_and_grads(peer, x, lens, g.float(), state)
     want = outputs_and_grads(ref, x.double(), lens, g, tuple(s.double() for s in state))
-    names = ["out", "h", "c", "dx", "dh0", "dc0",
+    names = ["out", *["h", "c"][:n_state], "dx", *["dh0", "dc0"][:n_state],
              *[n for n, _ in ours.named_parameters()]]
     for name, a, b, w in zip(names, got, theirs, want, strict=True):
         ea, eb = rel(a, w), rel(b, w)
@@ -113,6 +120,28 @@ def test_bf16_kernel_rounds_as_promised(I, H):
         want = emulated_lstm(x, cell.weight_ih, cell.weight_hh, cell.bias_ih + cell.bias_hh,
                              z, z)
     assert (out - want).abs().max() < 2e-3
+
+
+@needs_bf16
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_bf16_rnn_rounds_as_promised(nonlinearity):
+    """The Elman RNN's bf16 kernel, odd sizes: equal to the emulation of its rounding."""
+    torch.manual_seed(5)
+    I, H = 7, 19
+    rnn = rnnkit.RNN(I, H, nonlinearity=nonlinearity)
+    x = torch.randn(5, 9, I)
+    with torch.no_grad(), autocast():
+        out, _ = rnn(x)
+    assert rnn.last_kernel.runs == "fast:bf16"
+    cell, r = rnn.cells[0], (lambda t: t.bfloat16().float())
+    act = torch.relu if nonlinearity == "relu" else torch.tanh
+    h, want = torch.zeros(5, H), []
+    with torch.no_grad():
+        for t in range(9):
+            h = act(r(x[:, t]) @ r(cell.weight_ih).t() + r(h) @ r(cell.weight_hh).t()
+                    + cell.bias_ih + cell.bias_hh)
+            want.append(h)
+    assert (out - torch.stack(want, 1)).abs().max() < 2e-3
 
 
 @needs_bf16

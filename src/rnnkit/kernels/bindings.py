@@ -47,6 +47,8 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "rnnkit_bf16_supported": ([], _I),
     "lstm_seq_forward_bf16": ([_P] * 11 + [_L] * 4, _I),
     "lstm_seq_backward_bf16": ([_P] * 10 + [_L, _P, _P, _L, _L, _L, _L], _I),
+    "rnn_seq_forward_bf16": ([_P] * 9 + [_L] * 4 + [_I], _I),
+    "rnn_seq_backward_bf16": ([_P] * 7 + [_L, _P, _P, _L, _L, _L, _L, _I], _I),
 }
 
 
@@ -332,6 +334,40 @@ def rnn_seq_backward(HH: Tensor, dY: Tensor, w: Tensor, run: Tensor, dA: Tensor,
         _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "dY", dY, (N, H)), _ptr(f, "w", w, panels(H, H)),
         _ptr(f, "run", run, (B, H)), _ptr(f, "dA", dA, (N, H)), _ptr(f, "DAT", DAT, (H, N)),
         ps, po, T, B, H, int(relu)), "RNN backward", B, H)
+
+
+def rnn_seq_forward_bf16(X: Tensor, wx: Tensor, bias: Tensor, wh: Tensor, HH: Tensor,
+                         HB: Tensor, A: Tensor, sizes: Tensor, offs: Tensor, T: int, B: int,
+                         H: int, I: int, relu: bool) -> None:
+    """Elman RNN in bfloat16 (``csrc/bf16.c``): ``X`` ``(N, even(I))`` bfloat16, ``wx``
+    ``panels_bf16(I, H)``, ``wh`` ``panels_bf16(H, H)`` bfloat16, ``bias`` ``(H,)``; writes
+    ``HH`` ``(B + N, H)``, ``HB`` ``(B + N, even(H))`` bfloat16 (after ``h0`` in their first
+    ``B`` rows) and the pre-activations ``A`` ``(N, H)``."""
+    f = "rnn_seq_forward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    _done(_c().rnn_seq_forward_bf16(
+        _ptr(f, "X", X, (N, even(I)), BF16), _ptr(f, "wx", wx, panels_bf16(I, H), BF16),
+        _ptr(f, "bias", bias, (H,)), _ptr(f, "wh", wh, panels_bf16(H, H), BF16),
+        _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "HB", HB, (B + N, even(H)), BF16),
+        _ptr(f, "A", A, (N, H)), ps, po, T, B, H, I, int(relu)), "bfloat16 RNN forward", B, H)
+
+
+def rnn_seq_backward_bf16(HH: Tensor, dY: Tensor, w: Tensor, run: Tensor, DAT: Tensor,
+                          dX: Tensor | None, db: Tensor, sizes: Tensor, offs: Tensor, T: int,
+                          B: int, H: int, I: int, relu: bool) -> None:
+    """Elman RNN backward in bfloat16: ``w`` ``panels_bf16(H, H + I)`` (``[W_hh | W_ih]``;
+    ``I = 0``: ``W_hh`` alone, ``dX`` None); ``run`` ``(B, H)`` in and out; writes ``DAT``
+    ``(H, N)`` bfloat16, ``dX`` ``(N, I)`` and adds to ``db`` ``(threads, H)``."""
+    f = "rnn_seq_backward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    ndb = db.shape[0] if isinstance(db, Tensor) and db.dim() == 2 else 1
+    _done(_c().rnn_seq_backward_bf16(
+        _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "dY", dY, (N, H)),
+        _ptr(f, "w", w, panels_bf16(H, H + I), BF16), _ptr(f, "run", run, (B, H)),
+        _ptr(f, "DAT", DAT, (H, N), BF16),
+        _ptr(f, "dX", dX, (N, I)) if I else _ptr(f, "dX", dX, (N, 0), optional=True),
+        _ptr(f, "db", db, (ndb, H)), ndb, ps, po, T, B, H, I, int(relu)),
+        "bfloat16 RNN backward", B, H)
 
 
 # -- LayerNormLSTM (csrc/layernorm_lstm.c) -----------------------------------------------------

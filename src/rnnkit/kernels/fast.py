@@ -48,6 +48,8 @@ MODES = tuple(DIRECTIONS)
 # cell family -> its direction on the bfloat16 C kernels (csrc/bf16.c), for bf16 autocast
 BF16_DIRECTIONS = {
     "lstm": lstm.direction_bf16,
+    "rnn_tanh": rnn.direction_bf16,
+    "rnn_relu": partial(rnn.direction_bf16, relu=True),
 }
 _NOTICED: set[str] = set()  # the one-line notices already printed in this process
 

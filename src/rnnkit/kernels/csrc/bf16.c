@@ -246,3 +246,109 @@ int lstm_seq_backward_bf16(const float *G, const float *CC, const float *TC, con
     return 2;
 #endif
 }
+
+/* Elman RNN (rnn.c) in bfloat16: per step and row a = bias + x W_ih^T + h_prev W_hh^T (X
+ * (N, I2) bfloat16; wx, wh: W_ih^T, W_hh^T packed by pack_bf16; bias (H) float), h = tanh(a),
+ * or max(a, 0) with relu. HH (B + N, H) float and HB (B + N, H2) bfloat16 hold h0 then every
+ * step's h; writes a to A (N, H), float. Returns 0, 1 (out of memory) or 2 (not built). */
+#ifdef RNNKIT_HAVE_BF16
+BF16_TARGET
+#endif
+int rnn_seq_forward_bf16(const bf16_t *X, const bf16_t *wx, const float *bias,
+                         const bf16_t *wh, float *HH, bf16_t *HB, float *A,
+                         const int64_t *sizes, const int64_t *offs, long T, long B, long H,
+                         long I, int relu) {
+#ifdef RNNKIT_HAVE_BF16
+    long np = (H + PW - 1) / PW, ld = np * PW, I2 = (I + 1) / 2 * 2, H2 = (H + 1) / 2 * 2;
+    int failed = 0;
+    PRAGMA(omp parallel if (B > MR))
+    {
+        Work ws;
+        if (!work_get(&ws, (size_t)(B * ld), B)) {
+            REPORT(failed);
+        } else {
+            float *scr = ws.f;
+            const bf16_t **a = (const bf16_t **)ws.a, **ax = (const bf16_t **)ws.a2;
+            long *rows = ws.rows;
+            for (long t = 0; t < T; t++) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    ax[i] = X + (s + rows[i]) * I2;
+                    a[i] = HB + (p + rows[i]) * H2;
+                    memcpy(scr + i * ld, bias, (size_t)H * sizeof(float));
+                }
+                rows_mm_bf16(ax, n, wx, I2 / 2, np, scr, 0);
+                rows_mm_bf16(a, n, wh, H2 / 2, np, scr, 0);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i];
+                    rnn_fwd_row(scr + i * ld, HH + (q + r) * H, H, relu);
+                    bf16_row(HB + (q + r) * H2, HH + (q + r) * H, H, H2);
+                    put_row(A + (s + r) * H, scr + i * ld, H);
+                }
+            }
+            stores_done();
+            free(ws.f);
+        }
+    }
+    return failed;
+#else
+    (void)X; (void)wx; (void)bias; (void)wh; (void)HH; (void)HB; (void)A; (void)sizes;
+    (void)offs; (void)T; (void)B; (void)H; (void)I; (void)relu;
+    return 2;
+#endif
+}
+
+/* Its backward: per row dA = (run + dy) f'(a) (float), rounded to bfloat16 and multiplied by
+ * w = [W_hh | W_ih] (H, H + I) packed by pack_bf16: [dh_prev | dx]. Writes bfloat16(dA)
+ * transposed to DAT (H, N) bfloat16, dX (N, I) float, adds dA's column sums to db (ndb rows
+ * of H, one per thread). */
+#ifdef RNNKIT_HAVE_BF16
+BF16_TARGET
+#endif
+int rnn_seq_backward_bf16(const float *HH, const float *dY, const bf16_t *w, float *run,
+                          bf16_t *DAT, float *dX, float *db, long ndb, const int64_t *sizes,
+                          const int64_t *offs, long T, long B, long H, long I, int relu) {
+#ifdef RNNKIT_HAVE_BF16
+    long np = (H + I + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
+    long H2 = (H + 1) / 2 * 2;
+    int failed = 0;
+    (void)ndb;  /* read by OpenMP alone: one row of sums per thread */
+    PRAGMA(omp parallel num_threads(ndb) if (B > MR && ndb > 1))
+    {
+        float *my = db + MY_THREAD * H;
+        Work ws;
+        if (!work_get(&ws, (size_t)(B * ld + B * H + B * H2 / 2 + 16), B)) {
+            REPORT(failed);
+        } else {
+            float *scr = ws.f, *dl = scr + B * ld;
+            bf16_t *db16 = (bf16_t *)(dl + B * H);
+            const bf16_t **a = (const bf16_t **)ws.a;
+            long *rows = ws.rows;
+            for (long t = T - 1; t >= 0; t--) {
+                long b = sizes[t], s = offs[t];
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i], o = s + r;
+                    float *d = dl + i * H;
+                    rnn_bwd_row(HH + (B + o) * H, dY + o * H, run + r * H, d, H, relu);
+                    for (long j = 0; j < H; j++) my[j] += d[j];
+                    bf16_row(db16 + i * H2, d, H, H2);
+                    a[i] = db16 + i * H2;
+                }
+                put_t_bf16(DAT, N, s, rows, n, dl, H, H);
+                rows_mm_bf16(a, n, w, H2 / 2, np, scr, 1);
+                put_run(run, rows, n, H, scr, ld, NULL);
+                for (long i = 0; i < n && I; i++)
+                    memcpy(dX + (s + rows[i]) * I, scr + i * ld + H, (size_t)I * sizeof(float));
+            }
+            free(ws.f);
+        }
+    }
+    return failed;
+#else
+    (void)HH; (void)dY; (void)w; (void)run; (void)DAT; (void)dX; (void)db; (void)ndb;
+    (void)sizes; (void)offs; (void)T; (void)B; (void)H; (void)I; (void)relu;
+    return 2;
+#endif
+}
