@@ -50,7 +50,8 @@ CASES = [  # (I, H, layers, bidirectional, lengths)
 ]
 
 
-FAMILIES = {"lstm": (rnnkit.LSTM, {}, 2), "rnn_tanh": (rnnkit.RNN, {}, 1)}
+FAMILIES = {"lstm": (rnnkit.LSTM, {}, 2), "gru": (rnnkit.GRU, {}, 1),
+            "rnn_tanh": (rnnkit.RNN, {}, 1)}
 
 
 @needs_bf16

@@ -49,6 +49,8 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "lstm_seq_backward_bf16": ([_P] * 10 + [_L, _P, _P, _L, _L, _L, _L], _I),
     "rnn_seq_forward_bf16": ([_P] * 9 + [_L] * 4 + [_I], _I),
     "rnn_seq_backward_bf16": ([_P] * 7 + [_L, _P, _P, _L, _L, _L, _L, _I], _I),
+    "gru_seq_forward_bf16": ([_P] * 11 + [_L] * 4, _I),
+    "gru_seq_backward_bf16": ([_P] * 11 + [_L, _P, _P, _L, _L, _L, _L], _I),
 }
 
 
@@ -309,6 +311,46 @@ def gru_cho_seq_backward(G: Tensor, HH: Tensor, dY: Tensor, wrz: Tensor, wn: Ten
         _ptr(f, "wrz", wrz, panels(2 * H, H)), _ptr(f, "wn", wn, panels(H, H)),
         _ptr(f, "run", run, (B, H)), _ptr(f, "dA", dA, (N, 3 * H)),
         _ptr(f, "DAT", DAT, (3 * H, N)), ps, po, T, B, H), "GRU (reset before) backward", B, H)
+
+
+def gru_seq_forward_bf16(X: Tensor, wx: Tensor, bi: Tensor, wh: Tensor, bh: Tensor,
+                         HH: Tensor, HB: Tensor, G: Tensor, R: Tensor, sizes: Tensor,
+                         offs: Tensor, T: int, B: int, H: int, I: int) -> None:
+    """GRU (reset after) in bfloat16 (``csrc/bf16.c``), input projection included: ``X``
+    ``(N, even(I))`` bfloat16, ``wx`` ``panels_bf16(I, 3H)``, ``wh`` ``panels_bf16(H, 3H)``
+    bfloat16, ``bi``, ``bh`` ``(3H,)``; writes ``HH`` ``(B + N, H)``, ``HB``
+    ``(B + N, even(H))`` bfloat16 (after ``h0``), ``G`` and ``R`` ``(N, 3H)``."""
+    f = "gru_seq_forward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    _done(_c().gru_seq_forward_bf16(
+        _ptr(f, "X", X, (N, even(I)), BF16), _ptr(f, "wx", wx, panels_bf16(I, 3 * H), BF16),
+        _ptr(f, "bi", bi, (3 * H,)), _ptr(f, "wh", wh, panels_bf16(H, 3 * H), BF16),
+        _ptr(f, "bh", bh, (3 * H,)), _ptr(f, "HH", HH, (B + N, H)),
+        _ptr(f, "HB", HB, (B + N, even(H)), BF16), _ptr(f, "G", G, (N, 3 * H)),
+        _ptr(f, "R", R, (N, 3 * H)), ps, po, T, B, H, I), "bfloat16 GRU forward", B, H)
+
+
+def gru_seq_backward_bf16(G: Tensor, R: Tensor, HH: Tensor, dY: Tensor, wh: Tensor,
+                          wx: Tensor | None, run: Tensor, DXT: Tensor, DQT: Tensor,
+                          dX: Tensor | None, db: Tensor, sizes: Tensor, offs: Tensor, T: int,
+                          B: int, H: int, I: int) -> None:
+    """GRU (reset after) backward in bfloat16: ``wh`` ``panels_bf16(3H, H)`` (``W_hh``), ``wx``
+    ``panels_bf16(3H, I)`` (``W_ih``; ``I = 0``: None, no ``dX``); ``run`` ``(B, H)`` in and
+    out; writes ``DXT``, ``DQT`` ``(3H, N)`` bfloat16, ``dX`` ``(N, I)`` and adds to ``db``
+    ``(threads, 6H)`` (``b_hh``'s gradient, then ``b_ih``'s)."""
+    f = "gru_seq_backward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    ndb = db.shape[0] if isinstance(db, Tensor) and db.dim() == 2 else 1
+    _done(_c().gru_seq_backward_bf16(
+        _ptr(f, "G", G, (N, 3 * H)), _ptr(f, "R", R, (N, 3 * H)),
+        _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "dY", dY, (N, H)),
+        _ptr(f, "wh", wh, panels_bf16(3 * H, H), BF16),
+        _ptr(f, "wx", wx, panels_bf16(3 * H, I), BF16, optional=not I),
+        _ptr(f, "run", run, (B, H)), _ptr(f, "DXT", DXT, (3 * H, N), BF16),
+        _ptr(f, "DQT", DQT, (3 * H, N), BF16),
+        _ptr(f, "dX", dX, (N, I)) if I else _ptr(f, "dX", dX, (N, 0), optional=True),
+        _ptr(f, "db", db, (ndb, 6 * H)), ndb, ps, po, T, B, H, I),
+        "bfloat16 GRU backward", B, H)
 
 
 # -- RNN (csrc/rnn.c) --------------------------------------------------------------------------

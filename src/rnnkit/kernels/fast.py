@@ -50,6 +50,7 @@ BF16_DIRECTIONS = {
     "lstm": lstm.direction_bf16,
     "rnn_tanh": rnn.direction_bf16,
     "rnn_relu": partial(rnn.direction_bf16, relu=True),
+    "gru": gru.reset_after_direction_bf16,
 }
 _NOTICED: set[str] = set()  # the one-line notices already printed in this process
 

@@ -352,3 +352,125 @@ int rnn_seq_backward_bf16(const float *HH, const float *dY, const bf16_t *w, flo
     return 2;
 #endif
 }
+
+/* GRU, reset after the product (gru.c's gru_seq_forward), in bfloat16, its input projection
+ * included: per step and row xp = b_ih + x W_ih^T and q = b_hh + h_prev W_hh^T (X (N, I2)
+ * bfloat16; wx, wh: W_ih^T, W_hh^T packed by pack_bf16, each 3H columns; bi, bh (3H) float),
+ * then the cell in float32. HH (B + N, H) float and HB (B + N, H2) bfloat16 hold h0 then every
+ * step's h; writes q to R and the gates r, z, n to G (N, 3H), float. */
+#ifdef RNNKIT_HAVE_BF16
+BF16_TARGET
+#endif
+int gru_seq_forward_bf16(const bf16_t *X, const bf16_t *wx, const float *bi, const bf16_t *wh,
+                         const float *bh, float *HH, bf16_t *HB, float *G, float *R,
+                         const int64_t *sizes, const int64_t *offs, long T, long B, long H,
+                         long I) {
+#ifdef RNNKIT_HAVE_BF16
+    long N3 = 3 * H, np = (N3 + PW - 1) / PW, ld = np * PW, I2 = (I + 1) / 2 * 2;
+    long H2 = (H + 1) / 2 * 2;
+    int failed = 0;
+    PRAGMA(omp parallel if (B > MR))
+    {
+        Work ws;
+        if (!work_get(&ws, (size_t)(2 * B * ld + N3), B)) {
+            REPORT(failed);
+        } else {
+            float *sx = ws.f, *sq = sx + B * ld, *gt = sq + B * ld;  /* xp, q rows; gates */
+            const bf16_t **a = (const bf16_t **)ws.a, **ax = (const bf16_t **)ws.a2;
+            long *rows = ws.rows;
+            for (long t = 0; t < T; t++) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    ax[i] = X + (s + rows[i]) * I2;
+                    a[i] = HB + (p + rows[i]) * H2;
+                    memcpy(sx + i * ld, bi, (size_t)N3 * sizeof(float));
+                    memcpy(sq + i * ld, bh, (size_t)N3 * sizeof(float));
+                }
+                rows_mm_bf16(ax, n, wx, I2 / 2, np, sx, 0);
+                rows_mm_bf16(a, n, wh, H2 / 2, np, sq, 0);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i], o = s + r;
+                    const float *qq = sq + i * ld;
+                    gru_fwd_row(sx + i * ld, qq, HH + (p + r) * H, gt, HH + (q + r) * H, H);
+                    bf16_row(HB + (q + r) * H2, HH + (q + r) * H, H, H2);
+                    put_row(G + o * N3, gt, N3);
+                    put_row(R + o * N3, qq, N3);
+                }
+            }
+            stores_done();
+            free(ws.f);
+        }
+    }
+    return failed;
+#else
+    (void)X; (void)wx; (void)bi; (void)wh; (void)bh; (void)HH; (void)HB; (void)G; (void)R;
+    (void)sizes; (void)offs; (void)T; (void)B; (void)H; (void)I;
+    return 2;
+#endif
+}
+
+/* Its backward (gru_seq_backward's math): per row dxp (the input projection's gradient) and
+ * dq (that of q), both 3H float, rounded to bfloat16; run = dq W_hh + dh z (wh = W_hh packed
+ * by pack_bf16: (3H, H)) and dx = dxp W_ih (wx = W_ih packed: (3H, I); I = 0: no dx). Writes
+ * bfloat16 dxp and dq transposed to DXT, DQT (3H, N) (the weight gradients' operands), dX
+ * (N, I) float, and adds dq's column sums (b_hh) then dxp's (b_ih) to db (ndb rows of 6H). */
+#ifdef RNNKIT_HAVE_BF16
+BF16_TARGET
+#endif
+int gru_seq_backward_bf16(const float *G, const float *R, const float *HH, const float *dY,
+                          const bf16_t *wh, const bf16_t *wx, float *run, bf16_t *DXT,
+                          bf16_t *DQT, float *dX, float *db, long ndb, const int64_t *sizes,
+                          const int64_t *offs, long T, long B, long H, long I) {
+#ifdef RNNKIT_HAVE_BF16
+    long N3 = 3 * H, nph = (H + PW - 1) / PW, npx = (I + PW - 1) / PW;
+    long ldh = nph * PW, ldx = npx * PW, N = offs[T - 1] + sizes[T - 1], N3e = (N3 + 1) / 2 * 2;
+    int failed = 0;
+    (void)ndb;  /* read by OpenMP alone: one row of sums per thread */
+    PRAGMA(omp parallel num_threads(ndb) if (B > MR && ndb > 1))
+    {
+        float *my = db + MY_THREAD * 2 * N3;
+        Work ws;
+        /* floats: run's product, dx's product, dq, dxp, dh z; then dq, dxp in bfloat16 */
+        if (!work_get(&ws, (size_t)(B * ldh + B * ldx + 2 * B * N3 + B * H + B * N3e + 16), B)) {
+            REPORT(failed);
+        } else {
+            float *sh = ws.f, *sx = sh + B * ldh, *dq = sx + B * ldx, *dxp = dq + B * N3;
+            float *dhz = dxp + B * N3;
+            bf16_t *dqb = (bf16_t *)(dhz + B * H), *dxb = dqb + B * N3e;  /* rows N3e apart */
+            const bf16_t **a = (const bf16_t **)ws.a, **ax = (const bf16_t **)ws.a2;
+            long *rows = ws.rows;
+            for (long t = T - 1; t >= 0; t--) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
+                long n = my_rows(b, B, rows);
+                for (long i = 0; i < n; i++) {
+                    long r = rows[i], o = s + r;
+                    float *dxr = dxp + i * N3;
+                    gru_bwd_row(G + o * N3, R + o * N3, HH + (p + r) * H, dY + o * H,
+                                run + r * H, dxr, dq + i * N3, my, dhz + i * H, H);
+                    for (long j = 0; j < N3; j++) my[N3 + j] += dxr[j];
+                    bf16_row(dqb + i * N3e, dq + i * N3, N3, N3e);
+                    bf16_row(dxb + i * N3e, dxr, N3, N3e);
+                    a[i] = dqb + i * N3e;
+                    ax[i] = dxb + i * N3e;
+                }
+                put_t_bf16(DQT, N, s, rows, n, dq, N3, N3);
+                put_t_bf16(DXT, N, s, rows, n, dxp, N3, N3);
+                rows_mm_bf16(a, n, wh, N3e / 2, nph, sh, 1);
+                put_run(run, rows, n, H, sh, ldh, dhz);
+                if (I) {
+                    rows_mm_bf16(ax, n, wx, N3e / 2, npx, sx, 1);
+                    for (long i = 0; i < n; i++)
+                        memcpy(dX + (s + rows[i]) * I, sx + i * ldx, (size_t)I * sizeof(float));
+                }
+            }
+            free(ws.f);
+        }
+    }
+    return failed;
+#else
+    (void)G; (void)R; (void)HH; (void)dY; (void)wh; (void)wx; (void)run; (void)DXT; (void)DQT;
+    (void)dX; (void)db; (void)ndb; (void)sizes; (void)offs; (void)T; (void)B; (void)H; (void)I;
+    return 2;
+#endif
+}
