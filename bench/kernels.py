@@ -17,8 +17,9 @@ glibc told to keep freed memory for reuse, as the ``rnnkit`` command does
 * ``fast``: the own fast path vs torch.nn, and vs the textbook eager loop over the cells
   (``kernel="reference"``), forward+backward; also the GRU with its reset gate before the
   product (``reset_after=False``), which ``auto`` runs on the fast path;
-* ``bf16``: LSTM 1x512 and 2x512 training steps under bfloat16 autocast, rnnkit's bfloat16
-  C kernel (AVX512-BF16) vs torch.nn.LSTM under the same autocast, and vs rnnkit's float32;
+* ``bf16``: training steps under bfloat16 autocast (LSTM 1x512 and 2x512, GRU and RNN 1x512),
+  rnnkit's bfloat16 C kernel (AVX512-BF16) vs torch.nn under the same autocast, and vs
+  rnnkit's float32 fast path;
 * ``record``: recording every gate (``rnnkit.record``) vs the same fast path not recording;
 * ``layernorm``: LayerNormLSTM (own fast path) vs torch.nn.LSTM of the same size;
 * ``lengths``: lengths uniform in [T/10, T], rnnkit with ``lengths=`` vs
@@ -436,15 +437,18 @@ def bench_bf16(a: argparse.Namespace, dev: torch.device) -> None:
         print("  skipped: the bfloat16 kernels run on a CPU with AVX512-BF16", flush=True)
         return
     x = torch.randn(a.batch, a.T, a.E, device=dev, requires_grad=True)
-    for L, H in a.bf16_sizes:
-        ref, ours = torch_twin(rnnkit.LSTM, a.E, H, L, dev)
-        f32 = rnnkit.LSTM.from_torch(ref, kernel="fast").to(dev)
-        t = race([autocast_step(ours, x), autocast_step(ref, x), train_step(f32, x)],
-                 max(3, a.reps // 2), dev)
-        name = f"LSTM {L}x{H} fwd+bwd, bf16 autocast"
-        row("bf16", name, t[0], t[1], "torch.nn bf16 autocast", 1.2,
-            note=f"[{ours.last_kernel.runs}]")
-        row("bf16", name, t[0], t[2], "rnnkit float32 fast", None)
+    for cls in (rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN):
+        for L, H in a.bf16_sizes:
+            if cls is not rnnkit.LSTM and (L, H) != a.bf16_sizes[0]:
+                continue
+            ref, ours = torch_twin(cls, a.E, H, L, dev)
+            f32 = cls.from_torch(ref, kernel="fast").to(dev)
+            t = race([autocast_step(ours, x), autocast_step(ref, x), train_step(f32, x)],
+                     max(3, a.reps // 2), dev)
+            name = f"{cls.__name__} {L}x{H} fwd+bwd, bf16 autocast"
+            row("bf16", name, t[0], t[1], "torch.nn bf16 autocast",
+                1.2 if cls is rnnkit.LSTM else None, note=f"[{ours.last_kernel.runs}]")
+            row("bf16", name, t[0], t[2], "rnnkit float32 fast", None)
 
 
 SECTIONS = {"auto": bench_auto, "fast": bench_fast, "bf16": bench_bf16, "record": bench_record,
