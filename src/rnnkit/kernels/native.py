@@ -4,8 +4,9 @@ The C lives in real files under ``csrc/`` (package data): ``common.h`` (OpenMP m
 activations, per-thread workspace, row ranges, the put helpers), ``panel.h`` (the panel
 product), one ``.c`` per cell family (``lstm.c``, ``gru.c``, ``rnn.c``, ``layernorm_lstm.c``,
 ``minrnn.c``), ``bf16.c`` (LSTM, GRU and RNN in bfloat16 on AVX512-BF16, compiled for that ISA
-alone where the compiler knows it: :func:`bf16_capable`, :func:`pack_bf16`) and ``kernels.c``, the one translation unit that includes them: one compile, one
-library. What each entry point computes is written above it in C; it is called only through
+alone where the compiler knows it: :func:`bf16_capable`, :func:`pack_bf16`) and
+``kernels.c``, the one translation unit that includes them: one compile, one library. What
+each entry point computes is written above it in C; it is called only through
 :mod:`rnnkit.kernels.bindings` (typed, checked arguments).
 
 Why whole sequences in C: per time step an LSTM has one small product ``(B, H) @ (H, 4H)`` and
