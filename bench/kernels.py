@@ -17,6 +17,9 @@ glibc told to keep freed memory for reuse, as the ``rnnkit`` command does
 * ``fast``: the own fast path vs torch.nn, and vs the textbook eager loop over the cells
   (``kernel="reference"``), forward+backward; also the GRU with its reset gate before the
   product (``reset_after=False``), which ``auto`` runs on the fast path;
+* ``bf16``: training steps under bfloat16 autocast (LSTM 1x512 and 2x512, GRU and RNN 1x512),
+  rnnkit's bfloat16 C kernel (AVX512-BF16) vs torch.nn under the same autocast, and vs
+  rnnkit's float32 fast path;
 * ``record``: recording every gate (``rnnkit.record``) vs the same fast path not recording;
 * ``layernorm``: LayerNormLSTM (own fast path) vs torch.nn.LSTM of the same size;
 * ``lengths``: lengths uniform in [T/10, T], rnnkit with ``lengths=`` vs
@@ -414,7 +417,41 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"auto": bench_auto, "fast": bench_fast, "record": bench_record,
+def autocast_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """A training step (forward and backward) under bfloat16 autocast, as ``--precision bf16``
+    trains."""
+    def f() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = model(x)[0]
+        out.float().sum().backward()
+    return f
+
+
+def bench_bf16(a: argparse.Namespace, dev: torch.device) -> None:
+    """LSTM training steps under bf16 autocast: rnnkit (``auto``: the bfloat16 C kernel where
+    the CPU has AVX512-BF16) vs torch.nn.LSTM under the same autocast (oneDNN's bf16 kernel),
+    and vs rnnkit's float32 fast path (no autocast)."""
+    from rnnkit.kernels import native
+
+    if dev.type != "cpu" or not native.bf16_capable():
+        print("  skipped: the bfloat16 kernels run on a CPU with AVX512-BF16", flush=True)
+        return
+    x = torch.randn(a.batch, a.T, a.E, device=dev, requires_grad=True)
+    for cls in (rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN):
+        for L, H in a.bf16_sizes:
+            if cls is not rnnkit.LSTM and (L, H) != a.bf16_sizes[0]:
+                continue
+            ref, ours = torch_twin(cls, a.E, H, L, dev)
+            f32 = cls.from_torch(ref, kernel="fast").to(dev)
+            t = race([autocast_step(ours, x), autocast_step(ref, x), train_step(f32, x)],
+                     max(3, a.reps // 2), dev)
+            name = f"{cls.__name__} {L}x{H} fwd+bwd, bf16 autocast"
+            row("bf16", name, t[0], t[1], "torch.nn bf16 autocast",
+                1.2 if cls is rnnkit.LSTM else None, note=f"[{ours.last_kernel.runs}]")
+            row("bf16", name, t[0], t[2], "rnnkit float32 fast", None)
+
+
+SECTIONS = {"auto": bench_auto, "fast": bench_fast, "bf16": bench_bf16, "record": bench_record,
             "layernorm": bench_layernorm, "lengths": bench_lengths, "minrnn": bench_minrnn,
             "sample": bench_sample}
 
@@ -442,11 +479,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     a.batch, a.T, a.E = 32, 100, 64
     a.sizes = [(1, 256), (2, 512)]
+    a.bf16_sizes = [(1, 512), (2, 512)]
     a.min_lengths, a.min_batch = [256, 1024, 4096], 16
     a.sample_size, a.sample_chars, a.mm_size = (2, 512), 300, 2048
     if a.quick:
         a.batch, a.T, a.reps = 4, 20, 3
-        a.sizes = [(1, 32), (2, 48)]
+        a.sizes = a.bf16_sizes = [(1, 32), (2, 48)]
         a.min_lengths, a.min_batch = [64, 256], 4
         a.sample_size, a.sample_chars, a.mm_size = (2, 64), 30, 256
     torch.manual_seed(0)

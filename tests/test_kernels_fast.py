@@ -184,6 +184,30 @@ def test_c_source_compiles_in_every_variant(tmp_path):
     assert native.lib() is not None
 
 
+def test_bf16_code_is_optional_in_the_build(tmp_path):
+    """The bfloat16 kernels (csrc/bf16.c) compile only where the compiler knows AVX512-BF16:
+    built without them (-DRNNKIT_NO_BF16, as with an older compiler), every variant still
+    compiles with -Wall -Wextra -Werror, the library loads, says it has no bfloat16 kernels and
+    their entry points return 2 (not built) instead of running."""
+    import ctypes
+    import os
+    import shutil
+    import subprocess
+
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None or os.environ.get("RNNKIT_NATIVE") == "0":
+        pytest.skip("no C compiler for rnnkit's kernels")
+    for i, flags in enumerate(f for f in native._flag_sets() if "-fopenmp" not in f):
+        out = tmp_path / f"k{i}.so"
+        cmd = native.compile_command(cc, [*flags, "-Wall", "-Wextra", "-Werror",
+                                          "-DRNNKIT_NO_BF16"], out)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, (flags, done.stderr[-3000:])
+        lib = ctypes.CDLL(str(out))
+        assert lib.rnnkit_bf16_supported() == 0
+        assert lib.lstm_seq_forward_bf16(*[None] * 11, *[ctypes.c_long(1)] * 4) == 2
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("family", ["lstm", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu"])

@@ -47,9 +47,9 @@ KERNELS: dict[str, KernelFn] = {
 }
 # The kernels that run one of several implementations: which one, decided once per call and
 # passed to the kernel as ``how`` (fast: "c" or "torch"; scan: "native", "chunked" or "log").
-BACKENDS: dict[str, Callable[[Stack, Tensor], str]] = {
-    "fast": fast.backend,
-    "scan": lambda stack, x: scan.resolve(stack.scan, x),
+BACKENDS: dict[str, Callable[[Stack, Tensor, bool], str]] = {
+    "fast": fast.backend,  # "bf16" under CPU bf16 autocast where the CPU has AVX512-BF16
+    "scan": lambda stack, x, record: scan.resolve(stack.scan, x),
 }
 CHOICES = ("auto", *KERNELS)
 
@@ -160,6 +160,14 @@ def decide(layer: Layer, x: Tensor, lengths: Tensor | None, record: bool) -> Cho
         return Choice("fast", "sequences of different lengths on CPU: the fast path shrinks the "
                               "batch as they end (torch.nn's packed CPU kernel runs outside "
                               "oneDNN, slower)")
+    if can["fast"] and fast.bf16_autocast(x) and layer.mode in fast.BF16_DIRECTIONS:
+        why = fast.bf16_why_not(layer, x, record)
+        if why is None:
+            return Choice("fast", "bf16 autocast on a CPU with AVX512-BF16: rnnkit's bfloat16 "
+                                  "kernel (float32 accumulation and cell state), measured faster "
+                                  "than torch.nn's (python bench/kernels.py --only bf16)")
+        return Choice("fast", f"bf16 autocast without the bfloat16 kernel ({why}): rnnkit's "
+                              "float32 fast path")
     if can["fused"] and can["fast"]:
         m = measured(layer, x)
         if m is not None:
@@ -222,7 +230,7 @@ def run(
     stack = as_stack(layer)
     name = select(stack, x, lengths, record)
     if name in BACKENDS:  # which implementation: decided here, once, for the whole call
-        name = Choice(name, name.why, BACKENDS[name](stack, x))
+        name = Choice(name, name.why, BACKENDS[name](stack, x, record))
         out, new_state, records = KERNELS[name](stack, x, state, lengths, record, name.backend)
     else:
         out, new_state, records = KERNELS[name](stack, x, state, lengths, record)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from rnnkit.kernels import native
 
-F32, I64 = torch.float32, torch.int64
+F32, I64, BF16 = torch.float32, torch.int64, torch.bfloat16
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 
 # name: (argument types, result type); int results: 0, or 1 when a thread could not allocate
@@ -44,6 +44,13 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "lnlstm_seq_backward": ([_P] * 22 + [_L, _P, _P, _L, _L, _L, _L], _I),
     "minrnn_forward": ([_P] * 4 + [_L] * 3 + [_I], None),
     "minrnn_backward": ([_P] * 7 + [_L] * 3 + [_I], None),
+    "rnnkit_bf16_supported": ([], _I),
+    "lstm_seq_forward_bf16": ([_P] * 11 + [_L] * 4, _I),
+    "lstm_seq_backward_bf16": ([_P] * 10 + [_L, _P, _P, _L, _L, _L, _L], _I),
+    "rnn_seq_forward_bf16": ([_P] * 9 + [_L] * 4 + [_I], _I),
+    "rnn_seq_backward_bf16": ([_P] * 7 + [_L, _P, _P, _L, _L, _L, _L, _I], _I),
+    "gru_seq_forward_bf16": ([_P] * 11 + [_L] * 4, _I),
+    "gru_seq_backward_bf16": ([_P] * 11 + [_L, _P, _P, _L, _L, _L, _L], _I),
 }
 
 
@@ -106,6 +113,9 @@ def _rows(fn: str, sizes: Tensor, offs: Tensor, T: int, B: int) -> tuple[int, in
 
 
 def _done(failed: int, what: str, B: int, H: int) -> None:
+    if failed == 2:
+        raise RuntimeError(f"rnnkit's C {what} kernel is not built here (a compiler without "
+                           f"AVX512-BF16): check native.bf16_capable() first")
     if failed:
         raise MemoryError(f"rnnkit's C {what} kernel could not allocate its per-thread buffers "
                           f"(B={B}, H={H}); try a smaller batch")
@@ -157,6 +167,53 @@ def lstm_seq_backward(G: Tensor, CC: Tensor, TC: Tensor, dY: Tensor, w: Tensor, 
         _ptr(f, "dAT", dAT, (4 * H, N)),
         _ptr(f, "dX", dX, (N, I)) if I else _ptr(f, "dX", dX, (N, 0), optional=True),
         _ptr(f, "db", db, (ndb, 4 * H)), ndb, ps, po, T, B, H, I), "LSTM backward", B, H)
+
+
+def panels_bf16(K: int, M: int) -> tuple[int, int, int]:
+    """Shape of a ``(K, M)`` matrix packed by :func:`rnnkit.kernels.native.pack_bf16`."""
+    return (-(-M // native.PW), -(-K // 2), 2 * native.PW)
+
+
+def even(n: int) -> int:
+    """``n`` rounded up to even: the width of a bfloat16 row the C kernels read in pairs."""
+    return n + (n & 1)
+
+
+def lstm_seq_forward_bf16(X: Tensor, wx: Tensor, bias: Tensor, wh: Tensor, HH: Tensor,
+                          HB: Tensor, CC: Tensor, G: Tensor, TC: Tensor, sizes: Tensor,
+                          offs: Tensor, T: int, B: int, H: int, I: int) -> None:
+    """LSTM forward in bfloat16 (``csrc/bf16.c``): ``X`` ``(N, even(I))`` bfloat16; ``wx``
+    ``panels_bf16(I, 4H)``, ``wh`` ``panels_bf16(H, 4H)`` bfloat16; ``bias`` ``(4H,)``;
+    writes ``HH``, ``CC`` ``(B + N, H)`` and ``HB`` ``(B + N, even(H))`` bfloat16 (after
+    ``h0``, ``c0``, ``bfloat16(h0)`` in their first ``B`` rows), ``G`` ``(N, 4H)``, ``TC``
+    ``(N, H)``."""
+    f = "lstm_seq_forward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    _done(_c().lstm_seq_forward_bf16(
+        _ptr(f, "X", X, (N, even(I)), BF16), _ptr(f, "wx", wx, panels_bf16(I, 4 * H), BF16),
+        _ptr(f, "bias", bias, (4 * H,)), _ptr(f, "wh", wh, panels_bf16(H, 4 * H), BF16),
+        _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "HB", HB, (B + N, even(H)), BF16),
+        _ptr(f, "CC", CC, (B + N, H)), _ptr(f, "G", G, (N, 4 * H)), _ptr(f, "TC", TC, (N, H)),
+        ps, po, T, B, H, I), "bfloat16 LSTM forward", B, H)
+
+
+def lstm_seq_backward_bf16(G: Tensor, CC: Tensor, TC: Tensor, dY: Tensor, w: Tensor,
+                           run_h: Tensor, run_c: Tensor, dAT: Tensor, dX: Tensor | None,
+                           db: Tensor, sizes: Tensor, offs: Tensor, T: int, B: int, H: int,
+                           I: int) -> None:
+    """LSTM backward in bfloat16: as :func:`lstm_seq_backward` but ``w``
+    ``panels_bf16(4H, H + I)`` bfloat16 and ``dAT`` ``(4H, N)`` bfloat16."""
+    f = "lstm_seq_backward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    ndb = db.shape[0] if isinstance(db, Tensor) and db.dim() == 2 else 1
+    _done(_c().lstm_seq_backward_bf16(
+        _ptr(f, "G", G, (N, 4 * H)), _ptr(f, "CC", CC, (B + N, H)), _ptr(f, "TC", TC, (N, H)),
+        _ptr(f, "dY", dY, (N, H)), _ptr(f, "w", w, panels_bf16(4 * H, H + I), BF16),
+        _ptr(f, "run_h", run_h, (B, H)), _ptr(f, "run_c", run_c, (B, H)),
+        _ptr(f, "dAT", dAT, (4 * H, N), BF16),
+        _ptr(f, "dX", dX, (N, I)) if I else _ptr(f, "dX", dX, (N, 0), optional=True),
+        _ptr(f, "db", db, (ndb, 4 * H)), ndb, ps, po, T, B, H, I),
+        "bfloat16 LSTM backward", B, H)
 
 
 class StackWeights:
@@ -256,6 +313,46 @@ def gru_cho_seq_backward(G: Tensor, HH: Tensor, dY: Tensor, wrz: Tensor, wn: Ten
         _ptr(f, "DAT", DAT, (3 * H, N)), ps, po, T, B, H), "GRU (reset before) backward", B, H)
 
 
+def gru_seq_forward_bf16(X: Tensor, wx: Tensor, bi: Tensor, wh: Tensor, bh: Tensor,
+                         HH: Tensor, HB: Tensor, G: Tensor, R: Tensor, sizes: Tensor,
+                         offs: Tensor, T: int, B: int, H: int, I: int) -> None:
+    """GRU (reset after) in bfloat16 (``csrc/bf16.c``), input projection included: ``X``
+    ``(N, even(I))`` bfloat16, ``wx`` ``panels_bf16(I, 3H)``, ``wh`` ``panels_bf16(H, 3H)``
+    bfloat16, ``bi``, ``bh`` ``(3H,)``; writes ``HH`` ``(B + N, H)``, ``HB``
+    ``(B + N, even(H))`` bfloat16 (after ``h0``), ``G`` and ``R`` ``(N, 3H)``."""
+    f = "gru_seq_forward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    _done(_c().gru_seq_forward_bf16(
+        _ptr(f, "X", X, (N, even(I)), BF16), _ptr(f, "wx", wx, panels_bf16(I, 3 * H), BF16),
+        _ptr(f, "bi", bi, (3 * H,)), _ptr(f, "wh", wh, panels_bf16(H, 3 * H), BF16),
+        _ptr(f, "bh", bh, (3 * H,)), _ptr(f, "HH", HH, (B + N, H)),
+        _ptr(f, "HB", HB, (B + N, even(H)), BF16), _ptr(f, "G", G, (N, 3 * H)),
+        _ptr(f, "R", R, (N, 3 * H)), ps, po, T, B, H, I), "bfloat16 GRU forward", B, H)
+
+
+def gru_seq_backward_bf16(G: Tensor, R: Tensor, HH: Tensor, dY: Tensor, wh: Tensor,
+                          wx: Tensor | None, run: Tensor, DXT: Tensor, DQT: Tensor,
+                          dX: Tensor | None, db: Tensor, sizes: Tensor, offs: Tensor, T: int,
+                          B: int, H: int, I: int) -> None:
+    """GRU (reset after) backward in bfloat16: ``wh`` ``panels_bf16(3H, H)`` (``W_hh``), ``wx``
+    ``panels_bf16(3H, I)`` (``W_ih``; ``I = 0``: None, no ``dX``); ``run`` ``(B, H)`` in and
+    out; writes ``DXT``, ``DQT`` ``(3H, N)`` bfloat16, ``dX`` ``(N, I)`` and adds to ``db``
+    ``(threads, 6H)`` (``b_hh``'s gradient, then ``b_ih``'s)."""
+    f = "gru_seq_backward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    ndb = db.shape[0] if isinstance(db, Tensor) and db.dim() == 2 else 1
+    _done(_c().gru_seq_backward_bf16(
+        _ptr(f, "G", G, (N, 3 * H)), _ptr(f, "R", R, (N, 3 * H)),
+        _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "dY", dY, (N, H)),
+        _ptr(f, "wh", wh, panels_bf16(3 * H, H), BF16),
+        _ptr(f, "wx", wx, panels_bf16(3 * H, I), BF16, optional=not I),
+        _ptr(f, "run", run, (B, H)), _ptr(f, "DXT", DXT, (3 * H, N), BF16),
+        _ptr(f, "DQT", DQT, (3 * H, N), BF16),
+        _ptr(f, "dX", dX, (N, I)) if I else _ptr(f, "dX", dX, (N, 0), optional=True),
+        _ptr(f, "db", db, (ndb, 6 * H)), ndb, ps, po, T, B, H, I),
+        "bfloat16 GRU backward", B, H)
+
+
 # -- RNN (csrc/rnn.c) --------------------------------------------------------------------------
 def rnn_seq_forward(xp: Tensor, wh: Tensor, HH: Tensor, A: Tensor, sizes: Tensor, offs: Tensor,
                     T: int, B: int, H: int, relu: bool) -> None:
@@ -279,6 +376,40 @@ def rnn_seq_backward(HH: Tensor, dY: Tensor, w: Tensor, run: Tensor, dA: Tensor,
         _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "dY", dY, (N, H)), _ptr(f, "w", w, panels(H, H)),
         _ptr(f, "run", run, (B, H)), _ptr(f, "dA", dA, (N, H)), _ptr(f, "DAT", DAT, (H, N)),
         ps, po, T, B, H, int(relu)), "RNN backward", B, H)
+
+
+def rnn_seq_forward_bf16(X: Tensor, wx: Tensor, bias: Tensor, wh: Tensor, HH: Tensor,
+                         HB: Tensor, A: Tensor, sizes: Tensor, offs: Tensor, T: int, B: int,
+                         H: int, I: int, relu: bool) -> None:
+    """Elman RNN in bfloat16 (``csrc/bf16.c``): ``X`` ``(N, even(I))`` bfloat16, ``wx``
+    ``panels_bf16(I, H)``, ``wh`` ``panels_bf16(H, H)`` bfloat16, ``bias`` ``(H,)``; writes
+    ``HH`` ``(B + N, H)``, ``HB`` ``(B + N, even(H))`` bfloat16 (after ``h0`` in their first
+    ``B`` rows) and the pre-activations ``A`` ``(N, H)``."""
+    f = "rnn_seq_forward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    _done(_c().rnn_seq_forward_bf16(
+        _ptr(f, "X", X, (N, even(I)), BF16), _ptr(f, "wx", wx, panels_bf16(I, H), BF16),
+        _ptr(f, "bias", bias, (H,)), _ptr(f, "wh", wh, panels_bf16(H, H), BF16),
+        _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "HB", HB, (B + N, even(H)), BF16),
+        _ptr(f, "A", A, (N, H)), ps, po, T, B, H, I, int(relu)), "bfloat16 RNN forward", B, H)
+
+
+def rnn_seq_backward_bf16(HH: Tensor, dY: Tensor, w: Tensor, run: Tensor, DAT: Tensor,
+                          dX: Tensor | None, db: Tensor, sizes: Tensor, offs: Tensor, T: int,
+                          B: int, H: int, I: int, relu: bool) -> None:
+    """Elman RNN backward in bfloat16: ``w`` ``panels_bf16(H, H + I)`` (``[W_hh | W_ih]``;
+    ``I = 0``: ``W_hh`` alone, ``dX`` None); ``run`` ``(B, H)`` in and out; writes ``DAT``
+    ``(H, N)`` bfloat16, ``dX`` ``(N, I)`` and adds to ``db`` ``(threads, H)``."""
+    f = "rnn_seq_backward_bf16"
+    ps, po, N = _rows(f, sizes, offs, T, B)
+    ndb = db.shape[0] if isinstance(db, Tensor) and db.dim() == 2 else 1
+    _done(_c().rnn_seq_backward_bf16(
+        _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "dY", dY, (N, H)),
+        _ptr(f, "w", w, panels_bf16(H, H + I), BF16), _ptr(f, "run", run, (B, H)),
+        _ptr(f, "DAT", DAT, (H, N), BF16),
+        _ptr(f, "dX", dX, (N, I)) if I else _ptr(f, "dX", dX, (N, 0), optional=True),
+        _ptr(f, "db", db, (ndb, H)), ndb, ps, po, T, B, H, I, int(relu)),
+        "bfloat16 RNN backward", B, H)
 
 
 # -- LayerNormLSTM (csrc/layernorm_lstm.c) -----------------------------------------------------

@@ -193,6 +193,79 @@ class GRUResetBefore(torch.autograd.Function):
         return dA, dw, run, None, None
 
 
+class GRUResetAfterBF16(torch.autograd.Function):
+    """:class:`GRUResetAfter` in bfloat16 (``csrc/bf16.c``), its input projection included:
+    ``X`` ``(N, I)`` float32 or bfloat16, ``w_ih`` ``(3H, I)``, ``b_ih``, ``b_hh`` ``(3H,)``,
+    ``w`` ``(3H, H)`` float32; ``X``, ``h_prev`` and the weights rounded to bfloat16 for the
+    products, float32 accumulation, gates and gradients. Returns packed ``h`` ``(N, H)`` and
+    the final ``h`` ``(B, H)``, float32."""
+
+    @staticmethod
+    def forward(ctx: Any, X: Tensor, w_ih: Tensor, b_ih: Tensor, w: Tensor, b_hh: Tensor,
+                h0: Tensor, plan: Plan):
+        from rnnkit.kernels.lstm import _bf16_rows
+
+        with torch.autocast("cpu", enabled=False):
+            B, N, H, I = plan.B, plan.N, h0.shape[1], X.shape[1]
+            HH = h0.new_empty(B + N, H, dtype=torch.float32)
+            HB = h0.new_zeros(B + N, bindings.even(H), dtype=torch.bfloat16)
+            HH[:B] = h0
+            HB[:B, :H] = h0
+            G, R = HH.new_empty(N, 3 * H), HH.new_empty(N, 3 * H)
+            Xb = _bf16_rows(X)
+            sizes, offs = plan.steps()
+            wx, wh = native.pack_bf16(w_ih.t()), native.pack_bf16(w.t())
+            bindings.gru_seq_forward_bf16(Xb, wx, b_ih.float().contiguous(), wh,
+                                          b_hh.float().contiguous(), HH, HB, G, R, sizes, offs,
+                                          plan.T, B, H, I)
+        ctx.plan, ctx.x_dtype, ctx.I = plan, X.dtype, I
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(Xb, w_ih, w, HH, HB, G, R)
+        return HH[B:], plan.final(HH)
+
+    @staticmethod
+    def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None):
+        plan: Plan = ctx.plan
+        Xb, w_ih, w, HH, HB, G, R = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        B, H = plan.B, w.shape[1]
+        I = ctx.I if need[0] else 0
+        with torch.autocast("cpu", enabled=False):
+            dY = grad_or_zeros(dY, HH[B:]).to(torch.float32).contiguous()
+            DXT = G.new_empty(3 * H, plan.N, dtype=torch.bfloat16)
+            DQT = G.new_empty(3 * H, plan.N, dtype=torch.bfloat16)
+            dX = G.new_empty(plan.N, I) if I else None
+            run = plan.scatter_final(dhN, H, dY).to(torch.float32)
+            db = G.new_zeros(bindings.threads(), 6 * H)
+            sizes, offs = plan.steps()
+            wh = native.pack_bf16(w)  # dh_prev = dq W_hh
+            wx = native.pack_bf16(w_ih) if I else None  # dx = dxp W_ih
+            bindings.gru_seq_backward_bf16(G, R, HH, dY, wh, wx, run, DXT, DQT, dX, db, sizes,
+                                           offs, plan.T, B, H, I)
+            dw_ih = DXT.mm(Xb[:, :w_ih.shape[1]]).float() if need[1] else None
+            dw = DQT.mm(plan.previous(HB)[:, :H]).float() if need[3] else None
+            dbs = db.sum(0)
+        if dX is not None:
+            dX = dX.to(ctx.x_dtype)
+        return (dX, dw_ih, dbs[3 * H:] if need[2] else None, dw,
+                dbs[:3 * H] if need[4] else None, run, None)
+
+
+def reset_after_direction_bf16(cell: Any, X: Tensor, state: tuple[Tensor, ...], plan: Plan,
+                               record: bool, use_c: bool
+                               ) -> tuple[Tensor, tuple[Tensor, ...], None]:
+    """:func:`reset_after_direction` on the bfloat16 kernel (:class:`GRUResetAfterBF16`; no
+    recording)."""
+    if record:
+        raise ValueError("the bfloat16 GRU kernel does not record gates: record in float32")
+    H = cell.hidden_size
+    b_ih = cell.bias_ih if cell.bias_ih is not None else X.new_zeros(3 * H, dtype=torch.float32)
+    b_hh = cell.bias_hh if cell.bias_hh is not None else X.new_zeros(3 * H, dtype=torch.float32)
+    Y, hN = GRUResetAfterBF16.apply(X, cell.weight_ih, b_ih, cell.weight_hh, b_hh, state[0],
+                                    plan)
+    return Y, (hN,), None
+
+
 def _record(cell: Any, Y: Tensor, G: Tensor, record: bool) -> dict[str, Tensor] | None:
     if not record:
         return None

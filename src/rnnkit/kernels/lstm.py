@@ -154,3 +154,87 @@ def direction(cell: Any, X: Tensor, state: tuple[Tensor, ...], plan: Plan, recor
         rec = {"h": Y, "c": CC, **dict(zip(cell.gate_names, G.split(cell.hidden_size, 1),
                                          strict=True))}
     return Y, (hN, cN), rec
+
+
+def _bf16_rows(X: Tensor) -> Tensor:
+    """``X`` ``(N, I)`` as the bfloat16 kernel reads it: ``(N, even(I))`` bfloat16, contiguous,
+    a zero column appended where ``I`` is odd."""
+    I = X.shape[1]
+    if I % 2 == 0:
+        return X.to(torch.bfloat16).contiguous()
+    out = X.new_zeros(X.shape[0], I + 1, dtype=torch.bfloat16)
+    out[:, :I] = X
+    return out
+
+
+class LSTMSequenceBF16(torch.autograd.Function):
+    """:class:`LSTMSequence` in bfloat16 (``csrc/bf16.c``, AVX512-BF16): ``X``, ``h_prev`` and
+    the weights rounded to bfloat16 for the products, float32 accumulation, float32 cell state,
+    gates, output and gradients. ``X`` ``(N, I)`` float32 or bfloat16, ``w_ih`` ``(4H, I)``,
+    ``bias`` ``(4H,)`` or None, ``w`` ``(4H, H)`` float32; returns packed ``h`` ``(N, H)`` and
+    the final ``(h, c)`` ``(B, H)``, float32. The backward forms ``dA`` in float32, multiplies
+    its bfloat16 rounding by ``[W_hh | W_ih]`` (``dh_prev``, ``dx``) and makes the weight
+    gradients as bfloat16 products ``dA^T X``, ``dA^T H_prev`` (oneDNN), float32 results."""
+
+    @staticmethod
+    def forward(ctx: Any, X: Tensor, w_ih: Tensor, bias: Tensor | None, w: Tensor, h0: Tensor,
+                c0: Tensor, plan: Plan):
+        with torch.autocast("cpu", enabled=False):
+            B, N, H, I = plan.B, plan.N, h0.shape[1], X.shape[1]
+            f32 = torch.float32
+            HH = h0.new_empty(B + N, H, dtype=f32)
+            CC = h0.new_empty(B + N, H, dtype=f32)
+            HB = h0.new_empty(B + N, bindings.even(H), dtype=torch.bfloat16)
+            HH[:B] = h0
+            CC[:B] = c0
+            HB[:B, :H] = h0
+            if H % 2:
+                HB[:B, H:] = 0
+            G = HH.new_empty(N, 4 * H)
+            TC = HH.new_empty(N, H)
+            Xb = _bf16_rows(X)
+            sizes, offs = plan.steps()
+            wx, wh = native.pack_bf16(w_ih.t()), native.pack_bf16(w.t())
+            b = HH.new_zeros(4 * H) if bias is None else bias.to(f32).contiguous()
+            bindings.lstm_seq_forward_bf16(Xb, wx, b, wh, HH, HB, CC, G, TC, sizes, offs,
+                                           plan.T, B, H, I)
+        ctx.plan, ctx.has_bias, ctx.x_dtype, ctx.I = plan, bias is not None, X.dtype, I
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(Xb, w_ih, w, HB, CC, G, TC)
+        return HH[B:], plan.final(HH), plan.final(CC)
+
+    @staticmethod
+    def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None, dcN: Tensor | None):
+        plan: Plan = ctx.plan
+        Xb, w_ih, w, HB, CC, G, TC = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        H, I = w.shape[1], ctx.I if need[0] else 0
+        with torch.autocast("cpu", enabled=False):
+            dY = grad_or_zeros(dY, TC).to(torch.float32).contiguous()
+            dAT = G.new_empty(4 * H, plan.N, dtype=torch.bfloat16)
+            dX = G.new_empty(plan.N, I) if I else None
+            run_h = plan.scatter_final(dhN, H, TC).to(torch.float32)
+            run_c = plan.scatter_final(dcN, H, TC).to(torch.float32)
+            db = G.new_zeros(bindings.threads(), 4 * H)
+            sizes, offs = plan.steps()
+            wp = native.pack_bf16(w if not I else torch.cat([w, w_ih], 1))  # [W_hh | W_ih]
+            bindings.lstm_seq_backward_bf16(G, CC, TC, dY, wp, run_h, run_c, dAT, dX, db,
+                                            sizes, offs, plan.T, plan.B, H, I)
+            dw_ih = dAT.mm(Xb[:, :w_ih.shape[1]]).float() if need[1] else None
+            dw = dAT.mm(plan.previous(HB)[:, :H]).float() if need[3] else None
+        if dX is not None:
+            dX = dX.to(ctx.x_dtype)
+        return (dX, dw_ih, db.sum(0) if ctx.has_bias and need[2] else None, dw, run_h, run_c,
+                None)
+
+
+def direction_bf16(cell: Any, X: Tensor, state: tuple[Tensor, ...], plan: Plan, record: bool,
+                   use_c: bool) -> tuple[Tensor, tuple[Tensor, ...], None]:
+    """:func:`direction` on the bfloat16 kernel (:class:`LSTMSequenceBF16`; no recording):
+    packed ``h`` ``(N, H)`` and the final ``(h, c)``, float32."""
+    if record:
+        raise ValueError("the bfloat16 LSTM kernel does not record gates: record in float32")
+    bias = None if cell.bias_ih is None else cell.bias_ih + cell.bias_hh
+    Y, hN, cN = LSTMSequenceBF16.apply(X, cell.weight_ih, bias, cell.weight_hh, state[0],
+                                       state[1], plan)
+    return Y, (hN, cN), None

@@ -3,8 +3,10 @@
 The C lives in real files under ``csrc/`` (package data): ``common.h`` (OpenMP macros,
 activations, per-thread workspace, row ranges, the put helpers), ``panel.h`` (the panel
 product), one ``.c`` per cell family (``lstm.c``, ``gru.c``, ``rnn.c``, ``layernorm_lstm.c``,
-``minrnn.c``) and ``kernels.c``, the one translation unit that includes them: one compile, one
-library. What each entry point computes is written above it in C; it is called only through
+``minrnn.c``), ``bf16.c`` (LSTM, GRU and RNN in bfloat16 on AVX512-BF16, compiled for that ISA
+alone where the compiler knows it: :func:`bf16_capable`, :func:`pack_bf16`) and
+``kernels.c``, the one translation unit that includes them: one compile, one library. What
+each entry point computes is written above it in C; it is called only through
 :mod:`rnnkit.kernels.bindings` (typed, checked arguments).
 
 Why whole sequences in C: per time step an LSTM has one small product ``(B, H) @ (H, 4H)`` and
@@ -147,6 +149,33 @@ def pack_units(w: Tensor) -> Tensor:
     z = z.view(4, units // u, u, *w.shape[1:]).transpose(0, 1)  # (panels, gate, u, K)
     z = z.reshape(units * 4, *w.shape[1:])
     return z if w.dim() == 1 else pack(z.t())
+
+
+def pack_bf16(m: Tensor) -> Tensor:
+    """``m`` ``(K, N)`` laid out as the bfloat16 C products read it (``csrc/bf16.c``):
+    ``(ceil(N / PW), ceil(K / 2), 2 PW)`` bfloat16, panels of ``PW`` columns holding each
+    column's rows ``k`` and ``k + 1`` side by side (the pair one AVX512-BF16 dot product reads),
+    zero padded; rounded to nearest even, as ``m.bfloat16()`` rounds."""
+    K, N = m.shape
+    panels, K2 = -(-N // PW), -(-K // 2)
+    z = m.new_zeros(2 * K2, panels * PW, dtype=torch.bfloat16)
+    z[:K, :N] = m
+    return z.view(K2, 2, panels, PW).permute(2, 0, 3, 1).reshape(panels, K2, 2 * PW)
+
+
+def bf16_capable() -> bool:
+    """Whether the bfloat16 C kernels run here: the library is built with them (a compiler
+    that knows AVX512-BF16) and this CPU has the instructions; ``RNNKIT_BF16=0`` says no (to
+    run, and test, the float32 fallback)."""
+    if os.environ.get("RNNKIT_BF16", "1") == "0":
+        return False
+    return _bf16_built()
+
+
+@cache
+def _bf16_built() -> bool:
+    lib_ = lib()
+    return lib_ is not None and bool(lib_.rnnkit_bf16_supported())
 
 
 def usable(*tensors: Tensor) -> bool:

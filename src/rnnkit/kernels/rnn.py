@@ -85,3 +85,71 @@ def direction(cell: Any, X: Tensor, state: tuple[Tensor, ...], plan: Plan, recor
     if record:
         rec = {"h": Y, **dict(zip(cell.gate_names, A.split(cell.hidden_size, 1), strict=True))}
     return Y, (hN,), rec
+
+
+class RNNSequenceBF16(torch.autograd.Function):
+    """:class:`RNNSequence` in bfloat16 (``csrc/bf16.c``), its input projection included:
+    ``X`` ``(N, I)`` float32 or bfloat16, ``w_ih`` ``(H, I)``, ``bias`` ``(H,)`` or None,
+    ``w`` ``(H, H)`` float32; ``X``, ``h_prev`` and the weights rounded to bfloat16 for the
+    products, float32 accumulation, activations and gradients. Returns packed ``h`` ``(N, H)``
+    and the final ``h`` ``(B, H)``, float32."""
+
+    @staticmethod
+    def forward(ctx: Any, X: Tensor, w_ih: Tensor, bias: Tensor | None, w: Tensor, h0: Tensor,
+                plan: Plan, relu: bool):
+        from rnnkit.kernels.lstm import _bf16_rows
+
+        with torch.autocast("cpu", enabled=False):
+            B, N, H, I = plan.B, plan.N, h0.shape[1], X.shape[1]
+            HH = h0.new_empty(B + N, H, dtype=torch.float32)
+            HB = h0.new_zeros(B + N, bindings.even(H), dtype=torch.bfloat16)
+            HH[:B] = h0
+            HB[:B, :H] = h0
+            A = HH.new_empty(N, H)
+            Xb = _bf16_rows(X)
+            sizes, offs = plan.steps()
+            wx, wh = native.pack_bf16(w_ih.t()), native.pack_bf16(w.t())
+            b = HH.new_zeros(H) if bias is None else bias.to(torch.float32).contiguous()
+            bindings.rnn_seq_forward_bf16(Xb, wx, b, wh, HH, HB, A, sizes, offs, plan.T, B, H,
+                                          I, relu)
+        ctx.plan, ctx.relu, ctx.has_bias, ctx.x_dtype, ctx.I = (plan, relu, bias is not None,
+                                                                X.dtype, I)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(Xb, w_ih, w, HH, HB)
+        return HH[B:], plan.final(HH)
+
+    @staticmethod
+    def backward(ctx: Any, dY: Tensor | None, dhN: Tensor | None):
+        plan: Plan = ctx.plan
+        Xb, w_ih, w, HH, HB = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        B, H = plan.B, w.shape[1]
+        I = ctx.I if need[0] else 0
+        with torch.autocast("cpu", enabled=False):
+            Y = HH[B:]
+            dY = grad_or_zeros(dY, Y).to(torch.float32).contiguous()
+            DAT = Y.new_empty(H, plan.N, dtype=torch.bfloat16)
+            dX = Y.new_empty(plan.N, I) if I else None
+            run = plan.scatter_final(dhN, H, Y).to(torch.float32)
+            db = Y.new_zeros(bindings.threads(), H)
+            sizes, offs = plan.steps()
+            wp = native.pack_bf16(w if not I else torch.cat([w, w_ih], 1))  # [W_hh | W_ih]
+            bindings.rnn_seq_backward_bf16(HH, dY, wp, run, DAT, dX, db, sizes, offs, plan.T,
+                                           B, H, I, ctx.relu)
+            dw_ih = DAT.mm(Xb[:, :w_ih.shape[1]]).float() if need[1] else None
+            dw = DAT.mm(plan.previous(HB)[:, :H]).float() if need[3] else None
+        if dX is not None:
+            dX = dX.to(ctx.x_dtype)
+        return (dX, dw_ih, db.sum(0) if ctx.has_bias and need[2] else None, dw, run, None,
+                None)
+
+
+def direction_bf16(cell: Any, X: Tensor, state: tuple[Tensor, ...], plan: Plan, record: bool,
+                   use_c: bool, relu: bool = False) -> tuple[Tensor, tuple[Tensor, ...], None]:
+    """:func:`direction` on the bfloat16 kernel (:class:`RNNSequenceBF16`; no recording)."""
+    if record:
+        raise ValueError("the bfloat16 RNN kernel does not record: record in float32")
+    bias = None if cell.bias_ih is None else cell.bias_ih + cell.bias_hh
+    Y, hN = RNNSequenceBF16.apply(X, cell.weight_ih, bias, cell.weight_hh, state[0], plan,
+                                  relu)
+    return Y, (hN,), None

@@ -1,7 +1,7 @@
 /* rnnkit's C kernels as ONE translation unit (one compile, one library; see
  * rnnkit/kernels/native.py): RNN, LSTM, GRU and LayerNormLSTM over whole sequences, the LSTM
- * stack's single step, minGRU/minLSTM's pass over time; float32, rows contiguous, gate blocks
- * in torch.nn's order (LSTM i, f, g, o; GRU r, z, n). */
+ * stack's single step, minGRU/minLSTM's pass over time (float32), the LSTM in bfloat16
+ * (bf16.c); rows contiguous, gate blocks in torch.nn's order (LSTM i, f, g, o; GRU r, z, n). */
 #include "common.h"
 #include "panel.h"
 
@@ -21,3 +21,4 @@ int rnnkit_threads(void) {
 #include "rnn.c"
 #include "layernorm_lstm.c"
 #include "minrnn.c"
+#include "bf16.c"  /* after lstm.c: its bfloat16 kernels reuse the LSTM cell rows */
