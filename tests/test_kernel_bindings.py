@@ -99,8 +99,27 @@ def args(fn):
     return {k: valid(k, *spec(s)) for k, s in tensors.items()}, rest
 
 
+BF16 = {n for n in bindings.SIGNATURES if "bf16" in n}  # test_bf16_bindings_refuse_float32
+
+
 def test_every_entry_point_has_a_binding():
-    assert set(CASES) | {"rnnkit_threads", "lstm_stack_step"} == set(bindings.SIGNATURES)
+    assert set(CASES) | {"rnnkit_threads", "lstm_stack_step"} | BF16 == set(
+        bindings.SIGNATURES)
+
+
+def test_bf16_bindings_refuse_float32_weights():
+    T, B, H, I = 2, 1, 4, 3
+    N = T * B
+    bf = torch.bfloat16
+    sizes, offs = torch.tensor([B] * T), torch.arange(T) * B
+    ok = dict(X=torch.zeros(N, bindings.even(I), dtype=bf),
+              wx=torch.zeros(bindings.panels_bf16(I, 4 * H), dtype=bf),
+              bias=torch.zeros(4 * H), wh=torch.zeros(bindings.panels_bf16(H, 4 * H), dtype=bf),
+              HH=torch.zeros(B + N, H), HB=torch.zeros(B + N, bindings.even(H), dtype=bf),
+              CC=torch.zeros(B + N, H), G=torch.zeros(N, 4 * H), TC=torch.zeros(N, H))
+    with pytest.raises(ValueError, match="wx"):
+        bindings.lstm_seq_forward_bf16(**{**ok, "wx": ok["wx"].float()}, sizes=sizes,
+                                       offs=offs, T=T, B=B, H=H, I=I)
 
 
 @pytest.mark.parametrize("fn", list(CASES))

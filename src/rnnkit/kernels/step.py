@@ -35,8 +35,6 @@ the chunk's steps); the per-token callers (generation) check cheaply per step.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 
 import torch
@@ -291,18 +289,13 @@ def _weights_version(layer: Stack) -> tuple:
     return bindings.versions(layer.parameters())
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-_libc.memcmp.restype = ctypes.c_int
-_libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-
-
 def _same(a: Tensor, b: Tensor) -> bool:
     """Whether ``a`` holds exactly the bytes of ``b`` (same shape and dtype; NaN equals
     itself): memcmp on CPU (several times faster than torch.equal), else torch.equal on
     integer views."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.device.type == "cpu" and a.is_contiguous():
-        return _libc.memcmp(a.data_ptr(), b.data_ptr(), a.numel() * a.element_size()) == 0
+    if a.device.type == "cpu" and a.is_contiguous() and b.is_contiguous():
+        return bindings.same_bytes(a, b)
     return torch.equal(a.detach().contiguous().view(torch.uint8).cpu(),
                        b.contiguous().view(torch.uint8).cpu())
