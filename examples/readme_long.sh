@@ -46,6 +46,7 @@ forecast() {  # "Forecasting time series": Beijing PM2.5, 8 minutes of training
 bench() {  # the benchmarks, ~25 minutes
   python bench/lm_compare.py
   python bench/kernels.py
+  python bench/kernels.py --only bf16
   python bench/busy.py
   python bench/seq2seq_bench.py
   python bench/serve_bench.py --out bench/results/serve.json
