@@ -206,21 +206,24 @@ def test_stdin_is_strict_utf8_with_the_byte_offset(tmp_path):
 
 # -- the Python API ---------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_a_dtype_the_weights_do_not_have_is_a_clear_error(dtype):
-    import rnnkit
+@pytest.mark.parametrize("kernel", ["auto", "reference"])
+def test_a_dtype_the_weights_do_not_have_is_a_clear_error(dtype, kernel):
+    from rnnkit.layers import CELLS
 
-    with pytest.raises(ValueError, match=rf"float32 weights but got {dtype}"):
-        rnnkit.LSTM(4, 8)(torch.randn(2, 3, 4, dtype=dtype))
+    for cell in CELLS.values():  # a ValueError, as torch.nn's, on every cell and kernel
+        with pytest.raises(ValueError, match=rf"float32 weights but got {dtype}"):
+            cell(4, 8, kernel=kernel)(torch.randn(2, 3, 4, dtype=dtype))
 
 
-@pytest.mark.parametrize("cls", ["RNN", "LSTM", "GRU", "LayerNormLSTM", "MinGRU"])
-def test_an_empty_batch_with_lengths_gives_empty_outputs(cls):
-    import rnnkit
+@pytest.mark.parametrize("kernel", ["auto", "reference"])
+def test_an_empty_batch_with_lengths_gives_empty_outputs(kernel):
+    from rnnkit.layers import CELLS
 
-    layer = getattr(rnnkit, cls)(4, 8, num_layers=2)
-    out, _ = layer(torch.randn(0, 3, 4), lengths=torch.zeros(0, dtype=torch.long))
-    ref, _ = layer(torch.randn(0, 3, 4))
-    assert out.shape == ref.shape == (0, 3, 8)
+    for cell in CELLS.values():
+        layer = cell(4, 8, num_layers=2, bidirectional=True, kernel=kernel)
+        out, _ = layer(torch.randn(0, 3, 4), lengths=torch.zeros(0, dtype=torch.long))
+        ref, _ = layer(torch.randn(0, 3, 4))
+        assert out.shape == ref.shape == (0, 3, 16)
 
 
 @pytest.mark.parametrize("kernel", ["auto", "fast"])

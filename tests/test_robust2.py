@@ -443,3 +443,30 @@ def test_a_kill_before_each_file_operation_of_a_save_leaves_old_or_new_whole(tmp
             check(c, [(new, 2)])
             assert not [p for p in c.parent.iterdir() if ".tmp" in p.name or
                         p.name.endswith(".old")], k
+
+
+# -- predict --stream: one long stdin line is fed in bounded chunks ---------------------------
+def test_one_long_stdin_line_is_streamed_in_bounded_chunks(runs, monkeypatch, capsys):
+    from rnnkit.tasks.classify import cli as ccli
+
+    line = ("good film " * 100_000) + "\n"  # 1 M characters on one line
+    fed: list[int] = []
+    from rnnkit.tasks.classify import api
+
+    real = api.TextClassifier.stream
+
+    def stream(self):
+        s = real(self)
+        feed = s.feed
+
+        def spy(chunk):
+            fed.append(len(chunk))
+            return feed(chunk)
+        s.feed = spy
+        return s
+
+    monkeypatch.setattr(api.TextClassifier, "stream", stream)
+    monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": io.BytesIO(line.encode())})())
+    assert main(["predict", str(runs["clf"]), "--stream", "-"]) == 0
+    assert max(fed) <= ccli.MAX_LINE and sum(fed) == len(line)
+    assert len(capsys.readouterr().out.splitlines()) == len(fed)

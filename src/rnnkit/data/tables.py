@@ -153,7 +153,8 @@ def read_labelled(path: str | os.PathLike[str], *, text_column: Column = None,
         short = [columns[j] for j in (ti, li) if j >= len(row) or row[j] is None]
         if short:
             raise ValueError(f"{path}: line {n} has no {' and no '.join(map(repr, short))} "
-                             f"field ({len(row)} field(s); the text column is "
+                             f"field ({sum(v is not None for v in row)} field(s); the text "
+                             f"column is "
                              f"{columns[ti]!r}, the label column {columns[li]!r})")
         t, y = cell(row, ti), cell(row, li).strip()
         if not t.strip():

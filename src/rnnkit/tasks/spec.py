@@ -240,8 +240,9 @@ def check_config(spec: TaskSpec, config: dict[str, Any], where: str | Path) -> N
         check = getattr(a.type, "check_value", None)
         try:
             if check is not None:
-                for x in (v if isinstance(v, list) and a.nargs not in (None, "?") else [v]):
-                    check(x)   # a flag of several values (--image-size H W): each
+                for x in (v if isinstance(v, list | tuple) and a.nargs not in (None, "?")
+                          else [v]):  # a flag of several numbers (--image-size H W)
+                    check(x)
             elif a.choices is not None and isinstance(v, str) and v not in a.choices:
                 raise argparse.ArgumentTypeError(
                     f"expected one of {', '.join(map(str, a.choices))}, got {v!r}")

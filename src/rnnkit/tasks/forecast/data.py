@@ -39,6 +39,8 @@ def read_table(path: str | Path) -> Any:
     """A CSV/TSV (``NA`` and empty cells as missing) or Parquet file as a DataFrame."""
     pd = _pd()
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{path} is a folder; expected a table file (.csv, .tsv, .parquet)")
     if not p.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if p.suffix.lower() in (".parquet", ".pq"):
