@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_step import FAMILIES  # every family and form (one list for both stepper tests)
 
 import rnnkit
 from rnnkit.data import build_tokenizer
@@ -16,17 +17,6 @@ from rnnkit.kernels import native
 from rnnkit.kernels.step import Stepper
 from rnnkit.tasks.classify import Classifier, TextClassifier
 from rnnkit.tasks.classify import api as classify_api
-
-FAMILIES = [
-    (rnnkit.LSTM, {}),
-    (rnnkit.GRU, {}),
-    (rnnkit.GRU, {"reset_after": False}),
-    (rnnkit.RNN, {}),
-    (rnnkit.RNN, {"nonlinearity": "relu"}),
-    (rnnkit.LayerNormLSTM, {}),
-    (rnnkit.MinGRU, {}),
-    (rnnkit.MinLSTM, {}),
-]
 
 
 @pytest.fixture(autouse=True, scope="module")

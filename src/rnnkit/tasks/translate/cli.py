@@ -182,7 +182,8 @@ def report(task: TranslateTask, res: TrainResult, args: argparse.Namespace) -> N
     s = task.settings
     test = task.split.test if task.split.test[0] else task.split.valid
     part = "test" if task.split.test[0] else "validation"
-    rows = baselines(task.split.train, test, s["target_lang"])
+    rows = baselines(task.split.train, test, s["target_lang"],
+                     task.memory.retrieval if task.memory else None)  # one TF-IDF fit
     greedy = tr.translate(test[0], beam=1)
     rows["rnnkit greedy"] = scores(greedy, test[1], s["target_lang"])
     rows[f"rnnkit beam {s['beam']}"] = tr.evaluate(test[0], test[1], beam=s["beam"],

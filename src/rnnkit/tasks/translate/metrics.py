@@ -75,7 +75,9 @@ class Retrieval:
 
 
 def baselines(train: tuple[list[str], list[str]], test: tuple[list[str], list[str]],
-              lang: str) -> dict[str, dict[str, Any]]:
-    """``{"copy": scores, "retrieval": scores}`` on ``test``."""
+              lang: str, retrieval: Retrieval | None = None) -> dict[str, dict[str, Any]]:
+    """``{"copy": scores, "retrieval": scores}`` on ``test``; ``retrieval``: one already
+    fitted on ``train`` (a run's translation memory), else fitted here."""
+    r = retrieval or Retrieval(*train)
     return {"copy": scores(test[0], test[1], lang),
-            "retrieval": scores(Retrieval(*train)(test[0]), test[1], lang)}
+            "retrieval": scores(r(test[0]), test[1], lang)}
