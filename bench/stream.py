@@ -10,7 +10,8 @@ of ``--chunks`` characters (16 and 128 by default). Two programs on the same chu
 interleaved in rounds (new, old, new, old, ...) so both see the same machine load:
 
 * ``stepper``: ``run_chunk`` as it is now (the layer's stepper: weights prepared once, the
-  chunk as one product and one C recurrence, the weights compared byte for byte per chunk);
+  first layer's input projection read from a table, one C recurrence; the weights compared
+  byte for byte at the session's first chunk, by version counter at the others);
 * ``today``: ``run_chunk`` before this change, ``rnn(x, state)`` (the layer's whole-sequence
   kernel chosen by ``kernel="auto"`` on every chunk), swapped in for the peer's rounds.
 
@@ -45,8 +46,10 @@ TEXT = ("hello this is your bank calling about the account we noticed a suspicio
 STEPPER = api.run_chunk
 
 
-def today_run_chunk(rnn, x, state, lengths=None, verify=True):
-    """``run_chunk`` as it was before streaming ran on the stepper (``verify`` ignored)."""
+def today_run_chunk(rnn, x, state, lengths=None, verify=None, embed=None):
+    """``run_chunk`` as it was before streaming ran on the stepper (``verify`` ignored): the
+    embedding, then the layer's whole-sequence kernel."""
+    x = x if embed is None else embed(x)
     return rnn(x, state) if lengths is None else rnn(x, state, lengths=lengths)
 
 

@@ -182,3 +182,22 @@ def test_only_the_bindings_pass_addresses():
     root = Path(bindings.__file__).parent
     users = [p.name for p in root.glob("*.py") if re.search(r"data_ptr\(", p.read_text())]
     assert users == ["bindings.py"]
+
+
+def test_lstm_forward_takes_a_projected_input():
+    """``wx`` and ``bias`` None: ``X`` is ``x W_ih^T + bias`` already (the stepper's table),
+    with the same result as the projection done inside; a half-given form is refused."""
+    torch.manual_seed(0)
+    ts, (T_, B_, H_, I_) = args("lstm_seq_forward")
+    w_ih, bias = torch.randn(4 * H_, I_), torch.randn(4 * H_)
+    ts.update(X=torch.randn(*ts["X"].shape), wx=native.pack(w_ih.t()), bias=bias,
+              wh=native.pack(torch.randn(H_, 4 * H_)))
+    bindings.lstm_seq_forward(*ts.values(), T_, B_, H_, I_)
+    want = ts["HH"].clone()
+    xp = torch.addmm(bias, ts["X"], w_ih.t())
+    proj = {**ts, "X": xp, "wx": None, "bias": None, "HH": torch.zeros_like(ts["HH"]),
+            "CC": torch.zeros_like(ts["CC"])}
+    bindings.lstm_seq_forward(*proj.values(), T_, B_, H_, 4 * H_)
+    torch.testing.assert_close(proj["HH"], want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"projected X needs wx and bias None and I = 4H"):
+        bindings.lstm_seq_forward(*{**proj, "bias": bias}.values(), T_, B_, H_, 4 * H_)

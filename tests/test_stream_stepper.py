@@ -58,6 +58,78 @@ def test_run_equals_the_whole_layer_over_chunks(cls, kw, use_c, monkeypatch):
             torch.testing.assert_close(a, w, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("use_c", [True, False], ids=["c", "torch"])
+@pytest.mark.parametrize("cls,kw", FAMILIES)
+def test_run_ids_equals_the_layer_on_the_embedded_ids(cls, kw, use_c, monkeypatch):
+    """Token ids through the first layer's projection table equal the layer on
+    ``embedding[ids]`` (ragged lengths, two chunks, an initial state), for every family."""
+    if not use_c:
+        monkeypatch.setattr(native, "usable", lambda *t: False)
+    elif native.lib() is None:
+        pytest.skip("the C library is disabled (RNNKIT_NATIVE=0) or cannot be built")
+    torch.manual_seed(2)
+    layer = cls(6, 17, num_layers=2, **kw).eval()
+    emb = torch.nn.Embedding(23, 6)
+    ids, lengths = torch.randint(0, 23, (3, 9)), torch.tensor([9, 4, 7])
+    init = _init(layer, 3)
+    with torch.no_grad():
+        want, final = layer(emb(ids), init, lengths=lengths)
+        st = layer.stepper(1)
+        out, s = st.run_ids(ids, emb.weight, init, lengths)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    for a, w in zip(_tuple(s), _tuple(final), strict=True):
+        torch.testing.assert_close(a, w, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # two chunks carry the state as one does
+        want, _ = layer(emb(ids))
+        o1, s = st.run_ids(ids[:, :5], emb.weight)
+        o2, _ = st.run_ids(ids[:, 5:], emb.weight, s)
+    torch.testing.assert_close(torch.cat([o1, o2], 1), want, atol=1e-5, rtol=1e-5)
+
+
+def test_run_ids_table_follows_the_embedding():
+    """The table is rebuilt when the embedding changes: in place (version counter), through
+    ``.data`` (seen with ``verify``), or another embedding tensor."""
+    torch.manual_seed(3)
+    layer = rnnkit.GRU(4, 8).eval()
+    emb = torch.nn.Embedding(5, 4)
+    ids = torch.tensor([[0, 3, 1, 4]])
+    st = layer.stepper(1)
+
+    def check(weight, verify=False):
+        with torch.no_grad():
+            got, _ = st.run_ids(ids, weight, verify=verify)
+            want, _ = layer(weight[ids])
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+    check(emb.weight)
+    with torch.no_grad():
+        emb.weight.mul_(2.0)  # bumps the version
+    check(emb.weight)
+    emb.weight.data.add_(1.0)  # no counter moves: only the byte comparison sees it
+    check(emb.weight, verify=True)
+    check(torch.randn(5, 4))
+    with pytest.raises(ValueError, match=r"integer ids of shape \(b, T\).*got torch.float32"):
+        st.run_ids(torch.zeros(1, 3), emb.weight)
+    with pytest.raises(ValueError, match=r"embedding of shape \(V, 4\), got \(5, 3\)"):
+        st.run_ids(ids, torch.randn(5, 3))
+
+
+def test_run_ids_without_a_table_past_its_size(monkeypatch):
+    """A vocabulary whose table would pass TABLE_MAX floats takes the product path (same
+    result, no table kept)."""
+    from rnnkit.kernels import step
+    monkeypatch.setattr(step, "TABLE_MAX", 10)
+    layer = rnnkit.LSTM(4, 8).eval()
+    emb = torch.randn(7, 4)
+    ids = torch.tensor([[1, 2, 6]])
+    st = layer.stepper(1)
+    with torch.no_grad():
+        got, _ = st.run_ids(ids, emb)
+        want, _ = layer(emb[ids])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert st._table is None
+
+
 @pytest.mark.parametrize("cls,kw", FAMILIES[:5])
 def test_run_with_lengths_equals_the_layer(cls, kw):
     torch.manual_seed(1)
@@ -162,8 +234,9 @@ def test_stream_runs_on_the_stepper_and_equals_the_whole_forward(cell, pool, lay
     want = [clf.predict_proba([text[:i + len(c)]])[0]
             for i, c in zip(range(0, len(text), 16), chunks, strict=True)]
     calls = []
-    run = Stepper.run
-    monkeypatch.setattr(Stepper, "run", lambda self, *a: calls.append(1) or run(self, *a))
+    run_ids = Stepper.run_ids
+    monkeypatch.setattr(Stepper, "run_ids",
+                        lambda self, *a, **k: calls.append(1) or run_ids(self, *a, **k))
 
     def refuse(*a, **k):
         raise AssertionError("the stream ran the whole layer, not its stepper")

@@ -134,18 +134,23 @@ def threads() -> int:
 
 
 # -- LSTM (csrc/lstm.c) ------------------------------------------------------------------------
-def lstm_seq_forward(X: Tensor, wx: Tensor, bias: Tensor, wh: Tensor, HH: Tensor, CC: Tensor,
-                     G: Tensor, TC: Tensor, sizes: Tensor, offs: Tensor, T: int, B: int, H: int,
-                     I: int) -> None:
+def lstm_seq_forward(X: Tensor, wx: Tensor | None, bias: Tensor | None, wh: Tensor,
+                     HH: Tensor, CC: Tensor, G: Tensor, TC: Tensor, sizes: Tensor, offs: Tensor,
+                     T: int, B: int, H: int, I: int) -> None:
     """LSTM forward over packed rows: ``X`` ``(N, I)``; ``wx`` ``panels(I, 4H)`` (``W_ih^T``),
     ``bias`` ``(4H,)``, ``wh`` ``panels(H, 4H)`` (``W_hh^T``); writes ``HH``, ``CC``
     ``(B + N, H)`` (after ``h0``, ``c0`` in their first ``B`` rows), gates ``G`` ``(N, 4H)``,
-    ``TC`` ``(N, H)``."""
+    ``TC`` ``(N, H)``. ``wx`` and ``bias`` None: ``X`` ``(N, 4H)`` is the input projection
+    ``x W_ih^T + bias`` already (``I`` = 4H)."""
     f = "lstm_seq_forward"
     ps, po, N = _rows(f, sizes, offs, T, B)
+    if (wx is None) != (bias is None) or (wx is None and I != 4 * H):
+        raise ValueError(f"{f}: a projected X needs wx and bias None and I = 4H = {4 * H}, got "
+                         f"wx {'None' if wx is None else 'given'}, bias "
+                         f"{'None' if bias is None else 'given'}, I {I}")
     _done(_c().lstm_seq_forward(
-        _ptr(f, "X", X, (N, I)), _ptr(f, "wx", wx, panels(I, 4 * H)),
-        _ptr(f, "bias", bias, (4 * H,)), _ptr(f, "wh", wh, panels(H, 4 * H)),
+        _ptr(f, "X", X, (N, I)), _ptr(f, "wx", wx, panels(I, 4 * H), optional=True),
+        _ptr(f, "bias", bias, (4 * H,), optional=True), _ptr(f, "wh", wh, panels(H, 4 * H)),
         _ptr(f, "HH", HH, (B + N, H)), _ptr(f, "CC", CC, (B + N, H)),
         _ptr(f, "G", G, (N, 4 * H)), _ptr(f, "TC", TC, (N, H)), ps, po, T, B, H, I),
         "LSTM forward", B, H)

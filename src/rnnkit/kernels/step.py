@@ -23,14 +23,20 @@ call (``*_seq_forward``, the fast path's own forward, here with weights packed o
 on every call) or, without the C library, one product and the cell's equations per step.
 Families with no recurrent weight to prepare (minGRU, minLSTM) or with their own normalised
 kernel (LayerNormLSTM) run the chunk on the layer's whole-sequence kernel.
+:meth:`Stepper.run_ids` takes token ids and the embedding they index instead of ``x``: the
+first layer's input projection of every token is then a row of a table
+``embedding W_ih^T + b`` ``(V, G*H)``, built once per embedding, so a chunk's projection is a
+row lookup instead of a product (a streamed chunk of 16 characters spends more time in that
+small product than in its recurrence).
 
 Freshness (whether the prepared weights are still the layer's): :meth:`Stepper.fresh` compares
 each parameter's address and version counter, and the count of optimizer steps taken in this
 process (a global ``torch.optim`` step hook: fused and foreach optimizers write the weights
 without bumping their version counters); ``fresh(deep=True)`` also compares the weights' bytes
 with a snapshot taken at build, which catches writes no counter sees (``p.data.mul_(2)``, a
-numpy view). Streaming checks deeply once per chunk (one pass over the weights, amortised over
-the chunk's steps); the per-token callers (generation) check cheaply per step.
+numpy view). Streaming checks deeply at each session's first chunk and cheaply at every other
+chunk (a deep check reads every weight, as much memory traffic as a 16-character chunk's whole
+recurrence); the per-token callers (generation) check cheaply per step.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from rnnkit.kernels.plan import Plan
 from rnnkit.kernels.stack import Stack
 
 CHUNK_MODES = ("lstm", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu")  # run() prepares these
+TABLE_MAX = 1 << 22  # floats (16 MiB) in run_ids' projection table at most; larger: a product
 
 _OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any optimizer, fused included)
 
@@ -85,6 +92,7 @@ class Stepper:
         self.snapshot = [t.detach().clone(memory_format=torch.contiguous_format)
                          for t in layer.parameters()]
         self._chunk: list | None = None  # the chunk path's weights, prepared at its first use
+        self._table: tuple | None = None  # run_ids: (embedding, its version, its bytes, table)
         self.split = [hasattr(c, "combine") and getattr(c, "reset_after", True)
                       for c in layer.cells]
         self.native = (layer.mode == "lstm" and all(self.split)
@@ -173,26 +181,86 @@ class Stepper:
                              f"{tuple(x.shape)}")
         b, T, _ = x.shape
         old = self._state(state, b, x)
-        if lengths is not None:
-            lengths = torch.as_tensor(lengths).to(torch.int64)
-            if tuple(lengths.shape) != (b,) or bool(((lengths < 1) | (lengths > T)).any()):
-                raise ValueError(f"Stepper.run expects lengths of shape ({b},) in [1, {T}], "
-                                 f"got {lengths.tolist()}")
+        lengths = self._lengths(lengths, b, T)
         if self.stack.mode not in CHUNK_MODES:  # nothing recurrent to prepare: the layer's own
             from rnnkit import kernels  # (kernels imports this module)
             out, new, _, _ = kernels.run(dataclasses.replace(self.stack, training=False),
                                          x.to(self.dtype), old, lengths, False)
             return out, (new[0] if self.n_state == 1 else new)
+        self._prepare_chunk()
+        plan = Plan.make(lengths, b, T, x.device)
+        return self._run(plan, plan.pack(x.to(self.dtype)), None, old)
+
+    @torch.no_grad()
+    def run_ids(self, ids: Tensor, embedding: Tensor,
+                state: Tensor | tuple[Tensor, ...] | None = None, lengths: Tensor | None = None,
+                verify: bool = False) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
+        """:meth:`run` on ``x = embedding[ids]``: ``ids`` ``(b, T)`` integer token ids,
+        ``embedding`` ``(V, I)`` (an ``nn.Embedding``'s weight). The first layer's input
+        projection of each token is read from a table ``embedding W_ih^T + b`` ``(V, G*H)``
+        built at the first call and kept while ``embedding`` is the same tensor with the same
+        version counter (``verify``: and the same bytes, one pass over them); equal to
+        :meth:`run` to float rounding. Without a table (a family :meth:`run` does not prepare,
+        the Cho-form GRU without the C library, or more than :data:`TABLE_MAX` floats) it is
+        :meth:`run` on the looked-up rows."""
+        I = self.stack.input_size
+        if ids.dim() != 2 or 0 in ids.shape or ids.is_floating_point():
+            raise ValueError(f"Stepper.run_ids expects integer ids of shape (b, T) with b, "
+                             f"T >= 1, got {ids.dtype} {tuple(ids.shape)}")
+        if embedding.dim() != 2 or embedding.shape[1] != I:
+            raise ValueError(f"Stepper.run_ids expects an embedding of shape (V, {I}), got "
+                             f"{tuple(embedding.shape)}")
+        table = self._projection_table(embedding, verify)
+        if table is None:
+            return self.run(embedding.detach()[ids], state, lengths)
+        b, T = ids.shape
+        old = self._state(state, b, table)
+        lengths = self._lengths(lengths, b, T)
+        plan = Plan.make(lengths, b, T, ids.device)
+        rows = plan.pack(ids.to(torch.int64).unsqueeze(-1)).view(-1)
+        return self._run(plan, None, table.index_select(0, rows), old)
+
+    def _projection_table(self, emb: Tensor, verify: bool) -> Tensor | None:
+        """``emb W_ih^T + b`` ``(V, G*H)`` for layer 0 (the bias its projection adds), cached
+        with ``emb``'s identity, version and bytes; None where no table applies."""
+        if self.stack.mode not in CHUNK_MODES or emb.dtype != self.dtype:
+            return None
+        self._prepare_chunk()
+        d = self._chunk[0]
+        if not (d["c"] or self.split[0]) or emb.shape[0] * d["width"] > TABLE_MAX:
+            return None
+        t = self._table
+        if t is not None and t[0] is emb and t[1] == emb._version and (
+                not verify or _same(emb.detach(), t[2])):
+            return t[3]
+        w = emb.detach().contiguous()
+        table = d["ih"].product(w, d["proj_bias"])
+        self._table = (emb, emb._version, w.clone(), table)
+        return table
+
+    def _prepare_chunk(self) -> None:
         if self._chunk is None:
             self._chunk = [self._prepare(cell, split) for cell, split in
                            zip(self.stack.cells, self.split, strict=True)]
-        plan = Plan.make(lengths, b, T, x.device)
-        X = plan.pack(x.to(self.dtype))
+
+    def _lengths(self, lengths: Tensor | None, b: int, T: int) -> Tensor | None:
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths).to(torch.int64)
+            if tuple(lengths.shape) != (b,) or bool(((lengths < 1) | (lengths > T)).any()):
+                raise ValueError(f"Stepper.run expects lengths of shape ({b},) in [1, {T}], "
+                                 f"got {lengths.tolist()}")
+        return lengths
+
+    def _run(self, plan: Plan, X: Tensor | None, xp0: Tensor | None, old: tuple[Tensor, ...]
+             ) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
+        """The prepared layers over packed rows ``X`` ``(N, I)``, or, for layer 0, its input
+        projection ``xp0`` ``(N, G*H)`` already made."""
         old = tuple(plan.sort(s) for s in old)
         finals: list[list[Tensor]] = [[] for _ in old]
         steps = plan.steps() if self._chunk[0]["c"] else None
         for k, cell in enumerate(self.stack.cells):
-            X, fin = self._layer(k, cell, X, tuple(s[k] for s in old), plan, steps)
+            X, fin = self._layer(k, cell, X, tuple(s[k] for s in old), plan, steps,
+                                 xp0 if k == 0 else None)
             for f, v in zip(finals, fin, strict=True):
                 f.append(v)
         new = tuple(plan.unsort(torch.stack(f)) for f in finals)
@@ -217,9 +285,9 @@ class Stepper:
         H, mode = self.H, self.stack.mode
         use_c = native.usable(*cell.parameters())
         w_ih, w_hh = cell.weight_ih.detach(), cell.weight_hh.detach()
-        d: dict = {"c": use_c, "ih": gemm.Fixed(w_ih.t(), self.B)}
+        d: dict = {"c": use_c, "ih": gemm.Fixed(w_ih.t(), self.B), "width": w_ih.shape[0]}
         if mode == "gru_reset_before":
-            d["b_ih"] = cell.bias_rzn
+            d["b_ih"] = d["proj_bias"] = cell.bias_rzn
             if use_c:
                 d["wrz"], d["wn"] = native.pack(w_hh[:2 * H].t()), native.pack(w_hh[2 * H:].t())
             return d
@@ -238,41 +306,46 @@ class Stepper:
             if mode == "gru":
                 d["b_hh"] = (w_hh.new_zeros(3 * H) if cell.bias_hh is None
                              else cell.bias_hh.detach().contiguous())
+        d["proj_bias"] = d["bias"] if mode == "lstm" and use_c else d["b_ih"]  # xp's bias
         return d
 
-    def _layer(self, k: int, cell, X: Tensor, st: tuple[Tensor, ...], plan: Plan,
-               steps: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Layer ``k`` over packed rows ``X`` ``(N, I_k)`` from the sorted state ``st``
-        (each ``(B, H)``): packed outputs ``(N, H)`` and the final state. ``steps``: the
-        plan's sizes and offsets for the C recurrence."""
+    def _layer(self, k: int, cell, X: Tensor | None, st: tuple[Tensor, ...], plan: Plan,
+               steps: tuple[Tensor, Tensor] | None, xp: Tensor | None = None
+               ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Layer ``k`` over packed rows ``X`` ``(N, I_k)`` (or their input projection ``xp``
+        ``(N, G*H)``, bias included, ``X`` None) from the sorted state ``st`` (each
+        ``(B, H)``): packed outputs ``(N, H)`` and the final state. ``steps``: the plan's
+        sizes and offsets for the C recurrence."""
         d, mode, H, B, N, T = self._chunk[k], self.stack.mode, self.H, plan.B, plan.N, plan.T
         if d["c"]:
             sizes, offs = steps
-            HH = X.new_empty(B + N, H)
+            like = X if xp is None else xp
+            HH = like.new_empty(B + N, H)
             HH[:B] = st[0]
             if mode == "lstm":
-                CC = X.new_empty(B + N, H)
+                CC = like.new_empty(B + N, H)
                 CC[:B] = st[1]
-                X = X.contiguous()
-                bindings.lstm_seq_forward(X, d["wx"], d["bias"], d["wh"], HH, CC,
+                wx, bias, X = ((d["wx"], d["bias"], X.contiguous()) if xp is None
+                               else (None, None, xp.contiguous()))
+                bindings.lstm_seq_forward(X, wx, bias, d["wh"], HH, CC,
                                           X.new_empty(N, 4 * H), X.new_empty(N, H), sizes,
                                           offs, T, B, H, X.shape[1])
                 return HH[B:], (plan.final(HH), plan.final(CC))
-            xp = d["ih"].product(X, d["b_ih"])
+            xp = d["ih"].product(X, d["b_ih"]) if xp is None else xp.contiguous()
             if mode == "gru":
-                bindings.gru_seq_forward(xp, d["wh"], d["b_hh"], HH, X.new_empty(N, 3 * H),
-                                         X.new_empty(N, 3 * H), sizes, offs, T, B, H)
+                bindings.gru_seq_forward(xp, d["wh"], d["b_hh"], HH, HH.new_empty(N, 3 * H),
+                                         HH.new_empty(N, 3 * H), sizes, offs, T, B, H)
             elif mode == "gru_reset_before":
-                bindings.gru_cho_seq_forward(xp, d["wrz"], d["wn"], HH, X.new_empty(N, 3 * H),
-                                             X.new_empty(N, H), sizes, offs, T, B, H)
+                bindings.gru_cho_seq_forward(xp, d["wrz"], d["wn"], HH, HH.new_empty(N, 3 * H),
+                                             HH.new_empty(N, H), sizes, offs, T, B, H)
             else:
-                bindings.rnn_seq_forward(xp, d["wh"], HH, X.new_empty(N, H), sizes, offs, T,
+                bindings.rnn_seq_forward(xp, d["wh"], HH, HH.new_empty(N, H), sizes, offs, T,
                                          B, H, mode == "rnn_relu")
             return HH[B:], (plan.final(HH),)
         # no C library: per step, the recurrent product on the reordered weight and the cell
         run = tuple(s.clone() for s in st)  # each row's latest state (rows sorted by length)
-        Y = X.new_empty(N, H)
-        xi = d["ih"].product(X, d["b_ih"]) if self.split[k] else None
+        Y = st[0].new_empty(N, H)
+        xi = d["ih"].product(X, d["b_ih"]) if self.split[k] and xp is None else xp
         for b, s in zip(plan.sizes, plan.offs, strict=True):
             cur = tuple(r[:b] for r in run)
             if self.split[k]:

@@ -42,7 +42,9 @@ static void bwd_row(const float *restrict gi, const float *restrict gf,
 /* Packed rows (rnnkit.kernels.plan.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1
  * of X (N, I); HH, CC (B + N, H) hold h0, c0 then every step's h, c. Per step and row:
  * pre = bias + x W_ih^T + h_prev W_hh^T (wx, wh: W_ih^T, W_hh^T packed into ceil(4H / PW)
- * panels of (I, PW) and (H, PW); bias (4H)), then the cell; writes gates G (N, 4H) and TC. */
+ * panels of (I, PW) and (H, PW); bias (4H)), then the cell; writes gates G (N, 4H) and TC.
+ * wx NULL: X (N, 4H) holds each row's x W_ih^T + bias already (a streamed chunk's projection
+ * read from a table, rnnkit/kernels/step.py), and bias is not read. */
 int lstm_seq_forward(const float *X, const float *wx, const float *bias, const float *wh,
                      float *HH, float *CC, float *G, float *TC, const int64_t *sizes,
                      const int64_t *offs, long T, long B, long H, long I) {
@@ -63,9 +65,9 @@ int lstm_seq_forward(const float *X, const float *wx, const float *bias, const f
                 for (long i = 0; i < n; i++) {
                     ax[i] = X + (s + rows[i]) * I;
                     a[i] = HH + (p + rows[i]) * H;
-                    memcpy(scr + i * ld, bias, (size_t)N4 * sizeof(float));
+                    memcpy(scr + i * ld, wx ? bias : ax[i], (size_t)N4 * sizeof(float));
                 }
-                rows_mm(ax, n, wx, I, np, scr, 0);
+                if (wx) rows_mm(ax, n, wx, I, np, scr, 0);
                 rows_mm(a, n, wh, H, np, scr, 0);
                 for (long i = 0; i < n; i++) {
                     long r = rows[i];

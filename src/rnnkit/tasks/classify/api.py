@@ -34,16 +34,28 @@ from rnnkit.tasks.common import run_config
 
 
 def run_chunk(rnn: nn.Module, x: Tensor, state: State, lengths: Tensor | None = None,
-              verify: bool = True) -> tuple[Tensor, State]:
-    """One chunk of a stream through the recurrent stack: ``x`` ``(B, t, E)``, ``state`` as
-    the layer returns it (or None), ``lengths`` ``(B,)`` or None → ``(out (B, t, H), new
-    state)``. Runs on the layer's stepper (weights prepared once; with ``verify``, checked
-    byte for byte against them first: :meth:`rnnkit.layers.Recurrent.stepper`) for an rnnkit
-    layer in eval mode without autograd and without recorders; otherwise the layer itself.
-    ``verify=False`` only right after a verified call (the held-back tail of the same chunk)."""
+              verify: bool | None = None, embed: nn.Embedding | None = None
+              ) -> tuple[Tensor, State]:
+    """One chunk of a stream through the recurrent stack: ``x`` ``(B, t, E)`` (or, with
+    ``embed``, token ids ``(B, t)`` that ``embed`` turns into it), ``state`` as the layer
+    returns it (or None), ``lengths`` ``(B,)`` or None → ``(out (B, t, H), new state)``. Runs
+    on the layer's stepper (weights prepared once; token ids through its projection table,
+    :meth:`~rnnkit.kernels.step.Stepper.run_ids`) for an rnnkit layer in eval mode without
+    autograd and without recorders; otherwise the layer itself.
+
+    Every chunk checks the weights' version counters and the optimizer steps taken (cheap);
+    ``verify`` also compares their bytes with the stepper's snapshot (one pass over them:
+    :meth:`rnnkit.layers.Recurrent.stepper`), which catches writes no counter sees
+    (``p.data.mul_(2)``). By default (None) that is done at a session's first chunk (``state``
+    None), so a new session always runs on the weights as they are."""
     if (isinstance(rnn, Recurrent) and not rnn.training and not rnn.bidirectional
             and not rnn._recorders and not torch.is_grad_enabled()):
-        return rnn.stepper(1, verify=verify).run(x, state, lengths)
+        deep = state is None if verify is None else verify
+        st = rnn.stepper(1, verify=deep)
+        if embed is None:
+            return st.run(x, state, lengths)
+        return st.run_ids(x, embed.weight, state, lengths, verify=deep)
+    x = x if embed is None else embed(x)
     return rnn(x, state) if lengths is None else rnn(x, state, lengths=lengths)
 
 
@@ -98,12 +110,12 @@ class StreamSession:
         self.held = ""  # trailing text whose tokens may still change
 
     @torch.no_grad()
-    def _advance(self, ids: list[int], state: State, pool: dict[str, Tensor],
-                 verify: bool = True) -> tuple[State, dict[str, Tensor]]:
+    def _advance(self, ids: list[int], state: State, pool: dict[str, Tensor]
+                 ) -> tuple[State, dict[str, Tensor]]:
         if not ids:
             return state, pool
         m = self.clf.model
-        out, state = run_chunk(m.rnn, m.embed(torch.tensor([ids])), state, verify=verify)
+        out, state = run_chunk(m.rnn, torch.tensor([ids]), state, embed=m.embed)
         return state, m.pool_update(pool, out)
 
     @torch.no_grad()
@@ -118,10 +130,8 @@ class StreamSession:
         ids = self.clf.tok.encode(text[:k])
         self.state, self.pool = self._advance(ids, self.state, self.pool)
         self.held = text[k:]
-        # score the held-back tail provisionally, without committing it (the weights were
-        # just verified when the committed part ran)
-        return self._probs(*self._advance(self.clf.tok.encode(self.held), self.state, self.pool,
-                                          verify=not ids))
+        # score the held-back tail provisionally, without committing it
+        return self._probs(*self._advance(self.clf.tok.encode(self.held), self.state, self.pool))
 
     @staticmethod
     @torch.no_grad()
@@ -146,13 +156,14 @@ class StreamSession:
             commit.append(clf.tok.encode(text[:k]))
             s.held = text[k:]
             held.append(clf.tok.encode(s.held))
+        new = any(s.state is None for s in sessions)  # a session's first chunk: verify
         states = _stack([s.state for s in sessions], clf.model)
         pools = [s.pool for s in sessions]
-        states, pools = _advance_many(clf.model, commit, states, pools)
+        states, pools = _advance_many(clf.model, commit, states, pools, verify=new)
         for i, s in enumerate(sessions):
             s.state, s.pool = _row(states, i), pools[i]
         states, pools = _advance_many(clf.model, held, states, pools,  # provisional
-                                      verify=not any(commit))
+                                      verify=new and not any(commit))
         m = clf.model
         v = torch.cat([m.pool_read(pools[i], _row(states, i)) for i in range(len(sessions))])
         p = torch.softmax(m.head(v).double(), -1).tolist()
@@ -179,7 +190,7 @@ def _row(states: tuple[Tensor, ...], i: int) -> State:
 
 
 def _advance_many(m: Classifier, ids: list[list[int]], states: tuple[Tensor, ...],
-                  pools: list[dict[str, Tensor]], verify: bool = True
+                  pools: list[dict[str, Tensor]], verify: bool = False
                   ) -> tuple[tuple[Tensor, ...], list[dict[str, Tensor]]]:
     """Step rows ``ids`` (ragged) from ``states`` ``(L, B, H)``; rows with no ids keep
     theirs."""
@@ -190,7 +201,7 @@ def _advance_many(m: Classifier, ids: list[list[int]], states: tuple[Tensor, ...
     for i, x in enumerate(ids):
         pad[i, :len(x)] = torch.tensor(x, dtype=torch.long)
     st = states[0] if len(states) == 1 else states
-    out, new = run_chunk(m.rnn, m.embed(pad), st, n.clamp(min=1), verify)
+    out, new = run_chunk(m.rnn, pad, st, n.clamp(min=1), verify, embed=m.embed)
     new = (new,) if isinstance(new, Tensor) else tuple(new)
     keep = (n == 0).view(1, -1, 1)
     new = tuple(torch.where(keep, old, t) for old, t in zip(states, new, strict=True))
