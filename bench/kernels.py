@@ -130,7 +130,7 @@ def bench_auto(a: argparse.Namespace, dev: torch.device) -> None:
     """``auto`` vs the faster of ``fused`` and ``fast`` on the same call (one race of three);
     with ``--write-table`` the fused/fast times become ``rnnkit/kernels/auto_table.py``, the
     table ``auto`` reads (run the section again to see ``auto`` on the new table)."""
-    from rnnkit.kernels import size_class
+    from rnnkit.kernels import native, size_class, table_key
 
     x = torch.randn(a.batch, a.T, a.E, device=dev, requires_grad=True)
     xs = torch.randn(1, 16, a.E, device=dev)  # a streamed chunk: the table's "tiny" class
@@ -149,10 +149,13 @@ def bench_auto(a: argparse.Namespace, dev: torch.device) -> None:
             note=f"[{auto.last_kernel}] fused {t[1] * 1e3:.2f} / fast {t[2] * 1e3:.2f} ms")
         row("auto", f"{name} vs torch.nn", t[0], t[1], "torch.nn (fused)", None,
             note=f"[{auto.last_kernel}]")
-        dtype = str(inp.dtype).removeprefix("torch.")
-        size = size_class(H, inp.shape[0] * inp.shape[1])
-        table[f"{dev.type}|{dtype}|{mode}|{key}|{size}"] = {
-            "fused": round(t[1], 6), "fast": round(t[2], 6)}
+        if "autocast" in label:  # the key auto looks up, taken under the same autocast
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                k = "|".join(table_key(auto, inp))
+        else:
+            dtype = str(inp.dtype).removeprefix("torch.")
+            k = f"{dev.type}|{dtype}|{mode}|{key}|{size_class(H, inp.shape[0] * inp.shape[1])}"
+        table[k] = {"fused": round(t[1], 6), "fast": round(t[2], 6)}
 
     for cls, mode in AUTO_FAMILIES:
         for L, H in a.sizes:
@@ -160,6 +163,11 @@ def bench_auto(a: argparse.Namespace, dev: torch.device) -> None:
                 measure(cls, mode, L, H, what, prog, key, x, a.reps, "")
         L, H = a.sizes[0]  # the tiny class: inference only, at the first size, more reps
         measure(cls, mode, L, H, "forward", fwd, "infer", xs, a.reps * 4, ", B=1 T=16")
+    if dev.type == "cpu" and native.bf16_capable():  # bf16 autocast: rnnkit's vs torch.nn's
+        for cls, mode in AUTO_FAMILIES:
+            for L, H in [*a.sizes, *[s for s in a.bf16_sizes if s not in a.sizes]]:
+                measure(cls, mode, L, H, "fwd+bwd", autocast_step, "train", x,
+                        max(3, a.reps // 2), f", bf16 autocast ({native.bf16_class()})")
     if a.write_table:
         path = Path(rnnkit.__file__).parent / "kernels" / "auto_table.py"
         head = path.read_text().split("SOURCE = ")[0]

@@ -1,5 +1,7 @@
 """Bad input gets a ValueError naming what was expected and what was given."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +75,17 @@ def test_bad_constructor_arguments():
 def test_from_torch_wrong_class():
     with pytest.raises(TypeError, match=r"expects a torch.nn.LSTM, got GRU"):
         rnnkit.LSTM.from_torch(torch.nn.GRU(3, 4))
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    """The default ``--out`` (``runs/<task>-<date>-<time>``) is claimed by creating it: a
+    second run in the same second gets ``-2`` (two README runs once collided there)."""
+    import time
+
+    from rnnkit.tasks.spec import new_run_folder
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261204-120000")
+    got = [new_run_folder("lm", tmp_path / "runs") for _ in range(3)]
+    assert [Path(g).name for g in got] == ["lm-20261204-120000", "lm-20261204-120000-2",
+                                           "lm-20261204-120000-3"]
+    assert all(Path(g).is_dir() for g in got)

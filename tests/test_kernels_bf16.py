@@ -64,7 +64,7 @@ def test_bf16_error_no_larger_than_torch_nn(family, I, H, layers, bidir, lengths
     torch.manual_seed(0)
     B, T = 6, 11
     cls, kw, n_state = FAMILIES[family]
-    ours = cls(I, H, num_layers=layers, bidirectional=bidir, **kw)
+    ours = cls(I, H, num_layers=layers, bidirectional=bidir, kernel="fast", **kw)
     D = 2 if bidir else 1
     x = torch.randn(B, T, I)
     state = tuple(0.5 * torch.randn(layers * D, B, H) for _ in range(n_state))
@@ -110,7 +110,7 @@ def test_bf16_kernel_rounds_as_promised(I, H):
     """Odd and even sizes (the padding of the bfloat16 pairs): the kernel equals the emulation
     of its rounding to float32 accuracy (a flip of one bf16 rounding at a tie aside)."""
     torch.manual_seed(1)
-    lstm = rnnkit.LSTM(I, H)
+    lstm = rnnkit.LSTM(I, H, kernel="fast")
     x = torch.randn(9, 13, I)
     with torch.no_grad(), autocast():
         out, _ = lstm(x)
@@ -129,7 +129,7 @@ def test_bf16_rnn_rounds_as_promised(nonlinearity):
     """The Elman RNN's bf16 kernel, odd sizes: equal to the emulation of its rounding."""
     torch.manual_seed(5)
     I, H = 7, 19
-    rnn = rnnkit.RNN(I, H, nonlinearity=nonlinearity)
+    rnn = rnnkit.RNN(I, H, nonlinearity=nonlinearity, kernel="fast")
     x = torch.randn(5, 9, I)
     with torch.no_grad(), autocast():
         out, _ = rnn(x)
@@ -150,7 +150,7 @@ def test_bf16_activations_in_and_their_gradient_out():
     """Autocast's bfloat16 activations (a bf16 input with float32 weights) run the bf16 kernel;
     the input's gradient comes back bfloat16, the weights' float32."""
     torch.manual_seed(2)
-    lstm = rnnkit.LSTM(8, 16, num_layers=2)
+    lstm = rnnkit.LSTM(8, 16, num_layers=2, kernel="fast")
     x = torch.randn(3, 5, 8).bfloat16().requires_grad_(True)
     with autocast():
         out, _ = lstm(x)
@@ -193,12 +193,28 @@ def test_fused_under_autocast_is_still_torch_nn_bit_for_bit():
 
 
 @needs_bf16
-def test_auto_picks_bf16_for_lstm_and_recording_stays_float32():
+def test_auto_under_bf16_autocast_follows_the_table_for_this_cpu_class(monkeypatch):
+    """Which bf16 kernel wins depends on the CPU (torch.nn's oneDNN multiplies on AMX tiles
+    where the CPU has them): ``auto`` reads the row of this CPU's class; without one it runs
+    rnnkit's bf16 kernel; recording gates runs in float32 whatever the table says."""
     lstm = rnnkit.LSTM(8, 16)
-    x = torch.randn(3, 5, 8)
+    x = torch.randn(4, 10, 8, requires_grad=True)  # 40 rows: past the "tiny" class
     with autocast():
-        c = kernels.select(lstm, x, None, False)
-        assert c == "fast" and "AVX512-BF16" in c.why
+        key = "|".join(kernels.table_key(lstm, x))
+    assert key == f"cpu|bfloat16-autocast-{native.bf16_class()}|lstm|train|small"
+    for row, want in (({"fused": 1.0, "fast": 2.0}, "fused"),
+                      ({"fused": 2.0, "fast": 1.0}, "fast"), (None, "fast")):
+        monkeypatch.setattr(kernels, "TABLE", {} if row is None else {key: row})
+        with autocast():
+            c = kernels.select(lstm, x, None, False)
+            lstm(x)
+        assert c == want, (row, c, c.why)
+        assert lstm.last_kernel.runs == ("fast:bf16" if want == "fast" else "fused")
+        if row is None:
+            assert "no measured row for this CPU class" in c.why
+        else:
+            assert "measured faster" in c.why and "bfloat16-autocast" in c.why
+    with autocast():
         assert "runs fast" in kernels.explain(lstm, x)
         with rnnkit.record(lstm) as rec:
             lstm(x)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from rnnkit.kernels import fast, fused, reference, scan
+from rnnkit.kernels import fast, fused, native, reference, scan
 from rnnkit.kernels.auto_table import SOURCE as TABLE_SOURCE
 from rnnkit.kernels.auto_table import TABLE
 from rnnkit.kernels.stack import HasStack, Stack, as_stack
@@ -117,13 +117,17 @@ def _is_training(layer: Stack, x: Tensor) -> bool:
 
 def table_key(layer: Layer, x: Tensor) -> tuple[str, str, str, str, str] | None:
     """``(device, dtype, mode, "train"|"infer", size class)``, the key of this call in
-    :data:`rnnkit.kernels.auto_table.TABLE`; ``None`` under autocast (no row measured: its
-    lower-precision kernel is torch.nn's)."""
+    :data:`rnnkit.kernels.auto_table.TABLE`. Under CPU bfloat16 autocast the dtype is
+    ``bfloat16-autocast-<class>`` (:func:`rnnkit.kernels.native.bf16_class`: which of the
+    two bf16 kernels wins depends on whether the CPU has AMX); other autocast: ``None``."""
     layer = as_stack(layer)
     dev = x.device.type
-    if torch.is_autocast_enabled(dev) if dev in ("cpu", "cuda") else False:
+    if fast.bf16_autocast(x):
+        dtype = f"bfloat16-autocast-{native.bf16_class()}"
+    elif torch.is_autocast_enabled(dev) if dev in ("cpu", "cuda") else False:
         return None
-    dtype = str(x.dtype).removeprefix("torch.")
+    else:
+        dtype = str(x.dtype).removeprefix("torch.")
     return (dev, dtype, layer.mode, "train" if _is_training(layer, x) else "infer",
             size_class(layer.hidden_size, x.shape[0] * x.shape[1]))
 
@@ -163,9 +167,13 @@ def decide(layer: Layer, x: Tensor, lengths: Tensor | None, record: bool) -> Cho
     if can["fast"] and fast.bf16_autocast(x) and layer.mode in fast.BF16_DIRECTIONS:
         why = fast.bf16_why_not(layer, x, record)
         if why is None:
-            return Choice("fast", "bf16 autocast on a CPU with AVX512-BF16: rnnkit's bfloat16 "
-                                  "kernel (float32 accumulation and cell state), measured faster "
-                                  "than torch.nn's (python bench/kernels.py --only bf16)")
+            m = measured(layer, x) if can["fused"] else None
+            if m is not None:  # "fast" here is the bfloat16 kernel
+                return Choice(*m)
+            return Choice("fast", "bf16 autocast on a CPU with AVX512-BF16, no measured row for "
+                                  "this CPU class: rnnkit's bfloat16 kernel (float32 "
+                                  "accumulation and cell state; 5.6x torch.nn's at LSTM 1x512 "
+                                  "on a CPU without AMX, python bench/kernels.py --only bf16)")
         return Choice("fast", f"bf16 autocast without the bfloat16 kernel ({why}): rnnkit's "
                               "float32 fast path")
     if can["fused"] and can["fast"]:

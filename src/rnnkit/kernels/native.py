@@ -172,6 +172,14 @@ def bf16_capable() -> bool:
     return _bf16_built()
 
 
+def bf16_class() -> str:
+    """This CPU's bfloat16 class, a key of ``auto``'s table (:func:`rnnkit.kernels.table_key`):
+    ``"amx"`` where it has AMX tiles (oneDNN, hence torch.nn's bf16 kernel, multiplies on
+    them), else ``"avx512bf16"`` (the dot-product instructions rnnkit's bf16 kernels use)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return "amx" if amx is not None and amx() else "avx512bf16"
+
+
 @cache
 def _bf16_built() -> bool:
     lib_ = lib()

@@ -308,10 +308,10 @@ def train_command(spec: TaskSpec, args: argparse.Namespace) -> int:
                 spec.report(task, res, args)
                 _last_line(spec, res, t_start)
         return 0
-    out = args.out or f"runs/{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("under torchrun give --out, so that every process names the same run "
                          "folder")
+    out = args.out or new_run_folder(spec.name)
     with ckpt.run_lock(out) if main else contextlib.nullcontext():
         if args.restart and main:
             _clear_run(Path(out))
@@ -330,6 +330,22 @@ def train_command(spec: TaskSpec, args: argparse.Namespace) -> int:
             spec.report(task, res, args)
             _last_line(spec, res, t_start)
     return 0
+
+
+def new_run_folder(name: str, root: str | Path = "runs") -> str:
+    """``runs/<name>-<date>-<time>``, created here, with ``-2``, ``-3``, ... when a run
+    started in the same second already took the name (creating the folder is the claim, so two
+    processes never share one)."""
+    stem = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        d = stem if k == 1 else stem.with_name(f"{stem.name}-{k}")
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        return str(d)
+    raise ValueError(f"{root}: could not create a new run folder named {stem.name}-N")
 
 
 def _clear_run(d: Path) -> None:
