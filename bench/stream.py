@@ -23,7 +23,7 @@ and writes it with JSON to ``--out`` (default ``bench/results``).
 
 from __future__ import annotations  # noqa: I001  (rnnkit first, see below)
 
-# first: rnnkit's runtime sets OMP_WAIT_POLICY=PASSIVE before torch loads, as the CLI runs
+# first: rnnkit's runtime bounds OpenMP's spin (GOMP_SPINCOUNT) before torch loads, as the CLI
 import rnnkit  # noqa: F401
 import argparse
 import json

@@ -17,27 +17,33 @@ from rnnkit.train import Progress, TrainConfig
 
 
 def _omp_env(extra: dict[str, str]) -> str:
-    """What libgomp itself reports it read (``OMP_DISPLAY_ENV``) in a fresh ``import rnnkit``."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env.update({"OMP_DISPLAY_ENV": "TRUE", **extra})
+    """What libgomp itself reports it read (``OMP_DISPLAY_ENV=VERBOSE``) in a fresh
+    ``import rnnkit``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update({"OMP_DISPLAY_ENV": "VERBOSE", **extra})
     code = "import rnnkit, torch; torch.ones(8) @ torch.ones(8)"
     r = subprocess.run([sys.executable, "-c", code],
                        env=env, capture_output=True, text=True, timeout=120, check=True)
     return r.stderr + r.stdout
 
 
-def test_import_sets_passive_wait_policy_before_torch_loads_openmp() -> None:
-    assert "OMP_WAIT_POLICY = 'PASSIVE'" in _omp_env({})
+def test_import_bounds_the_spin_before_torch_loads_openmp() -> None:
+    # (libgomp displays an unset wait policy as PASSIVE; the spin count is what it does)
+    out = _omp_env({})
+    assert f"GOMP_SPINCOUNT = '{runtime.SPIN_COUNT}'" in out, out
 
 
-def test_user_wait_policy_wins() -> None:
-    assert "OMP_WAIT_POLICY = 'ACTIVE'" in _omp_env({"OMP_WAIT_POLICY": "ACTIVE"})
+def test_user_wait_policy_or_spin_count_wins() -> None:
+    out = _omp_env({"OMP_WAIT_POLICY": "PASSIVE"})
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in out and "GOMP_SPINCOUNT = '0'" in out, out
+    assert "GOMP_SPINCOUNT = '77'" in _omp_env({"GOMP_SPINCOUNT": "77"})
 
 
 def test_too_late_after_torch_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert runtime.passive_wait_policy() is False  # torch is loaded in this process
-    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert runtime.bounded_spin() is False  # torch is loaded in this process
+    assert "GOMP_SPINCOUNT" not in os.environ
 
 
 def test_free_cores_in_range() -> None:

@@ -3,7 +3,7 @@ and run fast."""
 
 from typing import Any
 
-import rnnkit.runtime  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
+import rnnkit.runtime  # noqa: F401  (first: sets GOMP_SPINCOUNT before torch loads)
 from rnnkit import keras
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.inspect.params import ParamFormula, count_params, param_formula

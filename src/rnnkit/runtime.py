@@ -1,5 +1,5 @@
-"""Process-wide settings rnnkit makes at start: glibc keeps freed memory (below), and OpenMP
-threads sleep rather than spin when idle, with a thread count from the cores actually free
+"""Process-wide settings rnnkit makes at start: glibc keeps freed memory (below), and idle
+OpenMP threads spin only briefly before they sleep, with a thread count from the cores actually free
 (the section "threads on a busy machine" further down).
 
 **Keep freed memory in the process: no page faults on every training step.**
@@ -64,31 +64,40 @@ def release_freed_memory() -> bool:
 
 # -- threads on a busy machine ------------------------------------------------------------------
 #
-# **OpenMP threads must not spin against another job.** GNU OpenMP (torch's CPU thread pool)
-# keeps each idle worker spinning for ~300,000 iterations after every parallel region; with
-# another process on the CPU the spinning threads steal its core and wait for each other. On the
-# project's 2-core machine `rnnkit train lm` next to one busy process ran at 2,264 chars/s with
-# the default policy, 21,500 with one thread, 36,500 quiet. libgomp reads ``OMP_WAIT_POLICY``
-# once, when it is loaded (at ``import torch``), so :func:`passive_wait_policy` runs when
-# ``rnnkit`` is imported, before rnnkit imports torch. Override: set ``OMP_WAIT_POLICY=ACTIVE``
-# (or any value) in the environment yourself; rnnkit only fills it in when unset. When torch was
-# imported before rnnkit, the setting comes too late and rnnkit leaves it alone (set the
-# variable before starting Python instead).
+# **OpenMP threads must not spin long against another job, nor sleep at every region.** GNU
+# OpenMP (torch's CPU thread pool) keeps each idle worker spinning for ~300,000 iterations after
+# every parallel region; with another process on the CPU the spinning threads steal its core and
+# wait for each other. On the project's 2-core machine `rnnkit train lm` next to one busy process
+# ran at 2,264 chars/s with that default, 21,500 with one thread, 36,500 quiet. Sleeping at once
+# (``OMP_WAIT_POLICY=PASSIVE``, rnnkit's earlier setting) cures that but costs a wake-up at every
+# region, and oneDNN's RNN kernels run many small regions per time step: on an Intel Xeon with
+# AMX (2 cores, quiet) torch.nn's bf16 LSTM 1x512 training step took 92 ms passive against
+# 43 ms with a short spin. So rnnkit sets ``GOMP_SPINCOUNT`` (how many iterations an idle thread
+# spins before it sleeps) to :data:`SPIN_COUNT`, microseconds rather than the default's
+# hundreds (measured: 10,000 -> 43 ms, 1,000 -> 49 ms, passive 92 ms, spin-forever 39 ms;
+# ``python bench/busy.py`` for the busy machine). libgomp reads the variables once, when it is
+# loaded (at ``import torch``), so :func:`bounded_spin` runs when ``rnnkit`` is imported,
+# before rnnkit imports torch. Override: set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` yourself;
+# rnnkit only fills in ``GOMP_SPINCOUNT`` when neither is set. When torch was imported before
+# rnnkit, the setting comes too late and rnnkit leaves it alone (set the variable before
+# starting Python instead).
 
-WAIT_POLICY = "PASSIVE"
+SPIN_COUNT = "10000"
 
 
-def passive_wait_policy() -> bool:
-    """Ask OpenMP to let idle threads sleep (``OMP_WAIT_POLICY=PASSIVE``) unless the user set a
-    policy. Returns whether rnnkit's value is the one OpenMP will read: ``False`` when the
-    variable was already set, or torch (hence libgomp) was loaded before rnnkit."""
-    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+def bounded_spin() -> bool:
+    """Ask OpenMP to let idle threads spin briefly, then sleep (``GOMP_SPINCOUNT`` =
+    :data:`SPIN_COUNT`) unless the user set a policy. Returns whether rnnkit's value is the one
+    OpenMP will read: ``False`` when ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` was already set,
+    or torch (hence libgomp) was loaded before rnnkit."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ \
+            or "torch" in sys.modules:
         return False
-    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
     return True
 
 
-WAIT_POLICY_SET = passive_wait_policy()  # at import: rnnkit/__init__.py imports us first
+SPIN_SET = bounded_spin()  # at import: rnnkit/__init__.py imports us first
 
 
 def _cpu_times() -> tuple[float, float] | None:
@@ -132,7 +141,7 @@ def choose_threads(threads: int | None = None) -> tuple[int, str]:
     """Set torch's intra-op thread count for a run and say why: ``threads`` when given; else
     ``OMP_NUM_THREADS`` / ``RNNKIT_THREADS`` when set (left to torch, which read it); else all
     usable cores, the same on every start, so that a resumed run sums in the same order (the
-    passive wait policy keeps them from spinning against another job). Returns
+    bounded spin keeps them from spinning long against another job). Returns
     ``(threads, reason)``."""
     import torch
 
