@@ -11,7 +11,7 @@ throughput is the median ``items_per_s`` (characters/s) of its log intervals aft
 (``metrics.jsonl``). The competing job is a pure-Python ``while True`` loop (one core's worth),
 started by this script before the training run and killed after it. Conditions:
 
-* ``quiet``: rnnkit's defaults (idle OpenMP threads spin ``GOMP_SPINCOUNT`` = 10,000
+* ``quiet``: rnnkit's defaults (idle OpenMP threads spin ``GOMP_SPINCOUNT`` = 1,000
   iterations, then sleep; threads = all cores), nothing else started;
 * ``busy``: rnnkit's defaults next to the competing job;
 * ``quiet, passive (before)`` / ``busy, passive (before)``: ``OMP_WAIT_POLICY=PASSIVE``

@@ -72,17 +72,18 @@ def release_freed_memory() -> bool:
 # (``OMP_WAIT_POLICY=PASSIVE``, rnnkit's earlier setting) cures that but costs a wake-up at every
 # region, and oneDNN's RNN kernels run many small regions per time step: on an Intel Xeon with
 # AMX (2 cores, quiet) torch.nn's bf16 LSTM 1x512 training step took 92 ms passive against
-# 43 ms with a short spin. So rnnkit sets ``GOMP_SPINCOUNT`` (how many iterations an idle thread
-# spins before it sleeps) to :data:`SPIN_COUNT`, microseconds rather than the default's
-# hundreds (measured: 10,000 -> 43 ms, 1,000 -> 49 ms, passive 92 ms, spin-forever 39 ms;
-# ``python bench/busy.py`` for the busy machine). libgomp reads the variables once, when it is
+# 49 ms with a short spin. So rnnkit sets ``GOMP_SPINCOUNT`` (how many iterations an idle thread
+# spins before it sleeps) to :data:`SPIN_COUNT`. Measured there, the default `rnnkit train lm`
+# in chars/s quiet and next to one busy process: passive 27,200 and 32,200; spin 1,000: 44,500
+# and 28,500; 3,000: 49,300 and 22,600; 10,000: 46,000 and 12,600; libgomp's 300,000: 5,000
+# busy (``python bench/busy.py``). libgomp reads the variables once, when it is
 # loaded (at ``import torch``), so :func:`bounded_spin` runs when ``rnnkit`` is imported,
 # before rnnkit imports torch. Override: set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` yourself;
 # rnnkit only fills in ``GOMP_SPINCOUNT`` when neither is set. When torch was imported before
 # rnnkit, the setting comes too late and rnnkit leaves it alone (set the variable before
 # starting Python instead).
 
-SPIN_COUNT = "10000"
+SPIN_COUNT = "1000"
 
 
 def bounded_spin() -> bool:
