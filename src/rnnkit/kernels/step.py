@@ -53,6 +53,7 @@ from rnnkit.kernels.stack import Stack
 
 CHUNK_MODES = ("lstm", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu")  # run() prepares these
 TABLE_MAX = 1 << 22  # floats (16 MiB) in run_ids' projection table at most; larger: a product
+PLANS = 64  # chunk layouts (b, T) a stepper keeps
 
 _OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any optimizer, fused included)
 
@@ -93,6 +94,7 @@ class Stepper:
                          for t in layer.parameters()]
         self._chunk: list | None = None  # the chunk path's weights, prepared at its first use
         self._table: tuple | None = None  # run_ids: (embedding, its version, its bytes, table)
+        self._plans: dict[tuple[int, int], tuple] = {}  # (b, T) -> uniform plan, C steps
         self.split = [hasattr(c, "combine") and getattr(c, "reset_after", True)
                       for c in layer.cells]
         self.native = (layer.mode == "lstm" and all(self.split)
@@ -188,7 +190,7 @@ class Stepper:
                                          x.to(self.dtype), old, lengths, False)
             return out, (new[0] if self.n_state == 1 else new)
         self._prepare_chunk()
-        plan = Plan.make(lengths, b, T, x.device)
+        plan = self._plan(lengths, b, T, x.device)
         return self._run(plan, plan.pack(x.to(self.dtype)), None, old)
 
     @torch.no_grad()
@@ -216,9 +218,23 @@ class Stepper:
         b, T = ids.shape
         old = self._state(state, b, table)
         lengths = self._lengths(lengths, b, T)
-        plan = Plan.make(lengths, b, T, ids.device)
+        plan = self._plan(lengths, b, T, ids.device)
         rows = plan.pack(ids.to(torch.int64).unsqueeze(-1)).view(-1)
         return self._run(plan, None, table.index_select(0, rows), old)
+
+    def _plan(self, lengths: Tensor | None, b: int, T: int, device: torch.device) -> Plan:
+        """The packed layout of a chunk; without ``lengths`` kept per ``(b, T)`` (at most
+        :data:`PLANS`, however many chunks), with its C step tensors."""
+        if lengths is not None:
+            return Plan.make(lengths, b, T, device)
+        hit = self._plans.get((b, T))
+        if hit is None:
+            plan = Plan.make(None, b, T, device)
+            hit = (plan, plan.steps())
+            if len(self._plans) >= PLANS:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[(b, T)] = hit
+        return hit[0]
 
     def _projection_table(self, emb: Tensor, verify: bool) -> Tensor | None:
         """``emb W_ih^T + b`` ``(V, G*H)`` for layer 0 (the bias its projection adds), cached
@@ -257,7 +273,9 @@ class Stepper:
         projection ``xp0`` ``(N, G*H)`` already made."""
         old = tuple(plan.sort(s) for s in old)
         finals: list[list[Tensor]] = [[] for _ in old]
-        steps = plan.steps() if self._chunk[0]["c"] else None
+        hit = self._plans.get((plan.B, plan.T)) if plan.flat is None else None
+        steps = None if not self._chunk[0]["c"] else hit[1] if hit and hit[0] is plan \
+            else plan.steps()
         for k, cell in enumerate(self.stack.cells):
             X, fin = self._layer(k, cell, X, tuple(s[k] for s in old), plan, steps,
                                  xp0 if k == 0 else None)
