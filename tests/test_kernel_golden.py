@@ -15,8 +15,11 @@ change, with::
     PYTHONPATH=src python tests/test_kernel_golden.py --write
 
 Bits depend on the CPU's instruction set (the C kernels' AVX-512/AVX2 branches, oneDNN's and
-MKL's code paths) and on torch's version, both stored in the file's metadata: on another CPU
-capability or torch the test skips (saying why) instead of failing. All cases run with one
+MKL's code paths, which differ between CPU vendors at the same capability) and on torch's
+version, all stored in the file's metadata: on another CPU capability, vendor or torch the test
+skips (saying why) instead of failing. (The file was written on an AMD EPYC; its vendor was
+added to the metadata later, the tensors unchanged: on an Intel Xeon with AVX-512 the reference
+RNN's output differed by 9e-8.) All cases run with one
 torch thread (and the C cases also with two, on a batch both threads share).
 """
 
@@ -179,8 +182,21 @@ def compute(case: str) -> dict[str, torch.Tensor]:
         return run_case(family, kernel, opts, CONFIGS[cname])
 
 
+def cpu_vendor() -> str:
+    """``vendor_id`` of ``/proc/cpuinfo`` (MKL and oneDNN take other code paths on another
+    vendor's CPU at the same capability), or ``"unknown"``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def meta() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
+            "vendor": cpu_vendor()}
 
 
 @pytest.fixture(scope="module")

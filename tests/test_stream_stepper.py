@@ -31,6 +31,14 @@ def _tuple(s):
     return s if isinstance(s, tuple) else (s,)
 
 
+def _c_or_torch(use_c: bool, monkeypatch) -> None:
+    """Run on the C library (skip where it is off) or force its torch fallback."""
+    if not use_c:
+        monkeypatch.setattr(native, "usable", lambda *t: False)
+    elif native.lib() is None:
+        pytest.skip("the C library is disabled (RNNKIT_NATIVE=0) or cannot be built")
+
+
 def _init(layer, b: int):
     h0 = torch.randn(layer.num_layers, b, layer.hidden_size)
     return (h0, torch.randn_like(h0)) if len(layer.state_names) == 2 else h0
@@ -39,10 +47,7 @@ def _init(layer, b: int):
 @pytest.mark.parametrize("use_c", [True, False], ids=["c", "torch"])
 @pytest.mark.parametrize("cls,kw", FAMILIES)
 def test_run_equals_the_whole_layer_over_chunks(cls, kw, use_c, monkeypatch):
-    if not use_c:
-        monkeypatch.setattr(native, "usable", lambda *t: False)
-    elif native.lib() is None:
-        pytest.skip("the C library is disabled (RNNKIT_NATIVE=0) or cannot be built")
+    _c_or_torch(use_c, monkeypatch)
     torch.manual_seed(0)
     layer = cls(5, 19, num_layers=2, **kw).eval()
     for b in (1, 3):
@@ -63,10 +68,7 @@ def test_run_equals_the_whole_layer_over_chunks(cls, kw, use_c, monkeypatch):
 def test_run_ids_equals_the_layer_on_the_embedded_ids(cls, kw, use_c, monkeypatch):
     """Token ids through the first layer's projection table equal the layer on
     ``embedding[ids]`` (ragged lengths, two chunks, an initial state), for every family."""
-    if not use_c:
-        monkeypatch.setattr(native, "usable", lambda *t: False)
-    elif native.lib() is None:
-        pytest.skip("the C library is disabled (RNNKIT_NATIVE=0) or cannot be built")
+    _c_or_torch(use_c, monkeypatch)
     torch.manual_seed(2)
     layer = cls(6, 17, num_layers=2, **kw).eval()
     emb = torch.nn.Embedding(23, 6)

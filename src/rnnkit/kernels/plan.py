@@ -9,7 +9,7 @@ its own length, which in this layout is a fixed row permutation (:meth:`Plan.rev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -40,6 +40,7 @@ class Plan:
     rev: Tensor | None  # packed row -> packed row of the same sequence, time reversed
     prev: Tensor | None
     last: Tensor | None  # sorted sequence -> its last packed row
+    _steps: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
     def make(lengths: Tensor | None, B: int, T: int, device: torch.device) -> Plan:
@@ -67,8 +68,11 @@ class Plan:
         return Plan(B, T, N, sizes, offs, order, unorder, flat, rev, prev, last)
 
     def steps(self) -> tuple[Tensor, Tensor]:
-        """``sizes`` and ``offs`` as int64 CPU tensors (for the C kernels)."""
-        return torch.tensor(self.sizes), torch.tensor(self.offs)
+        """``sizes`` and ``offs`` as int64 CPU tensors (for the C kernels), made once per plan
+        (read only)."""
+        if self._steps is None:
+            self._steps = (torch.tensor(self.sizes), torch.tensor(self.offs))
+        return self._steps
 
     def pack(self, x: Tensor) -> Tensor:
         """``(B, T, F)`` -> ``(N, F)``."""

@@ -94,7 +94,7 @@ class Stepper:
                          for t in layer.parameters()]
         self._chunk: list | None = None  # the chunk path's weights, prepared at its first use
         self._table: tuple | None = None  # run_ids: (embedding, its version, its bytes, table)
-        self._plans: dict[tuple[int, int], tuple] = {}  # (b, T) -> uniform plan, C steps
+        self._plans: dict[tuple[int, int], Plan] = {}  # (b, T) -> a chunk's uniform layout
         self.split = [hasattr(c, "combine") and getattr(c, "reset_after", True)
                       for c in layer.cells]
         self.native = (layer.mode == "lstm" and all(self.split)
@@ -224,17 +224,16 @@ class Stepper:
 
     def _plan(self, lengths: Tensor | None, b: int, T: int, device: torch.device) -> Plan:
         """The packed layout of a chunk; without ``lengths`` kept per ``(b, T)`` (at most
-        :data:`PLANS`, however many chunks), with its C step tensors."""
+        :data:`PLANS`, however many chunks; its C step tensors are made once with it)."""
         if lengths is not None:
             return Plan.make(lengths, b, T, device)
-        hit = self._plans.get((b, T))
-        if hit is None:
+        plan = self._plans.get((b, T))
+        if plan is None:
             plan = Plan.make(None, b, T, device)
-            hit = (plan, plan.steps())
             if len(self._plans) >= PLANS:
                 self._plans.pop(next(iter(self._plans)))
-            self._plans[(b, T)] = hit
-        return hit[0]
+            self._plans[(b, T)] = plan
+        return plan
 
     def _projection_table(self, emb: Tensor, verify: bool) -> Tensor | None:
         """``emb W_ih^T + b`` ``(V, G*H)`` for layer 0 (the bias its projection adds), cached
@@ -273,9 +272,7 @@ class Stepper:
         projection ``xp0`` ``(N, G*H)`` already made."""
         old = tuple(plan.sort(s) for s in old)
         finals: list[list[Tensor]] = [[] for _ in old]
-        hit = self._plans.get((plan.B, plan.T)) if plan.flat is None else None
-        steps = None if not self._chunk[0]["c"] else hit[1] if hit and hit[0] is plan \
-            else plan.steps()
+        steps = plan.steps() if self._chunk[0]["c"] else None
         for k, cell in enumerate(self.stack.cells):
             X, fin = self._layer(k, cell, X, tuple(s[k] for s in old), plan, steps,
                                  xp0 if k == 0 else None)
