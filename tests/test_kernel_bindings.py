@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import rnnkit
 from rnnkit.kernels import bindings, native
 
 pytestmark = pytest.mark.skipif(native.lib() is None, reason="no C compiler for rnnkit's kernels")
@@ -103,7 +104,7 @@ BF16 = {n for n in bindings.SIGNATURES if "bf16" in n}  # test_bf16_bindings_ref
 
 
 def test_every_entry_point_has_a_binding():
-    assert set(CASES) | {"rnnkit_threads", "lstm_stack_step"} | BF16 == set(
+    assert set(CASES) | {"rnnkit_threads", "lstm_stack_step", "lstm_stack_run"} | BF16 == set(
         bindings.SIGNATURES)
 
 
@@ -201,3 +202,40 @@ def test_lstm_forward_takes_a_projected_input():
     torch.testing.assert_close(proj["HH"], want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"projected X needs wx and bias None and I = 4H"):
         bindings.lstm_seq_forward(*{**proj, "bias": bias}.values(), T_, B_, H_, 4 * H_)
+
+
+def test_stack_run_equals_stack_steps_and_checks_its_tensors():
+    """``lstm_stack_run`` (a chunk of T steps in one call) equals T calls of
+    ``lstm_stack_step``, from ``x`` or from layer 0's pre-activations in pack_units' order;
+    its tensors are checked like every binding's, and exactly one input is given."""
+    torch.manual_seed(0)
+    L_, b, I_, H_, T_ = 2, 3, 5, 9, 4
+    lstm = rnnkit.LSTM(I_, H_, num_layers=L_)
+    cells = lstm.cells
+    w = bindings.StackWeights(
+        [native.pack_units(c.weight_ih.detach()) for c in cells],
+        [native.pack_units(c.weight_hh.detach()) for c in cells],
+        [native.pack_units((c.bias_ih + c.bias_hh).detach()) for c in cells], I=I_, H=H_)
+    x = torch.randn(T_, b, I_)
+    h0, c0 = torch.randn(L_, b, H_), torch.randn(L_, b, H_)
+    h, c, want = h0.clone(), c0.clone(), []
+    for t in range(T_):
+        hn, cn = torch.empty_like(h), torch.empty_like(c)
+        bindings.lstm_stack_step(x[t].contiguous(), w, h, c, hn, cn, b)
+        h, c = hn, cn
+        want.append(h[-1])
+    c0_ = cells[0]
+    pre = x.reshape(T_ * b, I_) @ c0_.weight_ih.detach().t() + (c0_.bias_ih + c0_.bias_hh).detach()
+    for inp in ({"x": x, "xp": None},
+                {"x": None, "xp": native.pack_units_rows(pre).view(T_, b, -1)}):
+        hr, cr, Y = h0.clone(), c0.clone(), torch.empty(T_, b, H_)
+        bindings.lstm_stack_run(inp["x"], inp["xp"], w, hr, cr, torch.empty_like(hr),
+                                torch.empty_like(cr), Y, T_, b)
+        torch.testing.assert_close(Y, torch.stack(want), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close((hr, cr), (h, c), atol=1e-6, rtol=1e-6)
+    scratch = (torch.empty(L_, b, H_), torch.empty(L_, b, H_), torch.empty(T_, b, H_))
+    with pytest.raises(ValueError, match=r"^lstm_stack_run: give exactly one of x and xp, got "
+                                         r"both"):
+        bindings.lstm_stack_run(x, x, w, h0.clone(), c0.clone(), *scratch, T_, b)
+    with pytest.raises(ValueError, match=r"^lstm_stack_run: h must have shape \(2, 3, 9\)"):
+        bindings.lstm_stack_run(x, None, w, torch.zeros(2, 3, 8), c0.clone(), *scratch, T_, b)

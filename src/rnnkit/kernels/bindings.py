@@ -35,6 +35,7 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "lstm_seq_forward": ([_P] * 10 + [_L] * 4, _I),
     "lstm_seq_backward": ([_P] * 10 + [_L, _P, _P, _L, _L, _L, _L], _I),
     "lstm_stack_step": ([_P] * 8 + [_L] * 4, None),
+    "lstm_stack_run": ([_P] * 10 + [_L] * 5, None),
     "gru_seq_forward": ([_P] * 8 + [_L] * 3, _I),
     "gru_seq_backward": ([_P] * 9 + [_L, _P, _P, _L, _L, _L], _I),
     "gru_cho_seq_forward": ([_P] * 8 + [_L] * 3, _I),
@@ -258,6 +259,29 @@ def lstm_stack_step(x: Tensor, weights: StackWeights, h_prev: Tensor, c_prev: Te
         _ptr(f, "x", x, (b, I)), weights.wx, weights.wh, weights.bias,
         _ptr(f, "h_prev", h_prev, (L, b, H)), _ptr(f, "c_prev", c_prev, (L, b, H)),
         _ptr(f, "h", h, (L, b, H)), _ptr(f, "c", c, (L, b, H)), L, b, I, H)
+
+
+def lstm_stack_run(x: Tensor | None, xp: Tensor | None, weights: StackWeights, h: Tensor,
+                   c: Tensor, hs: Tensor, cs: Tensor, Y: Tensor, T: int, b: int) -> None:
+    """``T`` steps of :func:`lstm_stack_step` in one call (a streamed chunk): ``x`` ``(T, b, I)``
+    time-major, or ``xp`` ``(T, b, np * PW)`` layer 0's pre-activations ``x W_ih^T + bias``
+    in :func:`rnnkit.kernels.native.pack_units`' order (the other None); ``h``, ``c``
+    ``(L, b, H)`` the state in, and out after the chunk; ``Y`` ``(T, b, H)`` the top layer's
+    ``h`` at every step; ``hs``, ``cs`` ``(L, b, H)`` scratch."""
+    f = "lstm_stack_run"
+    if not isinstance(weights, StackWeights):
+        raise ValueError(f"{f}: weights must be a StackWeights, got {type(weights).__name__}")
+    if (x is None) == (xp is None):
+        raise ValueError(f"{f}: give exactly one of x and xp, got "
+                         f"{'both' if x is not None else 'neither'}")
+    L, I, H = weights.L, weights.I, weights.H
+    np_ = -(-H // (native.PW // 4))
+    st = (L, b, H)
+    _c().lstm_stack_run(
+        _ptr(f, "x", x, (T, b, I), optional=True),
+        _ptr(f, "xp", xp, (T, b, np_ * native.PW), optional=True), weights.wx, weights.wh,
+        weights.bias, _ptr(f, "h", h, st), _ptr(f, "c", c, st), _ptr(f, "hs", hs, st),
+        _ptr(f, "cs", cs, st), _ptr(f, "Y", Y, (T, b, H)), T, L, b, I, H)
 
 
 # -- GRU (csrc/gru.c) --------------------------------------------------------------------------

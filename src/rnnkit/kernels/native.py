@@ -142,13 +142,25 @@ def pack_units(w: Tensor) -> Tensor:
     i, f, g, o of ``u = PW / 4`` units from ``u j`` (zero past ``H``), so one panel holds every
     gate of its units. A bias ``(4H,)`` comes back as ``(ceil(H / u) * PW,)`` in the same
     order."""
+    z = _interleave(w)
+    return z if w.dim() == 1 else pack(z.t())
+
+
+def pack_units_rows(t: Tensor) -> Tensor:
+    """Rows of gate pre-activations ``t`` ``(N, 4H)`` (gates i, f, g, o) in the column order of
+    :func:`pack_units` (its bias order): ``(N, ceil(H / u) * PW)``, zero padded."""
+    return _interleave(t.t()).t().contiguous()
+
+
+def _interleave(w: Tensor) -> Tensor:
+    """``w`` ``(4H, ...)``, gate-stacked, with its rows unit-interleaved and zero padded:
+    ``(ceil(H / u) * PW, ...)``, ``u = PW / 4`` units of all four gates per ``PW`` rows."""
     H, u = w.shape[0] // 4, PW // 4
     units = -(-H // u) * u
     z = w.new_zeros(4, units, *w.shape[1:])
     z[:, :H] = w.reshape(4, H, *w.shape[1:])
     z = z.view(4, units // u, u, *w.shape[1:]).transpose(0, 1)  # (panels, gate, u, K)
-    z = z.reshape(units * 4, *w.shape[1:])
-    return z if w.dim() == 1 else pack(z.t())
+    return z.reshape(units * 4, *w.shape[1:])
 
 
 def pack_bf16(m: Tensor) -> Tensor:

@@ -54,6 +54,7 @@ from rnnkit.kernels.stack import Stack
 CHUNK_MODES = ("lstm", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu")  # run() prepares these
 TABLE_MAX = 1 << 22  # floats (16 MiB) in run_ids' projection table at most; larger: a product
 PLANS = 64  # chunk layouts (b, T) a stepper keeps
+STACK_ROWS = 8  # an LSTM chunk of at most this many rows runs as stack steps (lstm_stack_run)
 
 _OPTIMIZER_STEPS = [0]  # optimizer steps taken in this process (any optimizer, fused included)
 
@@ -93,7 +94,7 @@ class Stepper:
         self.snapshot = [t.detach().clone(memory_format=torch.contiguous_format)
                          for t in layer.parameters()]
         self._chunk: list | None = None  # the chunk path's weights, prepared at its first use
-        self._table: tuple | None = None  # run_ids: (embedding, its version, its bytes, table)
+        self._table: dict | None = None  # run_ids: the embedding, its version, bytes, tables
         self._plans: dict[tuple[int, int], Plan] = {}  # (b, T) -> a chunk's uniform layout
         self.split = [hasattr(c, "combine") and getattr(c, "reset_after", True)
                       for c in layer.cells]
@@ -189,6 +190,8 @@ class Stepper:
             out, new, _, _ = kernels.run(dataclasses.replace(self.stack, training=False),
                                          x.to(self.dtype), old, lengths, False)
             return out, (new[0] if self.n_state == 1 else new)
+        if self._stacked(b, lengths):
+            return self._stack_run(x.to(self.dtype).transpose(0, 1).contiguous(), None, old)
         self._prepare_chunk()
         plan = self._plan(lengths, b, T, x.device)
         return self._run(plan, plan.pack(x.to(self.dtype)), None, old)
@@ -212,15 +215,37 @@ class Stepper:
         if embedding.dim() != 2 or embedding.shape[1] != I:
             raise ValueError(f"Stepper.run_ids expects an embedding of shape (V, {I}), got "
                              f"{tuple(embedding.shape)}")
-        table = self._projection_table(embedding, verify)
+        b, T = ids.shape
+        lengths = self._lengths(lengths, b, T)
+        stacked = self._stacked(b, lengths)
+        table = self._projection_table(embedding, verify, "units" if stacked else "rows")
         if table is None:
             return self.run(embedding.detach()[ids], state, lengths)
-        b, T = ids.shape
         old = self._state(state, b, table)
-        lengths = self._lengths(lengths, b, T)
+        if stacked:  # time-major rows of the table
+            xp = table.index_select(0, ids.t().reshape(-1).to(torch.int64))
+            return self._stack_run(None, xp.view(T, b, -1), old)
         plan = self._plan(lengths, b, T, ids.device)
         rows = plan.pack(ids.to(torch.int64).unsqueeze(-1)).view(-1)
         return self._run(plan, None, table.index_select(0, rows), old)
+
+    def _stacked(self, b: int, lengths: Tensor | None) -> bool:
+        """Whether a chunk runs as stack steps (LSTM with the C library, a few rows, one
+        length): per step the threads split the units, where the whole-sequence kernel would
+        split the rows (one row: one thread)."""
+        return self.native and lengths is None and b <= STACK_ROWS
+
+    def _stack_run(self, x: Tensor | None, xp: Tensor | None, old: tuple[Tensor, ...]
+                   ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``lstm_stack_run`` over ``x`` ``(T, b, I)`` or layer 0's pre-activations ``xp``
+        ``(T, b, np * PW)`` from the state ``old`` -> outputs ``(b, T, H)``, ``(h, c)``."""
+        src = x if x is not None else xp
+        T, b = src.shape[:2]
+        h, c = (s.contiguous().clone() for s in old)
+        Y = src.new_empty(T, b, self.H)
+        bindings.lstm_stack_run(x, xp, self.packs, h, c, torch.empty_like(h),
+                                torch.empty_like(c), Y, T, b)
+        return Y.transpose(0, 1).contiguous(), (h, c)
 
     def _plan(self, lengths: Tensor | None, b: int, T: int, device: torch.device) -> Plan:
         """The packed layout of a chunk; without ``lengths`` kept per ``(b, T)`` (at most
@@ -235,9 +260,11 @@ class Stepper:
             self._plans[(b, T)] = plan
         return plan
 
-    def _projection_table(self, emb: Tensor, verify: bool) -> Tensor | None:
+    def _projection_table(self, emb: Tensor, verify: bool, order: str) -> Tensor | None:
         """``emb W_ih^T + b`` ``(V, G*H)`` for layer 0 (the bias its projection adds), cached
-        with ``emb``'s identity, version and bytes; None where no table applies."""
+        with ``emb``'s identity, version and bytes; ``order`` ``"units"``: its columns in
+        :func:`~rnnkit.kernels.native.pack_units`' order (the stack steps'). None where no
+        table applies."""
         if self.stack.mode not in CHUNK_MODES or emb.dtype != self.dtype:
             return None
         self._prepare_chunk()
@@ -245,13 +272,14 @@ class Stepper:
         if not (d["c"] or self.split[0]) or emb.shape[0] * d["width"] > TABLE_MAX:
             return None
         t = self._table
-        if t is not None and t[0] is emb and t[1] == emb._version and (
-                not verify or _same(emb.detach(), t[2])):
-            return t[3]
-        w = emb.detach().contiguous()
-        table = d["ih"].product(w, d["proj_bias"])
-        self._table = (emb, emb._version, w.clone(), table)
-        return table
+        if t is None or t["emb"] is not emb or t["version"] != emb._version or (
+                verify and not _same(emb.detach(), t["bytes"])):
+            w = emb.detach().contiguous()
+            t = self._table = {"emb": emb, "version": emb._version, "bytes": w.clone(),
+                               "rows": d["ih"].product(w, d["proj_bias"])}
+        if order not in t:
+            t[order] = native.pack_units_rows(t["rows"])
+        return t[order]
 
     def _prepare_chunk(self) -> None:
         if self._chunk is None:

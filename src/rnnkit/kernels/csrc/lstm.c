@@ -1,6 +1,7 @@
 /* LSTM (gates i, f, g, o; rnnkit/cells/lstm.py): the whole sequence forward and backward
- * (lstm_seq_forward, lstm_seq_backward, input projection and dx included) and one time step
- * of a stack of layers (lstm_stack_step, the stepper's). */
+ * (lstm_seq_forward, lstm_seq_backward, input projection and dx included), one time step
+ * of a stack of layers (lstm_stack_step, the stepper's) and a chunk of such steps
+ * (lstm_stack_run, streaming). */
 #include "common.h"
 #include "panel.h"
 
@@ -140,14 +141,19 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
  * the cell at once; the layers wait for each other (each reads the previous one's whole h).
  * At batch 1 a step is memory bound: it reads every weight once, and both threads read. */
 #define UNITS (PW / 4)  /* units per panel of pack_units: their four gates fill it */
-void lstm_stack_step(const float *x, const float *const *wx, const float *const *wh,
-                     const float *const *bias, const float *h_prev, const float *c_prev,
-                     float *h, float *c, long L, long b, long I, long H) {
+
+/* The layers of one step, inside the caller's parallel region (an orphaned omp for per layer:
+ * the threads split the panels). xp NULL, or layer 0's pre-activations x W_ih^T + bias already
+ * made, (b, np * PW) in the same unit-interleaved order (then x, wx[0], bias[0] are unread). */
+static void stack_layers(const float *x, const float *xp, const float *const *wx,
+                         const float *const *wh, const float *const *bias,
+                         const float *h_prev, const float *c_prev, float *h, float *c, long L,
+                         long b, long I, long H) {
     long np = (H + UNITS - 1) / UNITS;
-    PRAGMA(omp parallel if (np >= 8))
     for (long k = 0; k < L; k++) {
         const float *in = k ? h + (k - 1) * b * H : x;
         long K = k ? H : I;
+        int projected = k == 0 && xp;
         PRAGMA(omp for schedule(static))
         for (long j = 0; j < np; j++) {
             float acc[MR * PW];
@@ -159,8 +165,9 @@ void lstm_stack_step(const float *x, const float *const *wx, const float *const 
                     ah[i] = h_prev + (k * b + r0 + i) * H;
                 }
                 for (long i = 0; i < nr; i++)
-                    memcpy(acc + i * PW, bias[k] + j * PW, sizeof(float) * PW);
-                rows_mm(ax, nr, wx[k] + j * K * PW, K, 1, acc, 0);
+                    memcpy(acc + i * PW, projected ? xp + (r0 + i) * np * PW + j * PW
+                                                   : bias[k] + j * PW, sizeof(float) * PW);
+                if (!projected) rows_mm(ax, nr, wx[k] + j * K * PW, K, 1, acc, 0);
                 rows_mm(ah, nr, wh[k] + j * H * PW, H, 1, acc, 0);
                 long u = UNITS * j, m = H - u < UNITS ? H - u : UNITS;  /* the panel's units */
                 for (long i = 0; i < nr; i++) {  /* the LSTM cell on them (padding: zeros) */
@@ -174,5 +181,42 @@ void lstm_stack_step(const float *x, const float *const *wx, const float *const 
                 }
             }
         }  /* (the end of the omp for waits: the next layer reads this one's whole h) */
+    }
+}
+
+void lstm_stack_step(const float *x, const float *const *wx, const float *const *wh,
+                     const float *const *bias, const float *h_prev, const float *c_prev,
+                     float *h, float *c, long L, long b, long I, long H) {
+    PRAGMA(omp parallel if ((H + UNITS - 1) / UNITS >= 8))
+    stack_layers(x, NULL, wx, wh, bias, h_prev, c_prev, h, c, L, b, I, H);
+}
+
+/* T steps of lstm_stack_step in one parallel region (a streamed chunk at a few rows): x
+ * (T, b, I) time-major, or xp (T, b, np * PW) layer 0's pre-activations made already (see
+ * stack_layers; x then unread); h, c (L, b, H) the state before the chunk in, after it out;
+ * Y (T, b, H) the top layer's h at every step; hs, cs (L, b, H) scratch (the steps alternate
+ * between the two pairs). */
+void lstm_stack_run(const float *x, const float *xp, const float *const *wx,
+                    const float *const *wh, const float *const *bias, float *h, float *c,
+                    float *hs, float *cs, float *Y, long T, long L, long b, long I, long H) {
+    long np = (H + UNITS - 1) / UNITS, n = L * b * H;
+    PRAGMA(omp parallel if (np >= 8))
+    {
+        for (long t = 0; t < T; t++) {
+            float *hp = t % 2 ? hs : h, *cp = t % 2 ? cs : c;  /* this step's state in */
+            float *hn = t % 2 ? h : hs, *cn = t % 2 ? c : cs;  /* and out */
+            stack_layers(x ? x + t * b * I : NULL, xp ? xp + t * b * np * PW : NULL, wx, wh,
+                         bias, hp, cp, hn, cn, L, b, I, H);
+            PRAGMA(omp single nowait)
+            memcpy(Y + t * b * H, hn + (L - 1) * b * H, (size_t)(b * H) * sizeof(float));
+        }
+        if (T % 2) {  /* the last step wrote the scratch pair */
+            PRAGMA(omp barrier)
+            PRAGMA(omp single)
+            {
+                memcpy(h, hs, (size_t)n * sizeof(float));
+                memcpy(c, cs, (size_t)n * sizeof(float));
+            }
+        }
     }
 }
