@@ -47,6 +47,7 @@ bench() {  # the benchmarks, ~25 minutes
   python bench/lm_compare.py
   python bench/kernels.py
   python bench/kernels.py --only bf16
+  python bench/stream.py
   python bench/busy.py
   python bench/seq2seq_bench.py
   python bench/serve_bench.py --out bench/results/serve.json

@@ -30,11 +30,17 @@
 #define MY_THREAD omp_get_thread_num()
 #define TEAM omp_get_num_threads()
 #define REPORT(flag) PRAGMA(omp atomic write) flag = 1  /* any thread may report a failure */
+#define SINGLE PRAGMA(omp single)  /* inside a region: one thread runs the next statement */
+#define SINGLE_NOWAIT PRAGMA(omp single nowait)
+#define BARRIER PRAGMA(omp barrier)
 #else
 #define ROWS_PARALLEL(n)
 #define MY_THREAD 0
 #define TEAM 1
 #define REPORT(flag) flag = 1
+#define SINGLE
+#define SINGLE_NOWAIT
+#define BARRIER
 #endif
 
 /* exp and tanh as straight-line float code the compiler vectorises (Cephes' expf and tanhf:

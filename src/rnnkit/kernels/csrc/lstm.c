@@ -207,12 +207,12 @@ void lstm_stack_run(const float *x, const float *xp, const float *const *wx,
             float *hn = t % 2 ? h : hs, *cn = t % 2 ? c : cs;  /* and out */
             stack_layers(x ? x + t * b * I : NULL, xp ? xp + t * b * np * PW : NULL, wx, wh,
                          bias, hp, cp, hn, cn, L, b, I, H);
-            PRAGMA(omp single nowait)
+            SINGLE_NOWAIT
             memcpy(Y + t * b * H, hn + (L - 1) * b * H, (size_t)(b * H) * sizeof(float));
         }
         if (T % 2) {  /* the last step wrote the scratch pair */
-            PRAGMA(omp barrier)
-            PRAGMA(omp single)
+            BARRIER
+            SINGLE
             {
                 memcpy(h, hs, (size_t)n * sizeof(float));
                 memcpy(c, cs, (size_t)n * sizeof(float));
