@@ -12,7 +12,10 @@ becomes real ONNX: the ``RNN`` / ``LSTM`` / ``GRU`` operators for those families
 ``sequence_lens`` input is ``lengths``: outputs past a sequence's length are zero, the final
 state is the state at its last step, the backward direction starts there, as in rnnkit), and a
 ``Scan`` over time for LayerNormLSTM, MinGRU and MinLSTM (``ReverseSequence`` reverses each
-sequence within its length for the backward direction). The graph is checked with
+sequence within its length for the backward direction). The Scan bodies' sigmoid and tanh
+are evaluated in float64 and rounded back to float32 (onnxruntime's float32 ones are
+approximations, and LayerNormLSTM carries their extra rounding from step to step), so a step
+of the graph is as close to a float64 step as PyTorch's float32. The graph is checked with
 ``onnx.checker`` (full check, shapes inferred).
 
 Shapes, for a layer (batch first, as everywhere in rnnkit): ``x`` ``(B, T, I)``, ``lengths``
