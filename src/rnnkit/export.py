@@ -12,11 +12,11 @@ becomes real ONNX: the ``RNN`` / ``LSTM`` / ``GRU`` operators for those families
 ``sequence_lens`` input is ``lengths``: outputs past a sequence's length are zero, the final
 state is the state at its last step, the backward direction starts there, as in rnnkit), and a
 ``Scan`` over time for LayerNormLSTM, MinGRU and MinLSTM (``ReverseSequence`` reverses each
-sequence within its length for the backward direction). The Scan bodies' sigmoid and tanh
-are evaluated in float64 and rounded back to float32 (onnxruntime's float32 ones are
-approximations, and LayerNormLSTM carries their extra rounding from step to step), so a step
-of the graph is as close to a float64 step as PyTorch's float32. The graph is checked with
-``onnx.checker`` (full check, shapes inferred).
+sequence within its length for the backward direction). The Scan bodies' sigmoid is written
+as ``1 / (1 + exp(-v))`` and their tanh evaluated in float64 and rounded back (onnxruntime's
+float32 ones are approximations, and LayerNormLSTM carries their extra rounding from step to
+step), so a step of the graph is as close to a float64 step as PyTorch's float32. The graph
+is checked with ``onnx.checker`` (full check, shapes inferred).
 
 Shapes, for a layer (batch first, as everywhere in rnnkit): ``x`` ``(B, T, I)``, ``lengths``
 ``(B,)`` int64, state ``h`` (and ``c``) ``(L*D, B, H)``; ``output`` ``(B, T, D*H)``, ``h_n``
@@ -252,17 +252,21 @@ def _native(b: _Builder, layer: Recurrent, x: str, lengths: str | None,
     return out, [f[0] if len(f) == 1 else b.op("Concat", f, axis=0) for f in finals]
 
 
-_PRECISE = True  # activations evaluated in float64 (False: onnxruntime's float32 ones)
+_PRECISE = True  # activations as accurate as torch's (False: onnxruntime's float32 ones)
 
 
 def _act(b: _Builder, kind: str, v: str) -> str:
-    """``Sigmoid`` / ``Tanh`` of float32 ``v``, evaluated in float64 and rounded back to
-    float32: onnxruntime's float32 kernels are approximations, on average about 1.3x (sigmoid)
-    and 3x (tanh) further from the true value than torch's, 5-8x at worst (tanh up to 5.5
-    ulp), and a LayerNormLSTM's layer norms carry that extra rounding on from step to step.
-    This way each is the float32 nearest the true value (torch's are within 0.6 and 2 ulp)."""
+    """``Sigmoid`` / ``Tanh`` of float32 ``v`` as accurate as torch's: onnxruntime's float32
+    kernels are approximations (tanh up to 5.5 ulp off, torch's 0.56; sigmoid about 1e-7
+    absolute, thousands of ulp where it is small, torch's within 2 ulp), and a LayerNormLSTM's
+    layer norms carry that extra rounding on from step to step. Sigmoid is written as torch
+    computes it, ``1 / (1 + exp(-v))`` (onnxruntime's ``Exp`` is accurate); tanh is evaluated
+    in float64 and rounded back (the float32 nearest the true value; float64 sigmoid would be
+    too, but costs ~2x the whole graph's time, float64 tanh ~1.3x)."""
     if not _PRECISE:
         return b.op(kind, [v])
+    if kind == "Sigmoid":
+        return b.op("Reciprocal", [b.op("Add", [b.const(1.0), b.op("Exp", [b.op("Neg", [v])])])])
     return b.op("Cast", [b.op(kind, [b.op("Cast", [v], to=11)])], to=1)
 
 
