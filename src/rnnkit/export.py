@@ -12,8 +12,11 @@ becomes real ONNX: the ``RNN`` / ``LSTM`` / ``GRU`` operators for those families
 ``sequence_lens`` input is ``lengths``: outputs past a sequence's length are zero, the final
 state is the state at its last step, the backward direction starts there, as in rnnkit), and a
 ``Scan`` over time for LayerNormLSTM, MinGRU and MinLSTM (``ReverseSequence`` reverses each
-sequence within its length for the backward direction). The graph is checked with
-``onnx.checker`` (full check, shapes inferred).
+sequence within its length for the backward direction). The Scan bodies' sigmoid is written
+as ``1 / (1 + exp(-v))`` and their tanh evaluated in float64 and rounded back (onnxruntime's
+float32 ones are approximations, and LayerNormLSTM carries their extra rounding from step to
+step), so a step of the graph is as close to a float64 step as PyTorch's float32. The graph
+is checked with ``onnx.checker`` (full check, shapes inferred).
 
 Shapes, for a layer (batch first, as everywhere in rnnkit): ``x`` ``(B, T, I)``, ``lengths``
 ``(B,)`` int64, state ``h`` (and ``c``) ``(L*D, B, H)``; ``output`` ``(B, T, D*H)``, ``h_n``
@@ -249,10 +252,28 @@ def _native(b: _Builder, layer: Recurrent, x: str, lengths: str | None,
     return out, [f[0] if len(f) == 1 else b.op("Concat", f, axis=0) for f in finals]
 
 
+_PRECISE = True  # activations as accurate as torch's (False: onnxruntime's float32 ones)
+
+
+def _act(b: _Builder, kind: str, v: str) -> str:
+    """``Sigmoid`` / ``Tanh`` of float32 ``v`` as accurate as torch's: onnxruntime's float32
+    kernels are approximations (tanh up to 5.5 ulp off, torch's 0.56; sigmoid about 1e-7
+    absolute, thousands of ulp where it is small, torch's within 2 ulp), and a LayerNormLSTM's
+    layer norms carry that extra rounding on from step to step. Sigmoid is written as torch
+    computes it, ``1 / (1 + exp(-v))`` (onnxruntime's ``Exp`` is accurate); tanh is evaluated
+    in float64 and rounded back (the float32 nearest the true value; float64 sigmoid would be
+    too, but costs ~2x the whole graph's time, float64 tanh ~1.3x)."""
+    if not _PRECISE:
+        return b.op(kind, [v])
+    if kind == "Sigmoid":
+        return b.op("Reciprocal", [b.op("Add", [b.const(1.0), b.op("Exp", [b.op("Neg", [v])])])])
+    return b.op("Cast", [b.op(kind, [b.op("Cast", [v], to=11)])], to=1)
+
+
 def _g(b: _Builder, v: str) -> str:
     """minRNN's activation: ``v + 1/2`` for ``v >= 0``, ``sigmoid(v)`` below."""
     pos = b.op("GreaterOrEqual", [v, b.const(0.0)])
-    return b.op("Where", [pos, b.op("Add", [v, b.const(0.5)]), b.op("Sigmoid", [v])])
+    return b.op("Where", [pos, b.op("Add", [v, b.const(0.5)]), _act(b, "Sigmoid", v)])
 
 
 def _layer_norm(b: _Builder, v: str, gamma: Tensor, beta: Tensor | None) -> str:
@@ -331,11 +352,11 @@ def _min_coefficients(b: _Builder, layer: Recurrent, xw: str, H: int) -> list[st
     """``h_t = a_t ⊙ h_{t-1} + b_t``: ``a``, ``b`` for all steps (see cells/minrnn.py)."""
     if isinstance(layer, MinGRU):
         k, v = _split(b, xw, 2, H)
-        z = b.op("Sigmoid", [k])
+        z = _act(b, "Sigmoid", k)
         return [b.op("Sub", [b.const(1.0), z]), b.op("Mul", [z, _g(b, v)])]
     kf, ki, v = _split(b, xw, 3, H)
     sp = [b.op("Softplus", [b.op("Neg", [u])]) for u in (ki, kf)]
-    f = b.op("Sigmoid", [b.op("Sub", sp)])
+    f = _act(b, "Sigmoid", b.op("Sub", sp))
     return [f, b.op("Mul", [b.op("Sub", [b.const(1.0), f]), _g(b, v)])]
 
 
@@ -352,11 +373,11 @@ def _scan_body(prefix: str, layer: Recurrent, cell: Any, n_in: int, masked: bool
         ha = _layer_norm(b, b.op("MatMul", [h, b.const(cell.weight_hh.detach().T)]),
                          cell.ln_hh_weight, cell.bias_hh)
         i, f, g, o = _split(b, b.op("Add", [xs[0], ha]), 4, H)
-        i, f, o = (b.op("Sigmoid", [u]) for u in (i, f, o))
-        g = b.op("Tanh", [g])
+        i, f, o = (_act(b, "Sigmoid", u) for u in (i, f, o))
+        g = _act(b, "Tanh", g)
         pre = b.op("Add", [b.op("Mul", [f, c]), b.op("Mul", [i, g])])
         cn = _layer_norm(b, pre, cell.ln_c_weight, cell.ln_c_bias)
-        hn = b.op("Mul", [o, b.op("Tanh", [cn])])
+        hn = b.op("Mul", [o, _act(b, "Tanh", cn)])
         if cell.zoneout:  # eval: the expectation d = zoneout
             dz, keep = b.const(cell.zoneout), b.const(1.0 - cell.zoneout)
             cn = b.op("Add", [b.op("Mul", [dz, c]), b.op("Mul", [keep, cn])])
