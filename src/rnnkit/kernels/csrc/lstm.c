@@ -142,45 +142,85 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
  * At batch 1 a step is memory bound: it reads every weight once, and both threads read. */
 #define UNITS (PW / 4)  /* units per panel of pack_units: their four gates fill it */
 
-/* The layers of one step, inside the caller's parallel region (an orphaned omp for per layer:
- * the threads split the panels). xp NULL, or layer 0's pre-activations x W_ih^T + bias already
- * made, (b, np * PW) in the same unit-interleaved order (then x, wx[0], bias[0] are unread). */
+/* A barrier for the threads of one parallel region that spins (with pause) before it yields
+ * the core: lstm_stack_run waits at every layer of every step for a few microseconds' work,
+ * shorter than a thread sleeping and waking again, which is where OpenMP's own barrier goes
+ * after rnnkit's short GOMP_SPINCOUNT (rnnkit/runtime.py). Past SPIN_PAUSES it yields at every
+ * check, so next to another job it gives the core away instead of spinning. Sense reversal:
+ * each thread keeps the phase it waits for. */
+#include <sched.h>
+#include <stdatomic.h>
+typedef struct { atomic_long count, phase; } Barrier;
+#define SPIN_PAUSES 20000
+static void barrier_wait(Barrier *bar, long team, long *phase) {
+    long want = *phase + 1;
+    *phase = want;
+    if (team == 1) return;
+    if (atomic_fetch_add(&bar->count, 1) == team - 1) {
+        atomic_store(&bar->count, 0);
+        atomic_store(&bar->phase, want);
+        return;
+    }
+    for (long i = 0; atomic_load(&bar->phase) != want; i++) {
+        if (i < SPIN_PAUSES) _mm_pause(); else sched_yield();
+    }
+}
+
+/* One panel j (UNITS units, every gate) of layer k for rows b: pre = [in | h_prev]
+ * [W_ih | W_hh]^T + bias (or, xp given, xp's row + h_prev W_hh^T), then the cell. */
+static void stack_panel(long j, long k, const float *in, const float *xp,
+                        const float *const *wx, const float *const *wh,
+                        const float *const *bias, const float *h_prev, const float *c_prev,
+                        float *h, float *c, long b, long K, long H, long np) {
+    float acc[MR * PW];
+    for (long r0 = 0; r0 < b; r0 += MR) {
+        long nr = b - r0 < MR ? b - r0 : MR;
+        const float *ax[MR], *ah[MR];
+        for (long i = 0; i < nr; i++) {
+            ax[i] = in + (r0 + i) * K;
+            ah[i] = h_prev + (k * b + r0 + i) * H;
+        }
+        for (long i = 0; i < nr; i++)
+            memcpy(acc + i * PW, xp ? xp + (r0 + i) * np * PW + j * PW : bias[k] + j * PW,
+                   sizeof(float) * PW);
+        if (!xp) rows_mm(ax, nr, wx[k] + j * K * PW, K, 1, acc, 0);
+        rows_mm(ah, nr, wh[k] + j * H * PW, H, 1, acc, 0);
+        long u = UNITS * j, m = H - u < UNITS ? H - u : UNITS;  /* the panel's units */
+        for (long i = 0; i < nr; i++) {  /* the LSTM cell on them (padding: zeros) */
+            long o = (k * b + r0 + i) * H + u;
+            float cp[UNITS] = {0}, g[PW], cn[UNITS], tc[UNITS], hn[UNITS];
+            memcpy(cp, c_prev + o, (size_t)m * sizeof(float));
+            fwd_row(acc + i * PW, g, g + UNITS, g + 2 * UNITS, g + 3 * UNITS, cp, cn, tc, hn,
+                    UNITS);
+            memcpy(c + o, cn, (size_t)m * sizeof(float));
+            memcpy(h + o, hn, (size_t)m * sizeof(float));
+        }
+    }
+}
+
+/* The layers of one step, inside the caller's parallel region: the threads split the panels
+ * (bar NULL: an orphaned omp for per layer; else each thread its own contiguous share, then
+ * barrier_wait), and each layer waits for the previous one's whole h. xp NULL, or layer 0's
+ * pre-activations x W_ih^T + bias already made, (b, np * PW) in the unit-interleaved order
+ * (then x, wx[0], bias[0] are unread). */
 static void stack_layers(const float *x, const float *xp, const float *const *wx,
                          const float *const *wh, const float *const *bias,
                          const float *h_prev, const float *c_prev, float *h, float *c, long L,
-                         long b, long I, long H) {
+                         long b, long I, long H, Barrier *bar, long *phase) {
     long np = (H + UNITS - 1) / UNITS;
     for (long k = 0; k < L; k++) {
-        const float *in = k ? h + (k - 1) * b * H : x;
+        const float *in = k ? h + (k - 1) * b * H : x, *pre = k ? NULL : xp;
         long K = k ? H : I;
-        int projected = k == 0 && xp;
-        PRAGMA(omp for schedule(static))
-        for (long j = 0; j < np; j++) {
-            float acc[MR * PW];
-            for (long r0 = 0; r0 < b; r0 += MR) {
-                long nr = b - r0 < MR ? b - r0 : MR;
-                const float *ax[MR], *ah[MR];
-                for (long i = 0; i < nr; i++) {
-                    ax[i] = in + (r0 + i) * K;
-                    ah[i] = h_prev + (k * b + r0 + i) * H;
-                }
-                for (long i = 0; i < nr; i++)
-                    memcpy(acc + i * PW, projected ? xp + (r0 + i) * np * PW + j * PW
-                                                   : bias[k] + j * PW, sizeof(float) * PW);
-                if (!projected) rows_mm(ax, nr, wx[k] + j * K * PW, K, 1, acc, 0);
-                rows_mm(ah, nr, wh[k] + j * H * PW, H, 1, acc, 0);
-                long u = UNITS * j, m = H - u < UNITS ? H - u : UNITS;  /* the panel's units */
-                for (long i = 0; i < nr; i++) {  /* the LSTM cell on them (padding: zeros) */
-                    long o = (k * b + r0 + i) * H + u;
-                    float cp[UNITS] = {0}, g[PW], cn[UNITS], tc[UNITS], hn[UNITS];
-                    memcpy(cp, c_prev + o, (size_t)m * sizeof(float));
-                    fwd_row(acc + i * PW, g, g + UNITS, g + 2 * UNITS, g + 3 * UNITS, cp, cn, tc,
-                            hn, UNITS);
-                    memcpy(c + o, cn, (size_t)m * sizeof(float));
-                    memcpy(h + o, hn, (size_t)m * sizeof(float));
-                }
-            }
-        }  /* (the end of the omp for waits: the next layer reads this one's whole h) */
+        if (bar) {
+            long me = MY_THREAD, team = TEAM;
+            for (long j = np * me / team; j < np * (me + 1) / team; j++)
+                stack_panel(j, k, in, pre, wx, wh, bias, h_prev, c_prev, h, c, b, K, H, np);
+            barrier_wait(bar, team, phase);
+        } else {
+            PRAGMA(omp for schedule(static))
+            for (long j = 0; j < np; j++)
+                stack_panel(j, k, in, pre, wx, wh, bias, h_prev, c_prev, h, c, b, K, H, np);
+        }
     }
 }
 
@@ -188,7 +228,7 @@ void lstm_stack_step(const float *x, const float *const *wx, const float *const 
                      const float *const *bias, const float *h_prev, const float *c_prev,
                      float *h, float *c, long L, long b, long I, long H) {
     PRAGMA(omp parallel if ((H + UNITS - 1) / UNITS >= 8))
-    stack_layers(x, NULL, wx, wh, bias, h_prev, c_prev, h, c, L, b, I, H);
+    stack_layers(x, NULL, wx, wh, bias, h_prev, c_prev, h, c, L, b, I, H, NULL, NULL);
 }
 
 /* T steps of lstm_stack_step in one parallel region (a streamed chunk at a few rows): x
@@ -200,13 +240,15 @@ void lstm_stack_run(const float *x, const float *xp, const float *const *wx,
                     const float *const *wh, const float *const *bias, float *h, float *c,
                     float *hs, float *cs, float *Y, long T, long L, long b, long I, long H) {
     long np = (H + UNITS - 1) / UNITS, n = L * b * H;
+    Barrier bar = {0, 0};
     PRAGMA(omp parallel if (np >= 8))
     {
+        long phase = 0;
         for (long t = 0; t < T; t++) {
             float *hp = t % 2 ? hs : h, *cp = t % 2 ? cs : c;  /* this step's state in */
             float *hn = t % 2 ? h : hs, *cn = t % 2 ? c : cs;  /* and out */
             stack_layers(x ? x + t * b * I : NULL, xp ? xp + t * b * np * PW : NULL, wx, wh,
-                         bias, hp, cp, hn, cn, L, b, I, H);
+                         bias, hp, cp, hn, cn, L, b, I, H, &bar, &phase);
             SINGLE_NOWAIT
             memcpy(Y + t * b * H, hn + (L - 1) * b * H, (size_t)(b * H) * sizeof(float));
         }
