@@ -152,6 +152,11 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
 #include <stdatomic.h>
 typedef struct { atomic_long count, phase; } Barrier;
 #define SPIN_PAUSES 20000
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
 static void barrier_wait(Barrier *bar, long team, long *phase) {
     long want = *phase + 1;
     *phase = want;
@@ -162,7 +167,7 @@ static void barrier_wait(Barrier *bar, long team, long *phase) {
         return;
     }
     for (long i = 0; atomic_load(&bar->phase) != want; i++) {
-        if (i < SPIN_PAUSES) _mm_pause(); else sched_yield();
+        if (i < SPIN_PAUSES) CPU_RELAX(); else sched_yield();
     }
 }
 
