@@ -224,7 +224,7 @@ def check_shapes(build: Callable[[], nn.Module], path: str | os.PathLike[str]) -
     ``ValueError`` naming the file and the tensor, before anything is allocated. Returns the
     ``model.safetensors`` file checked."""
     path = Path(path)
-    file = resolve(path) / MODEL if path.is_dir() else path
+    file = path if path.is_file() else resolve(path) / MODEL  # a folder, or a swap cut short
     try:
         with torch.device("meta"):
             shape_model = build()

@@ -646,9 +646,9 @@ def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
     config = {**task.config(), "train": cfg.to_json(), "threads": torch.get_num_threads()}
 
     # -- model, optimizer, data ------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
     if cfg.resume and Checkpoints.holds_last(run_dir / "last"):  # a model its checkpoint does
         ckpt.check_shapes(task.build_model, run_dir / "last")  # not fit: refused, unallocated
+    torch.manual_seed(cfg.seed)  # after the check (building draws random numbers)
     model = task.build_model().to(device)
     if rank:
         torch.manual_seed(cfg.seed + rank)  # different dropout masks per rank
