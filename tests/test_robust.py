@@ -181,6 +181,12 @@ def test_classify_flags_and_inputs(tmp_path, capsys):
     out = str(tmp_path / "r")
     assert main(["train", "classify", "--data", str(f), "--steps", "2", "--out", out]) == 2
     assert "line 8" in err_of(capsys)  # names the row that lacks the label, not "empty"
+    rows = ["label\ttext"] + [f"{'ab'[i % 2]}\ttext {i}" for i in range(30)]
+    rows.insert(7, "a row without its label")  # one field: read as the label, no text at all
+    g = tmp_path / "label_first.tsv"
+    g.write_text("\n".join(rows) + "\n")
+    assert main(["train", "classify", "--data", str(g), "--steps", "2", "--out", out]) == 2
+    assert "line 8 has no 'text' field (1 field(s)" in err_of(capsys)  # was "skipped empty"
     assert main(["train", "classify", "--data", str(tmp_path), "--steps", "2",
                  "--out", out]) == 2
     assert "folder" in err_of(capsys)
