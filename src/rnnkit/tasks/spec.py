@@ -255,10 +255,13 @@ def check_rebuilt(saved: dict[str, Any], rebuilt: dict[str, Any], where: str | P
     """On ``--resume``: the model description the task rebuilds from its data and settings
     (``vocab_size`` from the saved tokenizer...) must be the saved one, else the config was
     changed (a tampered ``vocab_size`` would train on and then break every load): a ValueError
-    naming the file and the fields, before anything is trained or written."""
+    naming the file and the fields, before anything is trained or written. Only the fields
+    both hold are compared (a run saved before a field was added keeps resuming)."""
     have, want = saved.get("model"), json.loads(json.dumps(rebuilt.get("model")))
-    if isinstance(have, dict) and isinstance(want, dict) and have != want:
-        bad = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    if not isinstance(have, dict) or not isinstance(want, dict):
+        return
+    bad = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    if bad:
         fields = ", ".join(f"{k} {have.get(k)!r}, expected {want.get(k)!r}" for k in bad)
         raise ValueError(f"{where}: the saved model description does not match the run's data "
                          f"and settings ({fields}); the config was changed or is damaged")
