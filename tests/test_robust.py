@@ -84,7 +84,9 @@ def test_stale_temporaries_are_cleaned_and_a_torn_metrics_line_is_dropped(tmp_pa
     (run / ".config.json.tmp4242").write_text("{")
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "train_lo')  # a kill mid-append
+    capsys.readouterr()
     assert main(["train", "lm", "--resume", str(run), "--steps", "9", "--quiet"]) == 0
+    assert "dropped a torn last line" in err_of(capsys)  # and says so
     assert not list(run.glob(".*.tmp*"))
     lines = (run / "metrics.jsonl").read_text().splitlines()
     recs = [json.loads(s) for s in lines]  # every line parses again
@@ -133,7 +135,8 @@ def test_a_nan_weight_is_refused_on_load_naming_the_tensor(tmp_path, capsys):
 BAD_FLAGS = [
     ("--minutes", "nan"), ("--minutes", "inf"), ("--minutes", "-1"), ("--steps", "0"),
     ("--clip", "-1"), ("--lr", "nan"), ("--lr", "0"), ("--lr", "1e30"), ("--layers", "99999"),
-    ("--batch-size", "0"), ("--batch-size", "-4"), ("--batch", "-2"), ("--dropout", "nan"),
+    ("--batch-size", "0"), ("--batch-size", "-4"), ("--batch", "0"), ("--batch", "-2"),
+    ("--dropout", "nan"),
     ("--dropout", "1.5"), ("--max-chars", "-5"), ("--hidden", "0"), ("--eval-every", "0"),
     ("--warmup", "-3"), ("--seed", "x"), ("--weight-decay", "inf"),
 ]
@@ -178,12 +181,29 @@ def test_classify_flags_and_inputs(tmp_path, capsys):
     out = str(tmp_path / "r")
     assert main(["train", "classify", "--data", str(f), "--steps", "2", "--out", out]) == 2
     assert "line 8" in err_of(capsys)  # names the row that lacks the label, not "empty"
+    rows = ["label\ttext"] + [f"{'ab'[i % 2]}\ttext {i}" for i in range(30)]
+    rows.insert(7, "a row without its label")  # one field: read as the label, no text at all
+    g = tmp_path / "label_first.tsv"
+    g.write_text("\n".join(rows) + "\n")
+    assert main(["train", "classify", "--data", str(g), "--steps", "2", "--out", out]) == 2
+    assert "line 8 has no 'text' field (1 field(s)" in err_of(capsys)  # was "skipped empty"
     assert main(["train", "classify", "--data", str(tmp_path), "--steps", "2",
                  "--out", out]) == 2
     assert "folder" in err_of(capsys)
-    with pytest.raises(SystemExit):
-        main(["train", "classify", "--data", str(f), "--max-len", "0", "--out", out])
-    assert "--max-len" in err_of(capsys)
+    for v in ("0", "-1"):  # an empty text for every row: refused, naming the flag
+        with pytest.raises(SystemExit):
+            main(["train", "classify", "--data", str(f), f"--max-len={v}", "--out", out])
+        assert "--max-len" in err_of(capsys)
+
+
+@pytest.mark.parametrize("name", ["classify", "translate", "forecast"])
+def test_data_naming_a_folder_where_a_file_belongs_is_one_line(name, tmp_path, capsys):
+    """(The tasks whose --data is one file; lm, sequences and caption read folders too.)"""
+    rc = main(["train", name, "--data", str(tmp_path), "--steps", "1", "--quiet",
+               "--out", str(tmp_path / "r")])
+    e = err_of(capsys)
+    assert rc == 2 and "Traceback" not in e, e[-1000:]
+    assert e.strip().splitlines()[-1].startswith(f"rnnkit: error: {tmp_path} is a folder"), e
 
 
 def test_stdin_is_strict_utf8_with_the_byte_offset(tmp_path):

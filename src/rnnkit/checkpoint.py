@@ -216,14 +216,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     return model
 
 
-def build_checked(build: Callable[[], nn.Module], path: str | os.PathLike[str]) -> nn.Module:
-    """The model ``build()`` makes from a run's config, with the weights of the checkpoint at
-    ``path`` (a folder or its ``model.safetensors``). The config is checked first, on the meta
-    device (no memory): a config that does not build (a missing or wrong field) or that
-    describes other shapes than the checkpoint holds (a tampered ``vocab_size``) is a
-    ``ValueError`` naming the tensor, before anything is allocated."""
+def check_shapes(build: Callable[[], nn.Module], path: str | os.PathLike[str]) -> Path:
+    """Check, on the meta device (no memory), that the model ``build()`` makes from a run's
+    config has the shapes of the checkpoint at ``path`` (a folder or its ``model.safetensors``;
+    only the file's header is read). A config that does not build (a missing or wrong field, a
+    negative size) or that describes other shapes (a tampered ``vocab_size``) is a
+    ``ValueError`` naming the file and the tensor, before anything is allocated. Returns the
+    ``model.safetensors`` file checked."""
     path = Path(path)
-    file = resolve(path) / MODEL if path.is_dir() else path
+    file = path if path.is_file() else resolve(path) / MODEL  # a folder, or a swap cut short
     try:
         with torch.device("meta"):
             shape_model = build()
@@ -244,6 +245,14 @@ def build_checked(build: Callable[[], nn.Module], path: str | os.PathLike[str]) 
             raise ValueError(f"{file}: tensor {k!r} has shape {shapes[k]} in the checkpoint but "
                              f"{tuple(v.shape)} in the model its config.json describes: the "
                              f"config was changed or belongs to another model")
+    return file
+
+
+def build_checked(build: Callable[[], nn.Module], path: str | os.PathLike[str]) -> nn.Module:
+    """The model ``build()`` makes from a run's config, with the weights of the checkpoint at
+    ``path`` (a folder or its ``model.safetensors``), the config checked first by
+    :func:`check_shapes` (nothing allocated for a config that does not fit the checkpoint)."""
+    file = check_shapes(build, path)  # before build() allocates anything
     return load_weights(build(), file)
 
 

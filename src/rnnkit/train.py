@@ -469,9 +469,14 @@ class Checkpoints:
         self.model, self.opt, self.stream, self.config = model, opt, stream, config
         self.rank, self.world = rank, world
 
+    @staticmethod
+    def holds_last(last: Path) -> bool:
+        """Whether ``last`` (or the ``.last.old`` of an interrupted swap) holds weights."""
+        return (last / ckpt.MODEL).is_file() or (
+            last.with_name(".last.old") / ckpt.MODEL).is_file()
+
     def has_last(self) -> bool:
-        return (self.last / ckpt.MODEL).is_file() or (
-            self.last.with_name(".last.old") / ckpt.MODEL).is_file()
+        return self.holds_last(self.last)
 
     def resume(self, device: torch.device) -> RunState:
         src = ckpt.resolve(self.last)
@@ -641,7 +646,9 @@ def _train(task: Task, cfg: TrainConfig, rank: int, world: int,
     config = {**task.config(), "train": cfg.to_json(), "threads": torch.get_num_threads()}
 
     # -- model, optimizer, data ------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
+    if cfg.resume and Checkpoints.holds_last(run_dir / "last"):  # a model its checkpoint does
+        ckpt.check_shapes(task.build_model, run_dir / "last")  # not fit: refused, unallocated
+    torch.manual_seed(cfg.seed)  # after the check (building draws random numbers)
     model = task.build_model().to(device)
     if rank:
         torch.manual_seed(cfg.seed + rank)  # different dropout masks per rank

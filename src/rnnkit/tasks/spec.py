@@ -251,6 +251,22 @@ def check_config(spec: TaskSpec, config: dict[str, Any], where: str | Path) -> N
                              f"was changed or is damaged") from None
 
 
+def check_rebuilt(saved: dict[str, Any], rebuilt: dict[str, Any], where: str | Path) -> None:
+    """On ``--resume``: the model description the task rebuilds from its data and settings
+    (``vocab_size`` from the saved tokenizer...) must be the saved one, else the config was
+    changed (a tampered ``vocab_size`` would train on and then break every load): a ValueError
+    naming the file and the fields, before anything is trained or written. Only the fields
+    both hold are compared (a run saved before a field was added keeps resuming)."""
+    have, want = saved.get("model"), json.loads(json.dumps(rebuilt.get("model")))
+    if not isinstance(have, dict) or not isinstance(want, dict):
+        return
+    bad = sorted(k for k in set(have) & set(want) if have[k] != want[k])
+    if bad:
+        fields = ", ".join(f"{k} {have.get(k)!r}, expected {want.get(k)!r}" for k in bad)
+        raise ValueError(f"{where}: the saved model description does not match the run's data "
+                         f"and settings ({fields}); the config was changed or is damaged")
+
+
 def refuse_occupied(spec: TaskSpec, out: str | Path) -> None:
     """Before a fresh run writes anything into ``out``: a folder that already holds a run
     (a checkpoint, or another task's ``config.json``) is refused, naming the way out."""
@@ -297,6 +313,7 @@ def train_command(spec: TaskSpec, args: argparse.Namespace) -> int:
             check_config(spec, config, cfg_path)
             check_resume_flags(spec, args, config)
             task = spec.from_config(config, run_dir)
+            check_rebuilt(config, task.config(), cfg_path)
             over = steps_for({k: getattr(args, k, None) for k in BUDGET}, task) if any(
                 getattr(args, k, None) is not None for k in BUDGET) else {}
             cfg = TrainConfig.from_json(config["train"], out=str(run_dir), resume=True,

@@ -98,6 +98,5 @@ class ImageCaptioner:
 def load(run_dir: str | Path, device: str = "cpu") -> ImageCaptioner:
     """The captioner of a run folder (its ``best/`` checkpoint) or a checkpoint folder."""
     src, cfg = run_config(run_dir, "caption", "a captioning model")
-    model = build_model(cfg["model"])
-    ckpt.load_weights(model, src / ckpt.MODEL)
+    model = ckpt.build_checked(lambda: build_model(cfg["model"]), src)
     return ImageCaptioner(model.to(device), tokenizer_from_json(cfg["tokenizer"]), cfg)

@@ -37,4 +37,4 @@ def load(run_dir: str | Path) -> LongRangeRun:
     """The model of a ``rnnkit train longrange`` run (its ``best/`` checkpoint)."""
     d, config = run_config(run_dir, "longrange", "a long-range model")
     task = LongRangeTask.from_config(config)
-    return LongRangeRun(task, ckpt.load_weights(task.build_model(), d), config)
+    return LongRangeRun(task, ckpt.build_checked(task.build_model, d), config)
