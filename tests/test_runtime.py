@@ -110,3 +110,19 @@ print(kept, rss())
                        timeout=120, check=True, env={**os.environ, "RNNKIT_KEEP_MEMORY": "1"})
     kept, after = map(float, r.stdout.split())
     assert kept - after > 200, (kept, after)  # MB: the 256 MB block went back
+
+
+def test_import_caps_onednn_caches_unless_set() -> None:
+    """``import rnnkit`` caps oneDNN's and ideep's primitive caches (memory that grew with every
+    new shape), before torch loads; a value the user set stays."""
+    code = ("import os, rnnkit; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], "
+            "os.environ['LRU_CACHE_CAPACITY'])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == [runtime.DNN_CACHE, runtime.DNN_CACHE]
+    env["LRU_CACHE_CAPACITY"] = "7"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == [runtime.DNN_CACHE, "7"]
