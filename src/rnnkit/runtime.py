@@ -117,9 +117,9 @@ DNN_CACHE = "64"
 
 
 def bounded_dnn_caches() -> bool:
-    """Cap oneDNN's primitive cache and ideep's LRU cache at :data:`DNN_CACHE` entries where
-    the user set neither; returns whether rnnkit's values are the ones read (``False`` when
-    torch was loaded first)."""
+    """Cap oneDNN's primitive cache and ideep's LRU cache at :data:`DNN_CACHE` entries, each
+    where the user did not set it; returns whether the environment was read after this
+    (``False`` when torch was loaded first and the caps come too late)."""
     if "torch" in sys.modules:
         return False
     for var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):

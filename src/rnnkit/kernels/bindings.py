@@ -244,7 +244,7 @@ class StackWeights:
         self.wh = arr(*[_ptr(f, f"wh[{k}]", t, (np_, H, native.PW)) for k, t in enumerate(wh)])
         self.bias = arr(*[_ptr(f, f"bias[{k}]", t, (np_ * native.PW,))
                           for k, t in enumerate(bias)])
-        self.L, self.I, self.H = L, I, H
+        self.L, self.I, self.H, self.np = L, I, H, np_
 
 
 def lstm_stack_step(x: Tensor, weights: StackWeights, h_prev: Tensor, c_prev: Tensor,
@@ -275,11 +275,10 @@ def lstm_stack_run(x: Tensor | None, xp: Tensor | None, weights: StackWeights, h
         raise ValueError(f"{f}: give exactly one of x and xp, got "
                          f"{'both' if x is not None else 'neither'}")
     L, I, H = weights.L, weights.I, weights.H
-    np_ = -(-H // (native.PW // 4))
     st = (L, b, H)
     _c().lstm_stack_run(
         _ptr(f, "x", x, (T, b, I), optional=True),
-        _ptr(f, "xp", xp, (T, b, np_ * native.PW), optional=True), weights.wx, weights.wh,
+        _ptr(f, "xp", xp, (T, b, weights.np * native.PW), optional=True), weights.wx, weights.wh,
         weights.bias, _ptr(f, "h", h, st), _ptr(f, "c", c, st), _ptr(f, "hs", hs, st),
         _ptr(f, "cs", cs, st), _ptr(f, "Y", Y, (T, b, H)), T, L, b, I, H)
 

@@ -2,6 +2,9 @@
  * (lstm_seq_forward, lstm_seq_backward, input projection and dx included), one time step
  * of a stack of layers (lstm_stack_step, the stepper's) and a chunk of such steps
  * (lstm_stack_run, streaming). */
+#include <sched.h>
+#include <stdatomic.h>
+
 #include "common.h"
 #include "panel.h"
 
@@ -148,8 +151,6 @@ int lstm_seq_backward(const float *G, const float *CC, const float *TC, const fl
  * after rnnkit's short GOMP_SPINCOUNT (rnnkit/runtime.py). Past SPIN_PAUSES it yields at every
  * check, so next to another job it gives the core away instead of spinning. Sense reversal:
  * each thread keeps the phase it waits for. */
-#include <sched.h>
-#include <stdatomic.h>
 typedef struct { atomic_long count, phase; } Barrier;
 #define SPIN_PAUSES 20000
 #if defined(__x86_64__) || defined(__i386__)
