@@ -45,7 +45,9 @@ Training runs the decoder teacher-forced, step by step on rnnkit's cells with th
 prepared once per call: the embedding part of the first layer's input product is one matrix
 product over all ``T`` steps, each step then adds only the input-feeding and recurrent
 products and applies the cell's own equations (``cell.combine``); the output layer is one
-product over all steps. Decoding (no autograd) runs each step on the layer's
+product over all steps. Without input feeding no step needs an earlier step's attention,
+so the stack runs over all ``T`` steps in one call (its whole-sequence kernel) and attention
+is one batched product for every step. Decoding (no autograd) runs each step on the layer's
 :class:`~rnnkit.kernels.step.Stepper` (for an LSTM on CPU, the whole stack's step is one C
 call). Both give the same numbers (tested).
 """
@@ -117,16 +119,24 @@ class Attention(nn.Module):
         return memory
 
     def scores(self, query: Tensor, keys: Tensor) -> Tensor:
-        """Unmasked scores ``(B, S)``."""
+        """Unmasked scores: query ``(B, Q)`` → ``(B, S)``; ``(B, T, Q)`` (every step at
+        once) → ``(B, T, S)``."""
+        q = query if query.dim() == 3 else query.unsqueeze(1)              # (B, T, Q)
         if self.kind == "additive":
-            return self.v(torch.tanh(keys + self.w_q(query).unsqueeze(1))).squeeze(-1)
-        return torch.bmm(keys, query.unsqueeze(-1)).squeeze(-1)
+            e = self.v(torch.tanh(keys.unsqueeze(1) + self.w_q(q).unsqueeze(2))).squeeze(-1)
+        else:
+            e = torch.bmm(q, keys.transpose(1, 2))                         # (B, T, S)
+        return e if query.dim() == 3 else e.squeeze(1)
 
     def forward(self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor
                 ) -> tuple[Tensor, Tensor]:
-        s = self.scores(query, keys).masked_fill(~mask, -math.inf)
-        w = torch.softmax(s, -1)
-        return torch.bmm(w.unsqueeze(1), memory).squeeze(1), w
+        """``query`` ``(B, Q)`` or ``(B, T, Q)`` → context ``(B, M)`` / ``(B, T, M)`` and
+        weights ``(B, S)`` / ``(B, T, S)``."""
+        m = mask if query.dim() == 2 else mask.unsqueeze(1)
+        w = torch.softmax(self.scores(query, keys).masked_fill(~m, -math.inf), -1)
+        if query.dim() == 2:
+            return torch.bmm(w.unsqueeze(1), memory).squeeze(1), w
+        return torch.bmm(w, memory), w
 
 
 def length_mask(lengths: Tensor, S: int) -> Tensor:
@@ -255,7 +265,8 @@ class Decoder(nn.Module):
 
     def _attend(self, h: Tensor, keys: Tensor | None, memory: Tensor, mask: Tensor
                 ) -> tuple[Tensor, Tensor | None]:
-        """Top layer ``h`` ``(N, H)`` → attentional vector ``(N, O)``, weights ``(N, S)``."""
+        """Top layer ``h`` ``(N, H)`` → attentional vector ``(N, O)``, weights ``(N, S)``;
+        or every step at once, ``(B, T, H)`` → ``(B, T, O)``, ``(B, T, S)``."""
         if self.attention == "none":
             return h, None
         ctx, w = self.attn(h, keys, memory, mask)
@@ -290,6 +301,8 @@ class Decoder(nn.Module):
         B, T = y_in.shape
         E = self.embed_size
         x = self.drop(self.embed(y_in))                                    # (B, T, E)
+        if not self.input_feed:   # no step depends on an earlier one's attention: the stack
+            return self._forward_whole(x, memory, mask, summary, copy_ids)  # runs over time
         cells = list(self.rnn.cells)
         c0 = cells[0]
         xe = F.linear(x, c0.weight_ih[:, :E], c0.bias_ih)                 # (B, T, G*H) once
@@ -316,6 +329,20 @@ class Decoder(nn.Module):
         hs = torch.stack(outs, 1)                                          # (B, T, O)
         logits = self.generator(self.drop(hs))                             # (B, T, V)
         w_all = None if weights[0] is None else torch.stack(weights, 1)    # (B, T, S)
+        if self.copy_gate is not None:
+            logits = self._copy_mix(logits, hs, w_all, copy_ids)
+        return logits, w_all
+
+    def _forward_whole(self, x: Tensor, memory: Tensor, mask: Tensor, summary: Tensor | None,
+                       copy_ids: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Teacher forcing without input feeding: the embedded targets ``x`` ``(B, T, E)``
+        run through the stack in one call (its whole-sequence kernel, ``kernel="auto"``),
+        then attention for all ``T`` steps at once: the same equations as the step loop."""
+        st = self.init_state(summary, x.shape[0], x)
+        h, _ = self.rnn(x, st if self.n_state > 1 else st[0])             # (B, T, H)
+        hs, w_all = self._attend(h, None if self.attention == "none" else
+                                 self.attn.keys(memory), memory, mask)    # (B, T, O)
+        logits = self.generator(self.drop(hs))                             # (B, T, V)
         if self.copy_gate is not None:
             logits = self._copy_mix(logits, hs, w_all, copy_ids)
         return logits, w_all
