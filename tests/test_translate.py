@@ -141,6 +141,27 @@ def test_memory_matches_and_its_threshold():
         Memory(["a"], [])
 
 
+def test_memory_bands_name_the_similarity_of_each_match():
+    """Separator 0: no match; k: the k-th band of the source's cosine from min_sim up."""
+    from rnnkit.tasks.translate.memory import Memory, with_match
+    src = ["open the file", "open the files", "close the window", "save all files"]
+    m = Memory(src, ["A", "B", "C", "D"], min_sim=0.3, bands=[0.6, 0.9])
+    assert m.n_sep == 4 and Memory(src, list("ABCD")).n_sep == 1
+    texts = ["open the file", "open a file now", "zzzz qqqq"]
+    idx, sim = m.retrieval.nearest(texts)
+    want = [0 if s < 0.3 else 1 + sum(s >= e for e in (0.6, 0.9)) for s in sim]
+    matches, seps = m.lookup(texts)
+    assert seps == want and seps[0] == 3 and seps[2] == 0   # identical: top band; none: 0
+    assert matches == [m.tgt[i] if s >= 0.3 else "" for i, s in zip(idx, sim, strict=True)]
+    assert Memory(src, list("ABCD"), min_sim=0.3).lookup(texts)[1] == [0, 0, 0]
+    assert with_match([5, 6], [0, 2], 10, 3, 4) == [5, 6, 13, 14, 16]
+    with pytest.raises(ValueError, match="separator 4 out of range"):
+        with_match([5], [1], 10, 4, 4)
+    for bad in ([0.9, 0.6], [0.2], [0.6, 1.5]):
+        with pytest.raises(ValueError, match="increasing edges above min_sim"):
+            Memory(src, list("ABCD"), min_sim=0.3, bands=bad)
+
+
 def test_a_fuzzy_run_reads_each_source_with_its_match_and_loads_without_the_data(
         tmp_path, capsys):
     from rnnkit.tasks.translate.memory import FILE, Memory
@@ -155,21 +176,22 @@ def test_a_fuzzy_run_reads_each_source_with_its_match_and_loads_without_the_data
     cfg = json.loads((out / "config.json").read_text())
     s = cfg["settings"]
     assert s["fuzzy"] and len(s["memory_sha256"]) == 64
-    mem = Memory.load(out / "best", s["memory_sha256"], s["fuzzy_min"])
+    mem = Memory.load(out / "best", s["memory_sha256"], s["fuzzy_min"], s["fuzzy_bands"])
     split = json.loads((out / "split.json").read_text())
     assert len(mem.src) == len(rows) - len(split["test_rows"]) - len(split["valid_rows"])
     assert main(["eval", str(out), "--beam", "1"]) == 0
     data.unlink()                                     # the memory travels with the run
     tr = rnnkit.load(out)
     sep = tr.src_tok.vocab_size
-    nt = tr.tgt_tok.vocab_size                        # SEP, then the target pieces
-    assert cfg["model"]["src_vocab"] == sep + 1 + nt
-    assert cfg["model"]["copy_offset"] == sep + 1     # --copy: on with --fuzzy
+    nt = tr.tgt_tok.vocab_size                        # 7 separators, then the target pieces
+    assert s["fuzzy_bands"] == [0.6, 0.7, 0.8, 0.9, 0.95] and mem.n_sep == 7
+    assert cfg["model"]["src_vocab"] == sep + 7 + nt
+    assert cfg["model"]["copy_offset"] == sep + 7     # --copy: on with --fuzzy
     text = "open file 7"
-    match = mem.matches([text])[0]
-    assert match.startswith("ouvrir le fichier")
-    assert tr.encode([text])[0] == [*tr.src_tok.encode(text), sep,
-                                    *(sep + 1 + t for t in tr.tgt_tok.encode(match))]
+    (match,), (k,) = mem.lookup([text])
+    assert match.startswith("ouvrir le fichier") and k >= 1
+    assert tr.encode([text])[0] == [*tr.src_tok.encode(text), sep + k,
+                                    *(sep + 7 + t for t in tr.tgt_tok.encode(match))]
     assert len(tr.translate([text, "close window 3"], beam=2)) == 2
     _, src_pieces, w = tr.attention(text)
     assert "".join(src_pieces) == text + "‖" + match and w.shape[1] == len(src_pieces)

@@ -47,8 +47,8 @@ class Translator:
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"text {i} is empty; expected a sentence to translate")
         texts = [t.strip() for t in texts]
-        matches = self.memory.matches(texts) if self.memory else None
-        out, was_cut = encode_sources(self.src_tok, texts, self.max_len, matches, self.tgt_tok)
+        out, was_cut = encode_sources(self.src_tok, texts, self.max_len, self.memory,
+                                      self.tgt_tok)
         self.cut = sum(was_cut)
         return out
 
@@ -56,8 +56,9 @@ class Translator:
         """How each encoder input id reads (the separator before a fuzzy match as ‖, the
         match's pieces as the target tokenizer's)."""
         sep = self.src_tok.vocab_size
+        n = self.memory.n_sep if self.memory else 0
         return [self.src_tok.decode([i]) if i < sep or self.memory is None else
-                SEP_TEXT if i == sep else self.tgt_tok.decode([i - sep - 1])
+                SEP_TEXT if i < sep + n else self.tgt_tok.decode([i - sep - n])
                 for i in ids]
 
     def hypotheses(self, texts: Sequence[str], beam: int = 5, n_best: int = 1,
@@ -104,8 +105,8 @@ def load(run_dir: str | Path, device: str = "cpu") -> Translator:
     src, cfg = run_config(run_dir, "translate", "a translation model")
     model = ckpt.build_checked(lambda: build_model(cfg["model"]), src)
     s = cfg.get("settings", {})
-    memory = (Memory.load(src, s.get("memory_sha256"), s.get("fuzzy_min", 0.5))
-              if s.get("fuzzy") else None)
+    memory = (Memory.load(src, s.get("memory_sha256"), s.get("fuzzy_min", 0.5),
+                          s.get("fuzzy_bands") or ()) if s.get("fuzzy") else None)
     return Translator(model.to(device), tokenizer_from_json(cfg["src_tokenizer"]),
                       tokenizer_from_json(cfg["tgt_tokenizer"]), cfg, memory)
 

@@ -56,7 +56,7 @@ OWN: dict[str, Any] = {
     "max_len": 200, "attention": "general", "input_feed": True, "bridge": "linear",
     "tie": False, "label_smoothing": 0.1, "eval_sentences": 500, "beam": 5, "alpha": 0.6,
     "max_ratio": 2.0, "max_extra": 10, "synthetic_size": 8000, "fuzzy": False,
-    "fuzzy_min": 0.5, "copy": None,
+    "fuzzy_min": 0.5, "fuzzy_bands": [0.6, 0.7, 0.8, 0.9, 0.95], "copy": None,
 }
 SETTINGS = ("data", "source_column", "target_column", "target_lang", *OWN)
 MODEL_KEYS = ("cell", "embed", "hidden", "layers", "bidirectional", "dropout")
@@ -100,6 +100,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
       "learns to repair fuzzy matches; the memory is saved as memory.jsonl (default: off)")
     a("--fuzzy-min", type=FRACTION, help="cosine below which no match is given (default: "
       "0.5; unrelated short texts score about 0.3 by their shared spaces)")
+    a("--fuzzy-bands", type=bands, metavar="EDGES", help="similarity bands, told to the "
+      "encoder by the separator before the match (comma-separated edges above --fuzzy-min, "
+      "or 'none' for one separator; default: 0.6,0.7,0.8,0.9,0.95)")
     a("--copy", action=argparse.BooleanOptionalAction, default=None,
       help="the decoder can copy the fuzzy match's pieces (pointer-generator, See et al. "
       "2017; needs --fuzzy and attention; default: on with --fuzzy)")
@@ -108,6 +111,20 @@ def add_args(p: argparse.ArgumentParser) -> None:
       "evaluation, 0 = all (default: 500)")
     add_decode_args(g, final=True)
     a("--synthetic-size", type=POS_INT, help="pairs of the built-in corpus (default: 8000)")
+
+
+def bands(text: str) -> list[float]:
+    """``--fuzzy-bands``: ``0.6,0.7,0.9`` → increasing cosines in (0, 1]; ``none`` → []."""
+    if text.strip().lower() in ("none", ""):
+        return []
+    try:
+        edges = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated cosines such as "
+                                         f"0.6,0.8,0.9 (or none), got {text!r}") from None
+    if edges != sorted(set(edges)) or not all(0 < e <= 1 for e in edges):
+        raise argparse.ArgumentTypeError(f"expected increasing cosines in (0, 1], got {text!r}")
+    return edges
 
 
 def add_decode_args(g: Any, final: bool = False) -> None:
@@ -132,6 +149,8 @@ def from_args(args: argparse.Namespace, out: str) -> TranslateTask:
                                                                   "hidden")["hidden"]:
         raise ValueError("--tie needs --embed equal to --hidden (the output layer reads the "
                          "attentional vector, of --hidden features)")
+    if getattr(args, "fuzzy_bands", None) is None:   # the default's edges above --fuzzy-min
+        s["fuzzy_bands"] = [b for b in OWN["fuzzy_bands"] if b > s["fuzzy_min"]]
     if s["copy"] is None:
         s["copy"] = bool(s["fuzzy"]) and s["attention"] != "none"
     if s["copy"] and not (s["fuzzy"] and s["attention"] != "none"):

@@ -43,20 +43,22 @@ def cut(ids: list[int], max_len: int | None) -> tuple[list[int], bool]:
 
 
 def encode_sources(tok: Tokenizer, texts: Sequence[str], max_len: int | None,
-                   matches: Sequence[str] | None = None, tgt_tok: Tokenizer | None = None
-                   ) -> tuple[list[list[int]], list[bool]]:
+                   memory: Memory | None = None, tgt_tok: Tokenizer | None = None,
+                   training: bool = False) -> tuple[list[list[int]], list[bool]]:
     """Encoder inputs of ``texts``: their ids (``[<unk>]`` for a text with none), or under
-    a translation memory :func:`~rnnkit.tasks.translate.memory.with_match` of them and the
-    ``tgt_tok`` ids of each match, each part cut to ``max_len``; and per text whether
-    anything was cut."""
+    a translation ``memory`` :func:`~rnnkit.tasks.translate.memory.with_match` of them, the
+    separator of each match's similarity band and the ``tgt_tok`` ids of the match, each part
+    cut to ``max_len``; and per text whether anything was cut. ``training``: ``texts`` are the
+    memory's own sources (none matched with itself)."""
     out, was_cut = [], []
+    matches, seps = memory.lookup(texts, training) if memory else (None, None)
     for i, a in enumerate(texts):
         x, c = cut(tok.encode(a), max_len)
         x = x or [tok.unk_id]
-        if matches is not None:
-            assert tgt_tok is not None
+        if memory is not None:
+            assert tgt_tok is not None and matches is not None and seps is not None
             y, c2 = cut(tgt_tok.encode(matches[i]), max_len)
-            x, c = with_match(x, y, tok.vocab_size), c or c2
+            x, c = with_match(x, y, tok.vocab_size, seps[i], memory.n_sep), c or c2
         out.append(x)
         was_cut.append(c)
     return out, was_cut
@@ -76,8 +78,8 @@ class TranslateTask:
         s = self.settings = settings
         self.split = split
         # --fuzzy: the translation memory of the training pairs (memory.py)
-        self.memory = (Memory(*split.train, min_sim=s.get("fuzzy_min", 0.5))
-                       if s.get("fuzzy") else None)
+        self.memory = (Memory(*split.train, min_sim=s.get("fuzzy_min", 0.5),
+                              bands=s.get("fuzzy_bands") or ()) if s.get("fuzzy") else None)
         self.src_tok = src_tok or build_tokenizer(s["src_tokenizer"], split.train[0],
                                                   vocab_size=s.get("src_vocab_size"),
                                                   min_freq=s.get("min_freq", 1))
@@ -86,11 +88,12 @@ class TranslateTask:
                                                   min_freq=s.get("min_freq", 1))
         V = self.tgt_tok.vocab_size
         self.bos, self.eos = V, V + 1
-        n_src = self.src_tok.vocab_size + (1 + V if self.memory else 0)
+        n_sep = self.memory.n_sep if self.memory else 0
+        n_src = self.src_tok.vocab_size + (n_sep + V if self.memory else 0)
         self.model_cfg = {**model_cfg, "src_vocab": n_src,
                           "tgt_vocab": V + 2, "bos": V, "eos": V + 1}
-        if self.memory and s.get("copy"):   # the match's pieces: ids Vs + 1 + t
-            self.model_cfg["copy_offset"] = self.src_tok.vocab_size + 1
+        if self.memory and s.get("copy"):   # the match's pieces: ids Vs + n_sep + t
+            self.model_cfg["copy_offset"] = self.src_tok.vocab_size + n_sep
         if self.memory:
             sha = self.memory.sha256()
             if s.setdefault("memory_sha256", sha) != sha:
@@ -106,10 +109,9 @@ class TranslateTask:
 
     def _encode(self, name: str, src: list[str], tgt: list[str]
                 ) -> tuple[list[list[int]], list[list[int]]]:
-        matches = (self.memory.matches(src, training=name == "train") if self.memory
-                   else None)
         m = self.settings.get("max_len")
-        es, was_cut = encode_sources(self.src_tok, src, m, matches, self.tgt_tok)
+        es, was_cut = encode_sources(self.src_tok, src, m, self.memory, self.tgt_tok,
+                                     training=name == "train")
         et = []
         for b, c in zip(tgt, was_cut, strict=True):
             y, c2 = cut(self.tgt_tok.encode(b), m)
