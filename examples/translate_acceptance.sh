@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The translation acceptance runs: English -> French and English -> Korean software messages
-# (../shared/data/translation), 5% test split by seed 0, BPE 4000 on both sides, MINUTES
-# (default 14) of training and evaluation each on the 2 cores: one language after the other,
-# each as RANKS (default 2) torchrun processes of one thread (DDP, gloo), the whole under one
-# lock (CPU_LOCK, default /work/.cpu.lock) so no other timed job overlaps it. Each job prints
-# the test table (copy, retrieval, rnnkit greedy, rnnkit beam 5).
+# (../shared/data/translation), 5% test split by seed 0, MINUTES (default 14) of training and
+# evaluation each on the 2 cores: one language after the other (LANGS, default "fr ko"), each
+# as RANKS (default 2) torchrun processes of one thread (DDP, gloo), the whole under one lock
+# (CPU_LOCK, default $TMPDIR/rnnkit-cpu.lock) so no other timed job overlaps it. Sources are BPE 4000;
+# targets BPE 4000 for French, characters (Hangul syllables) for Korean. Each job prints the
+# test table (copy, retrieval, rnnkit greedy, rnnkit beam 5).
 #   examples/translate_acceptance.sh fuzzy   # translation memory + copying (--fuzzy)
 #   examples/translate_acceptance.sh plain   # the plain encoder-decoder
 set -euo pipefail
@@ -17,12 +18,17 @@ MINUTES=${MINUTES:-14}
 RANKS=${RANKS:-2}
 PY=${PY:-python}
 mkdir -p "$OUT"
-flock "${CPU_LOCK:-/work/.cpu.lock}" bash -c "
-  for L in fr ko; do
-    $PY -m torch.distributed.run --standalone --nproc-per-node $RANKS -m rnnkit.cli \
-      train translate --data $DATA/en-\$L.tsv --out $OUT/en-\$L-$MODE --restart $FLAG \
-      --src-tokenizer bpe --tgt-tokenizer bpe --src-vocab-size 4000 --tgt-vocab-size 4000 \
-      --dropout 0.1 --threads 1 --epochs 1000 --minutes $MINUTES --eval-every 200 \
-      --eval-sentences 200 > $OUT/en-\$L-$MODE.log 2>&1
-  done"
-tail -n 14 "$OUT"/en-*-"$MODE".log
+exec 9>"${CPU_LOCK:-${TMPDIR:-/tmp}/rnnkit-cpu.lock}"
+flock 9
+for L in ${LANGS:-fr ko}; do
+  case $L in
+    ko) TGT=(--tgt-tokenizer char) ;;
+    *) TGT=(--tgt-tokenizer bpe --tgt-vocab-size 4000) ;;
+  esac
+  $PY -m torch.distributed.run --standalone --nproc-per-node "$RANKS" -m rnnkit.cli \
+    train translate --data "$DATA/en-$L.tsv" --out "$OUT/en-$L-$MODE" --restart $FLAG \
+    --src-tokenizer bpe --src-vocab-size 4000 "${TGT[@]}" \
+    --dropout 0.1 --threads 1 --epochs 1000 --minutes "$MINUTES" --eval-every 200 \
+    --eval-sentences 200 > "$OUT/en-$L-$MODE.log" 2>&1
+  tail -n 14 "$OUT/en-$L-$MODE.log"
+done
