@@ -336,3 +336,36 @@ def test_copy_learns_to_copy_quickly_and_bad_configs_are_refused():
         copy_model(attention="none")
     with pytest.raises(ValueError, match="copy_offset must lie inside"):
         model(copy_offset=13)
+
+
+# -- a candidate target ranked among the searched ones (translation memory's match) -------------
+@pytest.mark.parametrize("copy", [False, True])
+def test_candidates_are_scored_by_teacher_forcing_and_ranked_with_the_search(copy):
+    from rnnkit.tasks.translate.model import score_targets, translate_ids
+    torch.manual_seed(1)
+    m = model(layers=1, copy_offset=11 if copy else None)
+    srcs = [[2, 3, 12, 11], [4, 5, 6], [7], [8, 12, 3, 2, 5]]
+    beam = translate_ids(m, srcs, beam=3, n_best=3, alpha=0.6, ratio=1.0, extra=3)
+    greedy = translate_ids(m, srcs, beam=1, ratio=1.0, extra=3)
+    # teacher forcing gives the log-probability the step path summed (EOS included)
+    ended = [i for i, h in enumerate(greedy) if len(h[0].tokens) < len(srcs[i]) + 3]
+    assert ended
+    lps = score_targets(m, [srcs[i] for i in ended], [greedy[i][0].tokens for i in ended])
+    for i, lp in zip(ended, lps, strict=True):
+        assert lp == pytest.approx(greedy[i][0].logprob, abs=1e-4)
+    # a hypothesis already found changes nothing; a new one enters at its own score
+    same = translate_ids(m, srcs, beam=3, n_best=3, alpha=0.6, ratio=1.0, extra=3,
+                         candidates=[h[1].tokens for h in beam])
+    assert [[h.tokens for h in x] for x in same] == [[h.tokens for h in x] for x in beam]
+    cand = [[2, 2, 2], [], [3], [4, 5]]
+    got = translate_ids(m, srcs, beam=3, n_best=3, alpha=0.6, ratio=1.0, extra=3,
+                        candidates=cand)
+    lp = score_targets(m, [srcs[0], srcs[2], srcs[3]], [cand[0], cand[2], cand[3]])
+    for i, c, v in zip((0, 2, 3), (cand[0], cand[2], cand[3]), lp, strict=True):
+        s = v / length_penalty(len(c) + 1, 0.6)
+        pool = sorted([h.score for h in beam[i]] + [s], reverse=True)[:3]
+        assert [h.score for h in got[i]] == pytest.approx(pool, abs=1e-6)
+        assert (c in [h.tokens for h in got[i]]) == (s >= beam[i][2].score)
+    assert [h.tokens for h in got[1]] == [h.tokens for h in beam[1]]
+    with pytest.raises(ValueError, match="one candidate per source"):
+        translate_ids(m, srcs, beam=3, candidates=[[2]])

@@ -306,24 +306,31 @@ class Decoder(nn.Module):
         cells = list(self.rnn.cells)
         c0 = cells[0]
         xe = F.linear(x, c0.weight_ih[:, :E], c0.bias_ih)                 # (B, T, G*H) once
-        w_feed = c0.weight_ih[:, E:] if self.input_feed else None          # (G*H, O)
+        w_feed = c0.weight_ih[:, E:]                                        # (G*H, O)
+        # a cell that only sums its two products takes the feed's and the recurrent one as
+        # one product of [feed; h] (B, O+H) with [W_feed W_hh] (G*H, O+H)
+        w_fh = torch.cat([w_feed, c0.weight_hh], 1) if c0.sums_products else None
         keys = None if self.attention == "none" else self.attn.keys(memory)
         state = [tuple(s[k] for s in self.init_state(summary, B, x)) for k in range(self.layers)]
-        feed = x.new_zeros(B, self.output_size) if self.input_feed else None
+        feed = x.new_zeros(B, self.output_size)
         outs, weights = [], []
         for t in range(T):
-            xi = xe[:, t] if w_feed is None else xe[:, t] + F.linear(feed, w_feed)
             inp = None
             for k, cell in enumerate(cells):
                 if k:
-                    xi = F.linear(self.drop(inp), cell.weight_ih, cell.bias_ih)
-                st, _ = cell.combine(xi, F.linear(state[k][0], cell.weight_hh, cell.bias_hh),
-                                     state[k])
+                    xi, hh = (F.linear(self.drop(inp), cell.weight_ih, cell.bias_ih),
+                              F.linear(state[k][0], cell.weight_hh, cell.bias_hh))
+                elif w_fh is not None:
+                    xi, hh = xe[:, t], F.linear(torch.cat([feed, state[0][0]], 1), w_fh,
+                                                c0.bias_hh)
+                else:
+                    xi, hh = (xe[:, t] + F.linear(feed, w_feed),
+                              F.linear(state[0][0], c0.weight_hh, c0.bias_hh))
+                st, _ = cell.combine(xi, hh, state[k])
                 state[k] = st
                 inp = st[0]
             out, w = self._attend(inp, keys, memory, mask)
-            if self.input_feed:
-                feed = self.drop(out)
+            feed = self.drop(out)
             outs.append(out)
             weights.append(w)
         hs = torch.stack(outs, 1)                                          # (B, T, O)

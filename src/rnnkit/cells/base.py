@@ -26,12 +26,15 @@ class Cell(nn.Module):
     """Base class: holds ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``.
 
     Subclasses set ``num_gates``, ``state_names`` (``("h",)`` or ``("h", "c")``), ``gate_names``
-    and implement :meth:`step`.
+    and implement :meth:`step`. ``sums_products``: the cell's ``combine(xi, hh, state)``
+    reads only ``xi + hh`` (LSTM, RNN; not GRU, whose reset gate scales ``hh``'s part), so a
+    caller may fold any product into either argument.
     """
 
     num_gates: int = 1
     state_names: tuple[str, ...] = ("h",)
     gate_names: tuple[str, ...] = ()
+    sums_products: bool = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
         super().__init__()

@@ -24,6 +24,7 @@ class LSTMCell(Cell):
     """One LSTM step. State ``(h, c)``; gates ``input``, ``forget``, ``cell``, ``output``."""
 
     num_gates = 4
+    sums_products = True
     state_names = ("h", "c")
     gate_names = ("input", "forget", "cell", "output")
 

@@ -29,6 +29,7 @@ class RNNCell(Cell):
     """
 
     num_gates = 1
+    sums_products = True
     state_names = ("h",)
     gate_names = ("preactivation",)
 

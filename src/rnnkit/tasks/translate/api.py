@@ -61,23 +61,41 @@ class Translator:
                 SEP_TEXT if i < sep + n else self.tgt_tok.decode([i - sep - n])
                 for i in ids]
 
+    def match_ids(self, ids: Sequence[int]) -> list[int]:
+        """The fuzzy match's target ids inside an encoder input (empty without a memory or
+        without a match)."""
+        if self.memory is None:
+            return []
+        first = self.src_tok.vocab_size + self.memory.n_sep
+        return [i - first for i in ids if i >= first]
+
     def hypotheses(self, texts: Sequence[str], beam: int = 5, n_best: int = 1,
-                   alpha: float = 0.6, block_ngram: int = 0, attention: bool = False
-                   ) -> list[list[Hypothesis]]:
+                   alpha: float = 0.6, block_ngram: int = 0, attention: bool = False,
+                   match_candidate: bool = True) -> list[list[Hypothesis]]:
+        """Per text its ``n_best`` hypotheses, best first. ``match_candidate`` (a model with
+        a translation memory): the fuzzy match itself is one more candidate, scored by the
+        model like the searched ones, so the model can keep a match it finds better than
+        its own repairs."""
         if isinstance(texts, str):
             raise ValueError("expected a list of texts, got one string (wrap it in a list)")
         if beam < 1 or not 1 <= n_best <= beam:
             raise ValueError(f"need beam >= 1 and 1 <= n_best <= beam, got beam {beam}, "
                              f"n_best {n_best}")
-        return translate_ids(self.model, self.encode(texts), beam=beam, alpha=alpha,
-                             n_best=n_best, ratio=self.ratio, extra=self.extra,
-                             block_ngram=block_ngram, attention=attention)
+        ids = self.encode(texts)
+        cand = ([self.match_ids(x) for x in ids] if match_candidate and self.memory
+                else None)
+        return translate_ids(self.model, ids, beam=beam, alpha=alpha, n_best=n_best,
+                             ratio=self.ratio, extra=self.extra, block_ngram=block_ngram,
+                             attention=attention, candidates=cand)
 
     def translate(self, texts: Sequence[str], beam: int = 5, n_best: int = 1,
-                  alpha: float = 0.6, block_ngram: int = 0) -> list[str] | list[list[str]]:
+                  alpha: float = 0.6, block_ngram: int = 0, match_candidate: bool = True
+                  ) -> list[str] | list[list[str]]:
         """Translations of ``texts``: one string each, or with ``n_best > 1`` a list of the
-        ``n_best`` best, best first. ``beam=1`` is greedy decoding."""
-        hs = self.hypotheses(texts, beam, n_best, alpha, block_ngram)
+        ``n_best`` best, best first. ``beam=1`` is greedy decoding. ``match_candidate``: see
+        :meth:`hypotheses`."""
+        hs = self.hypotheses(texts, beam, n_best, alpha, block_ngram,
+                             match_candidate=match_candidate)
         dec = [[self.tgt_tok.decode(h.tokens) for h in hyp] for hyp in hs]
         return [d[0] for d in dec] if n_best == 1 else dec
 
@@ -94,9 +112,9 @@ class Translator:
         return tgt, src, h.attention[:len(tgt)]
 
     def evaluate(self, src: Sequence[str], refs: Sequence[str], beam: int = 5,
-                 alpha: float = 0.6) -> dict[str, Any]:
+                 alpha: float = 0.6, match_candidate: bool = True) -> dict[str, Any]:
         """chrF and BLEU (sacrebleu, with signatures) of the translations of ``src``."""
-        hyps = self.translate(src, beam=beam, alpha=alpha)
+        hyps = self.translate(src, beam=beam, alpha=alpha, match_candidate=match_candidate)
         return {**scores(hyps, refs, self.lang), "n": len(src), "beam": beam}
 
 

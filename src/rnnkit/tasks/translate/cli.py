@@ -207,6 +207,9 @@ def report(task: TranslateTask, res: TrainResult, args: argparse.Namespace) -> N
     rows["rnnkit greedy"] = scores(greedy, test[1], s["target_lang"])
     rows[f"rnnkit beam {s['beam']}"] = tr.evaluate(test[0], test[1], beam=s["beam"],
                                                    alpha=s["alpha"])
+    if task.memory:   # the same search without the match as a candidate of its own
+        rows[f"rnnkit beam {s['beam']}, no match candidate"] = tr.evaluate(
+            test[0], test[1], beam=s["beam"], alpha=s["alpha"], match_candidate=False)
     print(f"{part} split, {len(test[0]):,} pairs:")
     print(table(rows))
     print(f"signatures: {rows['copy']['chrf_signature']}; {rows['copy']['bleu_signature']}")
@@ -228,6 +231,13 @@ def report(task: TranslateTask, res: TrainResult, args: argparse.Namespace) -> N
 def add_eval_args(p: Any) -> None:
     add_columns(p)
     add_decode_args(p)
+    add_candidate_arg(p)
+
+
+def add_candidate_arg(p: Any) -> None:
+    p.add_argument("--no-match-candidate", action="store_true", help="a model with a "
+                   "translation memory: do not rank the fuzzy match itself among the "
+                   "searched translations (the model's own output only)")
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -248,9 +258,11 @@ def evaluate(args: argparse.Namespace) -> int:
         src, ref, name = (*sp.test, "test") if sp.test[0] else (*sp.valid, "valid")
     beam = args.beam or s.get("beam", 5)
     alpha = s.get("alpha", 0.6) if args.alpha is None else args.alpha
-    rows = {"rnnkit greedy": tr.evaluate(src, ref, beam=1)}
+    cand = not getattr(args, "no_match_candidate", False)
+    rows = {"rnnkit greedy": tr.evaluate(src, ref, beam=1, match_candidate=cand)}
     if beam > 1:
-        rows[f"rnnkit beam {beam}"] = tr.evaluate(src, ref, beam=beam, alpha=alpha)
+        rows[f"rnnkit beam {beam}"] = tr.evaluate(src, ref, beam=beam, alpha=alpha,
+                                                  match_candidate=cand)
     warn_cut(tr)
     print(f"{name}: {len(src):,} pairs")
     print(table(rows))
@@ -271,6 +283,7 @@ def add_translate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-png", metavar="PNG", help="draw the attention matrix of the "
                    "(first) sentence")
     add_decode_args(p)
+    add_candidate_arg(p)
     p.set_defaults(_trailing="text")
 
 
@@ -307,7 +320,8 @@ def translate(args: argparse.Namespace) -> int:
                 continue
             first = first or line
             out = tr.translate([line], beam=beam, n_best=args.n_best, alpha=alpha,
-                               block_ngram=args.block_ngram)[0]
+                               block_ngram=args.block_ngram,
+                               match_candidate=not args.no_match_candidate)[0]
             print(out if isinstance(out, str) else "\t".join(out), flush=True)
     except BrokenPipeError:
         sys.stdout = open(os.devnull, "w")
