@@ -44,8 +44,9 @@ layer (``bridge_act="linear"``: ``W_b summary + b_b``, cs231n's image-captioning
 Training runs the decoder teacher-forced, step by step on rnnkit's cells with the weights
 prepared once per call: the embedding part of the first layer's input product is one matrix
 product over all ``T`` steps, each step then adds only the input-feeding and recurrent
-products and applies the cell's own equations (``cell.combine``); the output layer is one
-product over all steps. Without input feeding no step needs an earlier step's attention,
+products (one product of ``[h~_{t-1}; h_{t-1}]`` for a cell that only sums them: LSTM, RNN)
+and applies the cell's own equations (``cell.combine``); the output layer is one product
+over all steps. Without input feeding no step needs an earlier step's attention,
 so the stack runs over all ``T`` steps in one call (its whole-sequence kernel) and attention
 is one batched product for every step. Decoding (no autograd) runs each step on the layer's
 :class:`~rnnkit.kernels.step.Stepper` (for an LSTM on CPU, the whole stack's step is one C
