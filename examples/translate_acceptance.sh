@@ -5,7 +5,8 @@
 # as RANKS (default 2) torchrun processes of one thread (DDP, gloo), the whole under one lock
 # (CPU_LOCK, default $TMPDIR/rnnkit-cpu.lock) so no other timed job overlaps it. Sources are BPE 4000;
 # targets BPE 4000 for French, characters (Hangul syllables) for Korean. Each job prints the
-# test table (copy, retrieval, rnnkit greedy, rnnkit beam 5).
+# test table (copy, retrieval, rnnkit greedy, rnnkit beam 5). EXTRA: more flags for every run
+# (e.g. EXTRA=--no-input-feed).
 #   examples/translate_acceptance.sh fuzzy   # translation memory + copying (--fuzzy)
 #   examples/translate_acceptance.sh plain   # the plain encoder-decoder
 set -euo pipefail
@@ -28,7 +29,7 @@ for L in ${LANGS:-fr ko}; do
   $PY -m torch.distributed.run --standalone --nproc-per-node "$RANKS" -m rnnkit.cli \
     train translate --data "$DATA/en-$L.tsv" --out "$OUT/en-$L-$MODE" --restart $FLAG \
     --src-tokenizer bpe --src-vocab-size 4000 "${TGT[@]}" \
-    --dropout 0.1 --threads 1 --epochs 1000 --minutes "$MINUTES" --eval-every 200 \
+    --dropout 0.1 ${EXTRA:-} --threads 1 --epochs 1000 --minutes "$MINUTES" --eval-every 200 \
     --eval-sentences 200 > "$OUT/en-$L-$MODE.log" 2>&1
   tail -n 14 "$OUT/en-$L-$MODE.log"
 done

@@ -180,6 +180,15 @@ def test_a_fuzzy_run_reads_each_source_with_its_match_and_loads_without_the_data
     split = json.loads((out / "split.json").read_text())
     assert len(mem.src) == len(rows) - len(split["test_rows"]) - len(split["valid_rows"])
     assert main(["eval", str(out), "--beam", "1"]) == 0
+    with_cand = json.loads((out / "eval_test.json").read_text())["rnnkit greedy"]
+    assert main(["eval", str(out), "--beam", "1", "--no-match-candidate"]) == 0
+    alone = json.loads((out / "eval_test.json").read_text())["rnnkit greedy"]
+    from rnnkit.tasks.translate.task import load_split
+    tr0 = rnnkit.load(out)
+    test_src, test_ref = load_split(tr0.config["settings"]).test
+    for cand, got in ((True, with_cand), (False, alone)):
+        want = tr0.evaluate(test_src, test_ref, beam=1, match_candidate=cand)
+        assert got["chrf"] == pytest.approx(want["chrf"])
     data.unlink()                                     # the memory travels with the run
     tr = rnnkit.load(out)
     sep = tr.src_tok.vocab_size
