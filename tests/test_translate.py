@@ -211,3 +211,23 @@ def test_a_fuzzy_run_reads_each_source_with_its_match_and_loads_without_the_data
     (out / FILE).unlink()
     with pytest.raises(ValueError, match=r"no memory\.jsonl"):
         rnnkit.load(out)
+
+
+@pytest.mark.parametrize(("value", "says"), [("0.9,0.6", "increasing"), ("0.5,x", "comma"),
+                                             ("0.6,1.5", "(0, 1]")])
+def test_bad_fuzzy_bands_are_exit_2_naming_the_flag(value, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "translate", "--fuzzy", f"--fuzzy-bands={value}", "--out",
+              str(tmp_path / "r")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--fuzzy-bands" in err and says in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bands_at_or_below_fuzzy_min_are_refused_before_training(tmp_path, capsys):
+    assert main(["train", "translate", "--fuzzy", "--fuzzy-min", "0.7", "--fuzzy-bands",
+                 "0.6,0.8", "--steps", "1", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert ("similarity bands must be increasing edges above min_sim (0.7) and at most 1, "
+            "got [0.6, 0.8]") in capsys.readouterr().err
+    assert not (tmp_path / "r" / "last").exists()
