@@ -7,6 +7,7 @@ import json
 
 import pytest
 import sacrebleu
+import torch
 
 import rnnkit
 from rnnkit.cli import main
@@ -231,3 +232,30 @@ def test_bands_at_or_below_fuzzy_min_are_refused_before_training(tmp_path, capsy
     assert ("similarity bands must be increasing edges above min_sim (0.7) and at most 1, "
             "got [0.6, 0.8]") in capsys.readouterr().err
     assert not (tmp_path / "r" / "last").exists()
+
+
+def test_copy_source_reads_the_source_in_target_pieces_and_copies_from_both(tmp_path):
+    rows = [f"--opt-{i} file\t--opt-{i} fichier" for i in range(30)]
+    data = tmp_path / "p.tsv"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "translate", "--data", str(data), "--fuzzy", "--copy-source",
+                 "--out", str(out), "--steps", "3", "--eval-every", "3", "--hidden", "16",
+                 "--embed", "8", "--eval-sentences", "4", "--beam", "2", "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    tr = rnnkit.load(out)
+    V, n_sep = tr.tgt_tok.vocab_size, tr.memory.n_sep
+    assert cfg["src_tokenizer"] == cfg["tgt_tokenizer"]
+    assert cfg["model"]["copy_below"] == V and cfg["model"]["copy_offset"] == V + n_sep
+    assert cfg["model"]["src_vocab"] == V + n_sep + V
+    text = "--opt-7 file"
+    (match,), (k,) = tr.memory.lookup([text])
+    ids = tr.encode([text])[0]
+    assert ids == [*tr.tgt_tok.encode(text), V + k, *(V + n_sep + t for t in
+                                                      tr.tgt_tok.encode(match))]
+    copy = tr.model.copy_ids(torch.tensor([ids]))[0].tolist()   # both parts copyable,
+    src_ids = tr.tgt_tok.encode(text)                             # all but <unk> ("l")
+    assert 1 in src_ids
+    assert copy == [*(-1 if i == 1 else i for i in src_ids), -1, *tr.tgt_tok.encode(match)]
+    assert main(["train", "translate", "--copy-source", "--attention", "none", "--out",
+                 str(tmp_path / "r2"), "--steps", "1", "--quiet"]) == 2

@@ -402,7 +402,9 @@ class Seq2Seq(nn.Module):
     attention needs it). Target ids ``bos``/``eos`` mark a sentence's start and end
     (``pad`` = 0 everywhere). ``copy_offset``: source ids ``>= copy_offset`` stand for the
     target token ``id - copy_offset`` (a fuzzy match, :mod:`rnnkit.tasks.translate.memory`),
-    and the decoder can copy them (``copy=True``); ``forward`` then returns log-probabilities.
+    and the decoder can copy them (``copy=True``); ``copy_below``: source ids ``2 ..
+    copy_below - 1`` *are* target ids (a source read with the target's tokenizer), copied as
+    themselves. With either, ``forward`` returns log-probabilities.
     """
 
     def __init__(self, src_vocab: int, tgt_vocab: int, *, bos: int, eos: int, cell: str = "lstm",
@@ -410,13 +412,19 @@ class Seq2Seq(nn.Module):
                  bidirectional: bool = True, attention: str = "general",
                  attn_size: int | None = None, input_feed: bool = True, bridge: str = "linear",
                  tie: bool = False, output_size: int | None = None, dropout: float = 0.2,
-                 copy_offset: int | None = None) -> None:
+                 copy_offset: int | None = None, copy_below: int | None = None) -> None:
         super().__init__()
         self.bos, self.eos = bos, eos
         if copy_offset is not None and not 0 < copy_offset < src_vocab:
             raise ValueError(f"copy_offset must lie inside the source vocabulary (1 .. "
                              f"{src_vocab - 1}), got {copy_offset}")
-        self.copy_offset = copy_offset
+        if copy_below is not None and not 2 < copy_below <= min(src_vocab, tgt_vocab):
+            raise ValueError(f"copy_below must lie in 3 .. {min(src_vocab, tgt_vocab)} (ids "
+                             f"below it are source and target ids at once), got {copy_below}")
+        if copy_below is not None and copy_offset is not None and copy_offset < copy_below:
+            raise ValueError(f"copy_offset ({copy_offset}) must not be below copy_below "
+                             f"({copy_below}): the two copyable ranges would overlap")
+        self.copy_offset, self.copy_below = copy_offset, copy_below
         if bidirectional and hidden % 2:
             raise ValueError(f"a bidirectional encoder splits the units between its two "
                              f"directions; hidden must be even, got {hidden}")
@@ -429,14 +437,24 @@ class Seq2Seq(nn.Module):
                                hidden=hidden, layers=layers, cell=cell, attention=attention,
                                attn_size=attn_size, input_feed=input_feed, bridge=bridge,
                                tie=tie, output_size=output_size, dropout=dropout,
-                               copy=copy_offset is not None)
+                               copy=self.copies)
 
     def copy_ids(self, src: Tensor) -> Tensor | None:
         """``src`` ``(B, S)`` → the target id each step can be copied as, or -1 ``(B, S)``;
         None for a model that does not copy."""
-        if self.copy_offset is None:
+        if not self.copies:
             return None
-        return torch.where(src >= self.copy_offset, src - self.copy_offset, -1)
+        out = torch.full_like(src, -1)
+        if self.copy_below is not None:
+            out = torch.where((src >= 2) & (src < self.copy_below), src, out)
+        if self.copy_offset is not None:
+            out = torch.where(src >= self.copy_offset, src - self.copy_offset, out)
+        return out
+
+    @property
+    def copies(self) -> bool:
+        """Whether the decoder can copy source steps (``forward`` gives log-probabilities)."""
+        return self.copy_offset is not None or self.copy_below is not None
 
     def forward(self, src: Tensor, src_len: Tensor, y_in: Tensor) -> Tensor:
         memory, mask, summary = self.encoder(src, src_len)

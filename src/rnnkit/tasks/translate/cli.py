@@ -57,6 +57,7 @@ OWN: dict[str, Any] = {
     "tie": False, "label_smoothing": 0.1, "eval_sentences": 500, "beam": 5, "alpha": 0.6,
     "max_ratio": 2.0, "max_extra": 10, "synthetic_size": 8000, "fuzzy": False,
     "fuzzy_min": 0.5, "fuzzy_bands": [0.6, 0.7, 0.8, 0.9, 0.95], "copy": None,
+    "copy_source": False,
 }
 SETTINGS = ("data", "source_column", "target_column", "target_lang", *OWN)
 MODEL_KEYS = ("cell", "embed", "hidden", "layers", "bidirectional", "dropout")
@@ -106,6 +107,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     a("--copy", action=argparse.BooleanOptionalAction, default=None,
       help="the decoder can copy the fuzzy match's pieces (pointer-generator, See et al. "
       "2017; needs --fuzzy and attention; default: on with --fuzzy)")
+    a("--copy-source", action=argparse.BooleanOptionalAction, default=None,
+      help="read the source with the target tokenizer (so --src-tokenizer and "
+      "--src-vocab-size are not used) and let the decoder copy its pieces: option names, "
+      "placeholders and file names that a translation keeps as they are (needs attention; "
+      "default: off)")
     a("--label-smoothing", type=FRACTION, help="default: 0.1")
     a("--eval-sentences", type=NONNEG_INT, help="validation pairs translated at each "
       "evaluation, 0 = all (default: 500)")
@@ -157,6 +163,9 @@ def from_args(args: argparse.Namespace, out: str) -> TranslateTask:
         raise ValueError(f"--copy copies from the fuzzy match with the attention weights: it "
                          f"needs --fuzzy and an --attention other than none (got fuzzy "
                          f"{s['fuzzy']}, attention {s['attention']})")
+    if s["copy_source"] and s["attention"] == "none":
+        raise ValueError("--copy-source copies with the attention weights: it needs an "
+                         "--attention other than none")
     model = {**pick(args, DEFAULTS, *MODEL_KEYS), "attention": s["attention"],
              "input_feed": s["input_feed"], "bridge": s["bridge"], "tie": s["tie"]}
     if model["cell"] not in DECODER_CELLS:
@@ -171,7 +180,9 @@ def from_args(args: argparse.Namespace, out: str) -> TranslateTask:
           f"(skipped: {sk['one_column']} with one column, {sk['empty']} with an empty side); "
           f"train {len(task.train[0]):,}, validation {len(task.valid[0]):,}, test "
           f"{len(split.test[0]):,}; cut to {s['max_len']} tokens: {sum(task.cut.values())}; "
-          f"source {task.src_tok.kind} vocabulary {task.src_tok.vocab_size:,}, target "
+          + ("source read with the target tokenizer (--copy-source), " if s["copy_source"]
+             else f"source {task.src_tok.kind} vocabulary {task.src_tok.vocab_size:,}, ") +
+          f"target "
           f"{task.tgt_tok.kind} {task.tgt_tok.vocab_size:,}; target language {lang}"
           + (f"; translation memory of {len(task.memory.src):,} pairs" if task.memory else ""),
           file=sys.stderr)

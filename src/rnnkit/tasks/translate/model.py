@@ -79,7 +79,7 @@ def score_targets(model: Seq2Seq, srcs: Sequence[list[int]], tgts: Sequence[list
     for k in range(0, len(srcs), batch_size):
         b = collate(srcs[k:k + batch_size], tgts[k:k + batch_size], model.bos, model.eos)
         lp = model(b["src"], b["src_len"], b["y_in"]).float()              # (B, T, V)
-        if model.copy_offset is None:                                     # logits
+        if not model.copies:                                              # logits
             lp = torch.log_softmax(lp, -1)
         y = b["y_out"]
         out += (lp.gather(-1, y[..., None])[..., 0] * (y != 0)).sum(1).tolist()

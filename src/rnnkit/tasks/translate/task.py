@@ -80,12 +80,15 @@ class TranslateTask:
         # --fuzzy: the translation memory of the training pairs (memory.py)
         self.memory = (Memory(*split.train, min_sim=s.get("fuzzy_min", 0.5),
                               bands=s.get("fuzzy_bands") or ()) if s.get("fuzzy") else None)
-        self.src_tok = src_tok or build_tokenizer(s["src_tokenizer"], split.train[0],
-                                                  vocab_size=s.get("src_vocab_size"),
-                                                  min_freq=s.get("min_freq", 1))
         self.tgt_tok = tgt_tok or build_tokenizer(s["tgt_tokenizer"], split.train[1],
                                                   vocab_size=s.get("tgt_vocab_size"),
                                                   min_freq=s.get("min_freq", 1))
+        # --copy-source: the source is read in the target's pieces, so its ids are target
+        # ids the decoder can copy (option names, placeholders, file names)
+        self.src_tok = self.tgt_tok if s.get("copy_source") else (
+            src_tok or build_tokenizer(s["src_tokenizer"], split.train[0],
+                                       vocab_size=s.get("src_vocab_size"),
+                                       min_freq=s.get("min_freq", 1)))
         V = self.tgt_tok.vocab_size
         self.bos, self.eos = V, V + 1
         n_sep = self.memory.n_sep if self.memory else 0
@@ -94,6 +97,8 @@ class TranslateTask:
                           "tgt_vocab": V + 2, "bos": V, "eos": V + 1}
         if self.memory and s.get("copy"):   # the match's pieces: ids Vs + n_sep + t
             self.model_cfg["copy_offset"] = self.src_tok.vocab_size + n_sep
+        if s.get("copy_source"):            # the source's pieces: target ids 2 .. V - 1
+            self.model_cfg["copy_below"] = V
         if self.memory:
             sha = self.memory.sha256()
             if s.setdefault("memory_sha256", sha) != sha:
@@ -124,7 +129,7 @@ class TranslateTask:
         s = config["settings"]
         split = resumed_split(load_split(s), s, "rows", "pairs")
         return cls(split, s, without(config["model"], "src_vocab", "tgt_vocab", "bos", "eos",
-                                     "copy_offset"),
+                                     "copy_offset", "copy_below"),
                    tokenizer_from_json(config["src_tokenizer"]),
                    tokenizer_from_json(config["tgt_tokenizer"]))
 
