@@ -3,15 +3,16 @@
 # (../shared/data/translation), 5% test split by seed 0, MINUTES (default 14) of training and
 # evaluation each on the 2 cores: one language after the other (LANGS, default "fr ko"), each
 # as RANKS (default 2) torchrun processes of one thread (DDP, gloo), the whole under one lock
-# (CPU_LOCK, default $TMPDIR/rnnkit-cpu.lock) so no other timed job overlaps it. Sources are BPE 4000;
-# targets BPE 4000 for French, characters (Hangul syllables) for Korean. Each job prints the
-# test table (copy, retrieval, rnnkit greedy, rnnkit beam 5). EXTRA: more flags for every run
-# (e.g. EXTRA=--no-input-feed).
-#   examples/translate_acceptance.sh fuzzy   # translation memory + copying (--fuzzy)
+# (CPU_LOCK, default $TMPDIR/rnnkit-cpu.lock) so no other timed job overlaps it. Targets are
+# BPE 4000 for French, characters (Hangul syllables) for Korean; with --fuzzy the sources are
+# read with the target tokenizer (--copy-source), plain runs read them as BPE 4000. Each job
+# prints the test table (copy, retrieval, rnnkit greedy, rnnkit beam 5). EXTRA: more flags for
+# every run (e.g. EXTRA=--no-input-feed).
+#   examples/translate_acceptance.sh fuzzy   # translation memory, copying from it and the source
 #   examples/translate_acceptance.sh plain   # the plain encoder-decoder
 set -euo pipefail
 MODE=${1:-fuzzy}
-case $MODE in fuzzy) FLAG=--fuzzy ;; plain) FLAG=--no-fuzzy ;;
+case $MODE in fuzzy) FLAG="--fuzzy --copy-source" ;; plain) FLAG=--no-fuzzy ;;
   *) echo "usage: translate_acceptance.sh fuzzy|plain" >&2; exit 2 ;; esac
 DATA=${DATA:-../shared/data/translation}
 OUT=${OUT:-runs/translate}

@@ -86,12 +86,13 @@ def test_nsmc_steps_are_the_epochs_of_its_training_reviews():
 
 
 def test_translation_steps_are_the_stated_epochs():
-    m = find(r"so each run got (\d+) \(fr\)\s+and (\d+) \(ko\) steps of (\d+) pairs: ([\d.]+) "
-             r"and ([\d.]+) epochs of the ([\d,]+) and ([\d,]+) training pairs")
+    m = find(r"so\s+each\s+run\s+made\s+([\d,]+)\s+\(fr\)\s+and\s+([\d,]+)\s+\(ko\)\s+steps\s+"
+             r"of\s+(\d+)\s+×\s+(\d+)\s+pairs:\s+([\d.]+)\s+and\s+([\d.]+)\s+epochs\s+of\s+the\s+"
+             r"([\d,]+)\s+and\s+([\d,]+)\s+training\s+pairs")
     tests = [num(t) for t in re.findall(r"en → (?:fr|ko) \(([\d,]+) pairs", README)]
-    steps, batch = (int(m[1]), int(m[2])), int(m[3])
+    steps, ranks, batch = (num(m[1]), num(m[2])), int(m[3]), int(m[4])
     assert batch == spec("translate").defaults["batch_size"]
-    trains = (num(m[6]), num(m[7]))
+    trains = (num(m[7]), num(m[8]))
     for lang, test, train in zip(("fr", "ko"), tests, trains, strict=True):
         f = SHARED / "translation" / f"en-{lang}.tsv"
         if f.is_file():  # the split itself: 5% test, 5% validation, the rest training
@@ -100,8 +101,8 @@ def test_translation_steps_are_the_stated_epochs():
             assert (len(split.test[0]), len(split.train[0])) == (test, train)
         else:
             assert abs(train - 18 * test) <= 20    # test and validation 5% each of the pairs
-    for s, train, epochs in zip(steps, trains, (m[4], m[5]), strict=True):
-        assert round(s / math.ceil(train / batch), 1) == float(epochs)
+    for s, train, epochs in zip(steps, trains, (m[5], m[6]), strict=True):
+        assert round(s * ranks / math.ceil(train / batch), 1) == float(epochs)
 
 
 def test_parameter_sums():
