@@ -74,10 +74,12 @@ def translate_ids(model: Seq2Seq, srcs: Sequence[list[int]], *, beam: int = 1,
 def score_targets(model: Seq2Seq, srcs: Sequence[list[int]], tgts: Sequence[list[int]],
                   batch_size: int = 64) -> list[float]:
     """Teacher-forced log-probability of each target given its source, EOS included (the
-    model in the mode it is in: eval for decoding)."""
+    model in the mode it is in: eval for decoding and evaluation)."""
     out: list[float] = []
+    dev = next(model.parameters()).device
     for k in range(0, len(srcs), batch_size):
         b = collate(srcs[k:k + batch_size], tgts[k:k + batch_size], model.bos, model.eos)
+        b = {key: v.to(dev) for key, v in b.items()}
         lp = model(b["src"], b["src_len"], b["y_in"]).float()              # (B, T, V)
         if not model.copies:                                              # logits
             lp = torch.log_softmax(lp, -1)

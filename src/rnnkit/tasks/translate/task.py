@@ -8,7 +8,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -17,14 +16,13 @@ from rnnkit.tasks.common import resumed_split, without
 from rnnkit.tasks.translate.data import (
     PairStream,
     Split,
-    collate,
     make_split,
     read_pairs,
     synthetic_pairs,
 )
 from rnnkit.tasks.translate.memory import Memory, with_match
 from rnnkit.tasks.translate.metrics import scores
-from rnnkit.tasks.translate.model import build_model, translate_ids
+from rnnkit.tasks.translate.model import build_model, score_targets, translate_ids
 
 
 def load_split(s: dict[str, Any]) -> Split:
@@ -150,18 +148,9 @@ class TranslateTask:
 
     def nll(self, model: nn.Module, src: list[list[int]], tgt: list[list[int]],
             batch_size: int = 128) -> float:
-        """Teacher-forced nats per target token (EOS included)."""
-        tot, n = 0.0, 0
-        dev = next(model.parameters()).device
-        with torch.no_grad():
-            for k in range(0, len(src), batch_size):
-                b = collate(src[k:k + batch_size], tgt[k:k + batch_size], self.bos, self.eos)
-                b = {key: v.to(dev) for key, v in b.items()}
-                lg = model(b["src"], b["src_len"], b["y_in"])
-                tot += float(F.cross_entropy(lg.flatten(0, 1), b["y_out"].flatten(),
-                                             ignore_index=0, reduction="sum"))
-                n += int((b["y_out"] != 0).sum())
-        return tot / max(n, 1)
+        """Teacher-forced nats per target token (EOS included): :func:`score_targets`."""
+        lp = score_targets(model, src, tgt, batch_size)
+        return -sum(lp) / max(sum(len(t) + 1 for t in tgt), 1)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         src, refs, tgt = self.eval_part
