@@ -9,7 +9,7 @@ from torch import nn
 
 import rnnkit
 from rnnkit import kernels
-from rnnkit.kernels import fast, native
+from rnnkit.kernels import bindings, fast, native
 
 needs_bf16 = pytest.mark.skipif(not native.bf16_capable(),
                                 reason="no AVX512-BF16 kernels on this CPU/compiler")
@@ -47,6 +47,7 @@ CASES = [  # (I, H, layers, bidirectional, lengths)
     (64, 128, 1, False, None),
     (7, 33, 2, True, None),
     (16, 48, 2, False, [11, 3, 7, 11, 1, 9]),
+    (32, 64, 2, True, [11, 3, 7, 11, 1, 9]),  # AMX: the LSTM split by units, both layers
 ]
 
 
@@ -219,3 +220,77 @@ def test_auto_under_bf16_autocast_follows_the_table_for_this_cpu_class(monkeypat
         with rnnkit.record(lstm) as rec:
             lstm(x)
         assert lstm.last_kernel.runs == "fast:c" and rec is not None
+
+
+needs_amx = pytest.mark.skipif(not (native.bf16_capable() and native.bf16_amx()),
+                               reason="no AMX tiles on this CPU (or Linux refused them)")
+
+
+@pytest.fixture
+def two_threads():
+    """Two threads (what splits the LSTM by units), put back after the test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.skipif(native.lib() is None, reason="rnnkit's C kernels are not built here")
+@pytest.mark.parametrize("K,N", [(5, 3), (64, 128), (33, 70)])
+def test_c_packing_equals_the_reference_layout(K, N):
+    """bindings.pack_bf16 (C, one pass) writes exactly native.pack_bf16's layout: a weight read
+    as its transpose, and blocks side by side ([W_hh | W_ih]), odd sizes padded with zeros."""
+    torch.manual_seed(6)
+    w, m, m2 = torch.randn(N, K), torch.randn(K, N), torch.randn(K, 7)
+    bits = lambda t: t.view(torch.int16)  # noqa: E731
+    assert torch.equal(bits(bindings.pack_bf16([w], transposed=True)),
+                       bits(native.pack_bf16(w.t())))
+    assert torch.equal(bits(bindings.pack_bf16([m, m2])),
+                       bits(native.pack_bf16(torch.cat([m, m2], 1))))
+    with pytest.raises(ValueError, match=r"blocks\[1\] must be \(K, n\) with K=" + str(K)):
+        bindings.pack_bf16([m, torch.randn(K + 1, 3)])
+
+
+@needs_amx
+@pytest.mark.parametrize("family", FAMILIES)
+def test_amx_tiles_agree_with_the_dot_products(family, two_threads):
+    """The same bf16 products on AMX tiles and on AVX512-BF16 dot products (float32
+    accumulation both, in another order): outputs and every gradient agree to a bf16
+    rounding's echo, with lengths, two layers, both directions."""
+    torch.manual_seed(7)
+    cls, kw, n_state = FAMILIES[family]
+    B, T, I, H = 19, 11, 32, 64
+    layer = cls(I, H, num_layers=2, bidirectional=True, kernel="fast", **kw)
+    x = torch.randn(B, T, I)
+    lens = torch.randint(1, T + 1, (B,))
+    state = tuple(0.5 * torch.randn(4, B, H) for _ in range(n_state))
+    g = torch.randn(B, T, 2 * H)
+    try:
+        native.bf16_amx(False)
+        want = outputs_and_grads(layer, x, lens, g, state)
+        assert not native.bf16_amx()
+    finally:
+        assert native.bf16_amx(True)
+    got = outputs_and_grads(layer, x, lens, g, state)
+    assert layer.last_kernel.runs == "fast:bf16"
+    for a, b in zip(got, want, strict=True):
+        assert rel(a, b.double()) < 2e-3
+
+
+@needs_amx
+def test_lstm_split_by_units_equals_the_split_by_rows(two_threads):
+    """On two threads the LSTM splits by units (each thread its columns of the weight, a
+    barrier per step); on one it runs every row itself: the same products in the same order,
+    so every output and gradient is equal bit for bit, with lengths (rows that end early)."""
+    torch.manual_seed(8)
+    B, T, I, H = 21, 9, 32, 64
+    lstm = rnnkit.LSTM(I, H, num_layers=2, kernel="fast")
+    x = torch.randn(B, T, I)
+    lens = torch.randint(1, T + 1, (B,))
+    state = tuple(0.5 * torch.randn(2, B, H) for _ in range(2))
+    g = torch.randn(B, T, H)
+    split = outputs_and_grads(lstm, x, lens, g, state)
+    torch.set_num_threads(1)
+    rows = outputs_and_grads(lstm, x, lens, g, state)
+    for a, b in zip(split, rows, strict=True):
+        assert torch.equal(a, b)

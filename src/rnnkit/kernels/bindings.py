@@ -47,6 +47,8 @@ SIGNATURES: dict[str, tuple[list, type | None]] = {
     "minrnn_forward": ([_P] * 4 + [_L] * 3 + [_I], None),
     "minrnn_backward": ([_P] * 7 + [_L] * 3 + [_I], None),
     "rnnkit_bf16_supported": ([], _I),
+    "rnnkit_bf16_amx": ([_I], _I),
+    "pack_bf16": ([_P, _L, _L, _I, _P, _L, _L], None),
     "lstm_seq_forward_bf16": ([_P] * 11 + [_L] * 4, _I),
     "lstm_seq_backward_bf16": ([_P] * 10 + [_L, _P, _P, _L, _L, _L, _L], _I),
     "rnn_seq_forward_bf16": ([_P] * 9 + [_L] * 4 + [_I], _I),
@@ -179,6 +181,32 @@ def lstm_seq_backward(G: Tensor, CC: Tensor, TC: Tensor, dY: Tensor, w: Tensor, 
 def panels_bf16(K: int, M: int) -> tuple[int, int, int]:
     """Shape of a ``(K, M)`` matrix packed by :func:`rnnkit.kernels.native.pack_bf16`."""
     return (-(-M // native.PW), -(-K // 2), 2 * native.PW)
+
+
+def pack_bf16(blocks: Sequence[Tensor], transposed: bool = False) -> Tensor:
+    """:func:`rnnkit.kernels.native.pack_bf16` in C (``csrc/bf16.c``, one pass, equal to it):
+    packs ``M = cat(blocks, 1)`` (each ``(K, n_i)``), or with ``transposed``
+    ``M = cat(blocks, 0).t()`` (each ``(n_i, K)``: a weight read as its transpose, with no
+    transposed copy). Blocks float32 (or converted), any layout (made contiguous)."""
+    f = "pack_bf16"
+    blocks = [b.detach().to(F32).contiguous() for b in blocks]
+    K = blocks[0].shape[1 if transposed else 0]
+    widths = [b.shape[0 if transposed else 1] for b in blocks]
+    for i, b in enumerate(blocks):
+        if b.dim() != 2 or b.shape[1 if transposed else 0] != K:
+            want = "(n, K)" if transposed else "(K, n)"
+            raise ValueError(f"{f}: blocks[{i}] must be {want} with K={K}, got "
+                             f"{tuple(b.shape)}")
+    N = sum(widths)
+    out = torch.zeros(panels_bf16(K, N), dtype=BF16)
+    po = _ptr(f, "dst", out, panels_bf16(K, N), BF16)
+    n0 = 0
+    for i, (b, n) in enumerate(zip(blocks, widths, strict=True)):
+        shape = (n, K) if transposed else (K, n)
+        _c().pack_bf16(_ptr(f, f"blocks[{i}]", b, shape), K, n, int(transposed), po, n0,
+                       out.shape[0])
+        n0 += n
+    return out
 
 
 def even(n: int) -> int:

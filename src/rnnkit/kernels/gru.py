@@ -214,7 +214,7 @@ class GRUResetAfterBF16(torch.autograd.Function):
             G, R = HH.new_empty(N, 3 * H), HH.new_empty(N, 3 * H)
             Xb = _bf16_rows(X)
             sizes, offs = plan.steps()
-            wx, wh = native.pack_bf16(w_ih.t()), native.pack_bf16(w.t())
+            wx, wh = bindings.pack_bf16([w_ih], True), bindings.pack_bf16([w], True)
             bindings.gru_seq_forward_bf16(Xb, wx, b_ih.float().contiguous(), wh,
                                           b_hh.float().contiguous(), HH, HB, G, R, sizes, offs,
                                           plan.T, B, H, I)
@@ -238,8 +238,8 @@ class GRUResetAfterBF16(torch.autograd.Function):
             run = plan.scatter_final(dhN, H, dY).to(torch.float32)
             db = G.new_zeros(bindings.threads(), 6 * H)
             sizes, offs = plan.steps()
-            wh = native.pack_bf16(w)  # dh_prev = dq W_hh
-            wx = native.pack_bf16(w_ih) if I else None  # dx = dxp W_ih
+            wh = bindings.pack_bf16([w])  # dh_prev = dq W_hh
+            wx = bindings.pack_bf16([w_ih]) if I else None  # dx = dxp W_ih
             bindings.gru_seq_backward_bf16(G, R, HH, dY, wh, wx, run, DXT, DQT, dX, db, sizes,
                                            offs, plan.T, B, H, I)
             dw_ih = DXT.mm(Xb[:, :w_ih.shape[1]]).float() if need[1] else None

@@ -194,7 +194,7 @@ class LSTMSequenceBF16(torch.autograd.Function):
             TC = HH.new_empty(N, H)
             Xb = _bf16_rows(X)
             sizes, offs = plan.steps()
-            wx, wh = native.pack_bf16(w_ih.t()), native.pack_bf16(w.t())
+            wx, wh = bindings.pack_bf16([w_ih], True), bindings.pack_bf16([w], True)
             b = HH.new_zeros(4 * H) if bias is None else bias.to(f32).contiguous()
             bindings.lstm_seq_forward_bf16(Xb, wx, b, wh, HH, HB, CC, G, TC, sizes, offs,
                                            plan.T, B, H, I)
@@ -217,7 +217,7 @@ class LSTMSequenceBF16(torch.autograd.Function):
             run_c = plan.scatter_final(dcN, H, TC).to(torch.float32)
             db = G.new_zeros(bindings.threads(), 4 * H)
             sizes, offs = plan.steps()
-            wp = native.pack_bf16(w if not I else torch.cat([w, w_ih], 1))  # [W_hh | W_ih]
+            wp = bindings.pack_bf16([w] if not I else [w, w_ih])  # [W_hh | W_ih]
             bindings.lstm_seq_backward_bf16(G, CC, TC, dY, wp, run_h, run_c, dAT, dX, db,
                                             sizes, offs, plan.T, plan.B, H, I)
             dw_ih = dAT.mm(Xb[:, :w_ih.shape[1]]).float() if need[1] else None

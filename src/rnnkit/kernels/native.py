@@ -122,6 +122,8 @@ def lib() -> ctypes.CDLL | None:
             break
         except (OSError, subprocess.SubprocessError):
             continue
+    if lib is not None:  # the bfloat16 products on AMX tiles where they run (bf16_amx)
+        lib.rnnkit_bf16_amx(ctypes.c_int(int(os.environ.get("RNNKIT_AMX", "1") != "0")))
     return lib
 
 
@@ -196,6 +198,17 @@ def bf16_class() -> str:
 def _bf16_built() -> bool:
     lib_ = lib()
     return lib_ is not None and bool(lib_.rnnkit_bf16_supported())
+
+
+def bf16_amx(on: bool | None = None) -> bool:
+    """Whether the bfloat16 kernels' products run on AMX tiles (``csrc/bf16.c``,
+    ``rows_mm_amx``) rather than on the AVX512-BF16 dot products alone; ``on`` switches them
+    (``True`` takes effect only where the CPU has AMX-TILE and AMX-BF16 and Linux grants the
+    tile state). On by default where they can run; ``RNNKIT_AMX=0`` starts with them off."""
+    lib_ = lib()
+    if lib_ is None:
+        return False
+    return bool(lib_.rnnkit_bf16_amx(ctypes.c_int(-1 if on is None else int(on))))
 
 
 def usable(*tensors: Tensor) -> bool:

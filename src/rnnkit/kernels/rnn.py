@@ -108,7 +108,7 @@ class RNNSequenceBF16(torch.autograd.Function):
             A = HH.new_empty(N, H)
             Xb = _bf16_rows(X)
             sizes, offs = plan.steps()
-            wx, wh = native.pack_bf16(w_ih.t()), native.pack_bf16(w.t())
+            wx, wh = bindings.pack_bf16([w_ih], True), bindings.pack_bf16([w], True)
             b = HH.new_zeros(H) if bias is None else bias.to(torch.float32).contiguous()
             bindings.rnn_seq_forward_bf16(Xb, wx, b, wh, HH, HB, A, sizes, offs, plan.T, B, H,
                                           I, relu)
@@ -133,7 +133,7 @@ class RNNSequenceBF16(torch.autograd.Function):
             run = plan.scatter_final(dhN, H, Y).to(torch.float32)
             db = Y.new_zeros(bindings.threads(), H)
             sizes, offs = plan.steps()
-            wp = native.pack_bf16(w if not I else torch.cat([w, w_ih], 1))  # [W_hh | W_ih]
+            wp = bindings.pack_bf16([w] if not I else [w, w_ih])  # [W_hh | W_ih]
             bindings.rnn_seq_backward_bf16(HH, dY, wp, run, DAT, dX, db, sizes, offs, plan.T,
                                            B, H, I, ctx.relu)
             dw_ih = DAT.mm(Xb[:, :w_ih.shape[1]]).float() if need[1] else None

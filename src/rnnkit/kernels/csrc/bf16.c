@@ -25,6 +25,19 @@ typedef uint16_t bf16_t;
 #define BF16_TARGET __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #endif
 
+/* AMX tiles (Sapphire Rapids on): the same products on the tile unit, where the compiler knows
+ * AMX (GCC >= 11, clang >= 12), the CPU reports AMX-TILE and AMX-BF16 and Linux grants the
+ * process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM); rnnkit_bf16_amx switches them. */
+#if defined(RNNKIT_HAVE_BF16) && !defined(RNNKIT_NO_AMX) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || \
+     (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)) && PW % 16 == 0
+#define RNNKIT_HAVE_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#define AMX_TARGET __attribute__((target( \
+    "amx-tile,amx-bf16,avx512bf16,avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#endif
+
 /* float -> bfloat16, round to nearest even (NaN stays NaN). */
 static inline bf16_t bf16_of(float x) {
     uint32_t u;
@@ -44,6 +57,31 @@ int rnnkit_bf16_supported(void) {
     if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
     return (a >> 5) & 1u;
 #else
+    return 0;
+#endif
+}
+
+/* 1 while the bfloat16 products run on AMX tiles (rnnkit_bf16_amx), read by every thread. */
+static int amx_on = 0;
+
+/* want 1: use AMX tiles where the CPU and the OS allow them (asks Linux for the tile state
+ * once); 0: the AVX512-BF16 dot products alone; -1: only ask. Returns whether AMX is on. */
+int rnnkit_bf16_amx(int want) {
+#ifdef RNNKIT_HAVE_AMX
+    static int granted = -1;  /* -1: not asked yet */
+    if (want > 0 && granted < 0) {
+        unsigned a, b, c, d;
+        /* CPUID leaf 7 subleaf 0, EDX: bit 22 AMX-BF16, bit 24 AMX-TILE; then the permission
+         * for XTILEDATA (state component 18), ARCH_REQ_XCOMP_PERM = 0x1023 */
+        granted = rnnkit_bf16_supported() && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
+                  ((d >> 22) & 1u) && ((d >> 24) & 1u) &&
+                  syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+    }
+    if (want >= 0) amx_on = want > 0 && granted > 0;
+    return amx_on;
+#else
+    (void)want;
+    (void)amx_on;
     return 0;
 #endif
 }
@@ -79,10 +117,138 @@ static inline __attribute__((always_inline)) BF16_TARGET void kern_bf16(
     }
 }
 
+#ifdef RNNKIT_HAVE_AMX
+/* The tile configuration (palette 1, 64 bytes a tile row): tiles 0, 1 and 2, 3 the product's
+ * blocks of two row blocks (m0, m1 rows of 16 floats), 4 and 5 those row blocks' operands (32
+ * bfloat16 a row), 6 and 7 the weight's (16 pairs of rows of 16 columns: half a panel). */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+static AMX_TARGET void amx_config(long m0, long m1) {
+    static const int block[8] = {0, 0, 1, 1, 0, 1, 2, 2};  /* row block 0, 1, or weight */
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        long r = block[t] == 2 ? 16 : block[t] ? m1 : m0;
+        cfg.colsb[t] = r ? 64 : 0;
+        cfg.rows[t] = (uint8_t)r;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+/* A run of up to 16 of the rows a[i0..n) the same distance apart in memory (each thread's rows
+ * are runs of consecutive rows): its length, and that distance in bytes in *gap. */
+static long amx_run(const bf16_t *const *a, long i0, long n, long *gap) {
+    long m = 1;
+    intptr_t g = i0 + 1 < n ? (intptr_t)a[i0 + 1] - (intptr_t)a[i0] : 0;
+    while (g > 0 && i0 + m < n && m < 16 && (intptr_t)a[i0 + m] - (intptr_t)a[i0 + m - 1] == g)
+        m++;
+    *gap = m > 1 ? (long)g : 64;
+    return m;
+}
+
+/* One operand of a product: rows (2 K2 bfloat16 each, K2 a multiple of 16) and the packed
+ * weight they multiply ((np, K2, PW, 2)). */
+typedef struct {
+    const bf16_t *const *a;
+    const bf16_t *w;
+    long K2;
+} AmxOperand;
+
+/* out (n rows, np PW wide) (+)= sum over the operands of rows @ weight, on AMX tiles, in the
+ * column tiles (16 columns) of the nrng ranges [rng[2 i], rng[2 i + 1]) (rng NULL: all): two runs
+ * of rows at a time against two column tiles (2 x 2 products of 16 rows x 16 columns x 32
+ * values, tdpbf16ps, float32 accumulation as vdpbf16ps, subnormal inputs read as zero as in
+ * oneDNN), every operand accumulated in the tiles before they are stored. All operands' rows
+ * are the same rows (runs found on the first's: the others' must be runs there too). */
+static AMX_TARGET void rows_mm_amx(const AmxOperand *op, int nop, long n, long np, float *out,
+                                   int zero, const long *rng, int nrng) {
+    const long ld = np * PW, nt = ld / 16, TP = PW / 16, bs = 2 * PW * (long)sizeof(bf16_t);
+    const long cs = ld * (long)sizeof(float);
+    long c0 = -1, c1 = -1;  /* rows of the current configuration */
+#define WT(w, K2, ct, kb) ((w) + ((ct) / TP) * (K2) * 2 * PW + ((ct) % TP) * 32 + (kb) * 2 * PW)
+    for (long i0 = 0, m0, m1; i0 < n; i0 += m0 + m1) {
+        long g0[4], g1[4];
+        m0 = amx_run(op[0].a, i0, n, &g0[0]);
+        m1 = i0 + m0 < n ? amx_run(op[0].a, i0 + m0, n, &g1[0]) : 0;
+        for (int o = 1; o < nop; o++) {
+            amx_run(op[o].a, i0, i0 + m0, &g0[o]);
+            if (m1) amx_run(op[o].a, i0 + m0, i0 + m0 + m1, &g1[o]);
+        }
+        if (m0 != c0 || m1 != c1) {
+            amx_config(m0, m1);
+            c0 = m0;
+            c1 = m1;
+        }
+        float *C0 = out + i0 * ld, *C1 = C0 + m0 * ld;
+        for (int ri = 0; ri < (rng ? nrng : 1); ri++) {
+            long cb = rng ? rng[2 * ri] : 0, ce = rng ? rng[2 * ri + 1] : nt;
+            for (long ct = cb; ct < ce; ct += 2) {
+                int two = ct + 1 < ce;  /* a second column tile */
+                float *p0 = C0 + ct * 16, *p1 = C1 + ct * 16;
+                if (zero) {  /* (tiles 2, 3 exist only with a second run) */
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    if (m1) {
+                        _tile_zero(2);
+                        _tile_zero(3);
+                    }
+                } else {
+                    _tile_loadd(0, p0, cs);
+                    if (two) _tile_loadd(1, p0 + 16, cs);
+                    if (m1) {
+                        _tile_loadd(2, p1, cs);
+                        if (two) _tile_loadd(3, p1 + 16, cs);
+                    }
+                }
+                for (int o = 0; o < nop; o++) {
+                    const bf16_t *A0 = op[o].a[i0], *A1 = m1 ? op[o].a[i0 + m0] : NULL;
+                    const bf16_t *w = op[o].w;
+                    long K2 = op[o].K2;
+                    for (long kb = 0; kb < K2; kb += 16) {
+                        _tile_loadd(4, A0 + 2 * kb, g0[o]);
+                        _tile_loadd(6, WT(w, K2, ct, kb), bs);
+                        _tile_dpbf16ps(0, 4, 6);
+                        if (two) {
+                            _tile_loadd(7, WT(w, K2, ct + 1, kb), bs);
+                            _tile_dpbf16ps(1, 4, 7);
+                        }
+                        if (m1) {
+                            _tile_loadd(5, A1 + 2 * kb, g1[o]);
+                            _tile_dpbf16ps(2, 5, 6);
+                            if (two) _tile_dpbf16ps(3, 5, 7);
+                        }
+                    }
+                }
+                _tile_stored(0, p0, cs);
+                if (two) _tile_stored(1, p0 + 16, cs);
+                if (m1) {
+                    _tile_stored(2, p1, cs);
+                    if (two) _tile_stored(3, p1 + 16, cs);
+                }
+            }
+        }
+    }
+#undef WT
+    if (c0 >= 0) _tile_release();
+}
+#endif /* RNNKIT_HAVE_AMX */
+
 /* out (n rows, np PW wide) (+)= rows a[0..n) (2 K2 bfloat16 each) @ the packed weight wp
- * (np, K2, PW, 2). */
+ * (np, K2, PW, 2): on AMX tiles where they are on and K2 fills whole tiles. */
 static BF16_TARGET void rows_mm_bf16(const bf16_t *const *a, long n, const bf16_t *wp, long K2,
                                      long np, float *out, int zero) {
+#ifdef RNNKIT_HAVE_AMX
+    if (amx_on && K2 % 16 == 0) {
+        AmxOperand op = {a, wp, K2};
+        rows_mm_amx(&op, 1, n, np, out, zero, NULL, 0);
+        return;
+    }
+#endif
     long ld = np * PW;
     for (long j = 0; j < np; j++) {
         const bf16_t *w = wp + j * K2 * 2 * PW;
@@ -97,6 +263,22 @@ static BF16_TARGET void rows_mm_bf16(const bf16_t *const *a, long n, const bf16_
             }
         }
     }
+}
+
+/* out (+)= rows a @ wa (K2a pairs) + rows b @ wb (K2b pairs), the same n rows: in one pass of
+ * the tiles where AMX is on and both fill whole tiles, else two products. */
+static BF16_TARGET void rows_mm2_bf16(const bf16_t *const *a, const bf16_t *wa, long K2a,
+                                      const bf16_t *const *b, const bf16_t *wb, long K2b,
+                                      long n, long np, float *out, int zero) {
+#ifdef RNNKIT_HAVE_AMX
+    if (amx_on && K2a % 16 == 0 && K2b % 16 == 0) {
+        AmxOperand op[2] = {{a, wa, K2a}, {b, wb, K2b}};
+        rows_mm_amx(op, 2, n, np, out, zero, NULL, 0);
+        return;
+    }
+#endif
+    rows_mm_bf16(a, n, wa, K2a, np, out, zero);
+    rows_mm_bf16(b, n, wb, K2b, np, out, 0);
 }
 
 /* dst[0..n2) = bfloat16 of src[0..n), zero from n to n2 (n2 >= n: the row's even width). */
@@ -133,6 +315,187 @@ static BF16_TARGET void put_t_bf16(bf16_t *dst, long N, long s, const long *rows
 }
 #endif /* RNNKIT_HAVE_BF16 */
 
+/* The weight layout the products read (rnnkit.kernels.native.pack_bf16, its reference), made
+ * in one pass: columns n0 .. n0 + n - 1 of dst (np, K2, PW, 2) bfloat16, K2 = ceil(K / 2),
+ * from src (contiguous float): its element (k, c), k < K, c < n, is src[k n + c], or src[c K
+ * + k] with trans (a (n, K) matrix read as its transpose). Rounds to nearest even as bf16_of;
+ * writes every (k, column) pair it owns, a zero for k = K when K is odd, nothing else (the
+ * caller zeroes the padding columns). */
+void pack_bf16(const float *src, long K, long n, int trans, bf16_t *dst, long n0, long np) {
+    long K2 = (K + 1) / 2;
+    (void)np;  /* the layout's panels: the caller sizes dst */
+    if (trans) {
+        for (long c = 0; c < n; c++) {
+            long col = n0 + c;
+            bf16_t *d = dst + ((col / PW) * K2 * PW + col % PW) * 2;
+            const float *v = src + c * K;
+            for (long k2 = 0; k2 < K2; k2++) {
+                d[k2 * 2 * PW] = bf16_of(v[2 * k2]);
+                d[k2 * 2 * PW + 1] = 2 * k2 + 1 < K ? bf16_of(v[2 * k2 + 1]) : 0;
+            }
+        }
+        return;
+    }
+    for (long k2 = 0; k2 < K2; k2++) {
+        const float *v0 = src + 2 * k2 * n, *v1 = v0 + n;
+        int odd = 2 * k2 + 1 < K;
+        for (long c = 0; c < n;) {  /* a panel's run of columns at a time */
+            long col = n0 + c, cc = col % PW, m = PW - cc < n - c ? PW - cc : n - c;
+            bf16_t *d = dst + (((col / PW) * K2 + k2) * PW + cc) * 2;
+            for (long i = 0; i < m; i++) {
+                d[2 * i] = bf16_of(v0[c + i]);
+                d[2 * i + 1] = odd ? bf16_of(v1[c + i]) : 0;
+            }
+            c += m;
+        }
+    }
+}
+
+#ifdef RNNKIT_HAVE_AMX
+/* ---- The LSTM split by units (AMX) ---------------------------------------------------------
+ * Split by rows (lstm_seq_forward_bf16 below), each thread multiplies its rows by the whole
+ * weight every step: at H = 512 that is 2.25 MB of bfloat16, more than a core's L2, so each
+ * step streams it from L3 and the tiles wait on memory. Here each thread owns a range of units
+ * instead (whole tiles of 16, the same range of each gate block): its columns of the weight
+ * (half of it on two threads) stay in its L2 from step to step, and it runs the cell of its
+ * units for every row. A step's h (forward) or dA (backward) is then made by every thread, so
+ * the threads meet once per step (a barrier) before the next product reads it. */
+
+/* Whether the LSTM runs split by units: AMX on, a team to split over, whole tiles of units
+ * for every thread; forward, also the pairs of x and of h in whole tiles (I, H multiples of
+ * 32; the backward's rows, dA, are 4H wide). */
+static int lstm_units_split(long H, long I, int forward) {
+    long team = rnnkit_threads();
+    return amx_on && team > 1 && H % 16 == 0 && H / 16 >= team &&
+           (!forward || (I % 32 == 0 && H % 32 == 0));
+}
+
+/* The calling thread's share [lo, hi) of n tiles. */
+static void my_tiles(long n, long *lo, long *hi) {
+    *lo = n * MY_THREAD / TEAM;
+    *hi = n * (MY_THREAD + 1) / TEAM;
+}
+
+/* lstm_seq_forward_bf16 (same arguments and results; H, I multiples of 32), split by
+ * units: per step each thread multiplies every row by its columns, runs its units' cell, and
+ * waits for the others' h before the next step. */
+static AMX_TARGET int lstm_forward_units(const bf16_t *X, const bf16_t *wx, const float *bias,
+                                         const bf16_t *wh, float *HH, bf16_t *HB, float *CC,
+                                         float *G, float *TC, const int64_t *sizes,
+                                         const int64_t *offs, long T, long B, long H, long I) {
+    long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW, ht = H / 16;
+    int failed = 0;
+    PRAGMA(omp parallel)
+    {
+        Work ws = {NULL, NULL, NULL, NULL};
+        int ok = work_get(&ws, (size_t)(B * ld), B);
+        if (!ok) REPORT(failed);
+        BARRIER
+        if (!failed) {
+            float *scr = ws.f;
+            const bf16_t **a = (const bf16_t **)ws.a, **ax = (const bf16_t **)ws.a2;
+            long lo, hi, rng[8];
+            my_tiles(ht, &lo, &hi);
+            long u0 = 16 * lo, nu = 16 * (hi - lo);
+            for (int g = 0; g < 4; g++) {
+                rng[2 * g] = g * ht + lo;
+                rng[2 * g + 1] = g * ht + hi;
+            }
+            for (long t = 0; t < T; t++) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0, q = B + s;
+                for (long i = 0; i < b && nu; i++) {
+                    ax[i] = X + (s + i) * I;
+                    a[i] = HB + (p + i) * H;
+                    for (int g = 0; g < 4; g++)
+                        memcpy(scr + i * ld + g * H + u0, bias + g * H + u0,
+                               (size_t)nu * sizeof(float));
+                }
+                if (nu) {
+                    AmxOperand op[2] = {{ax, wx, I / 2}, {a, wh, H / 2}};
+                    rows_mm_amx(op, 2, b, np, scr, 0, rng, 4);
+                }
+                for (long i = 0; i < b && nu; i++) {  /* gates straight into G's row */
+                    long o = s + i;
+                    float *h = HH + (q + i) * H + u0, *gr = G + o * N4 + u0;
+                    fwd_row_at(scr + i * ld + u0, H, gr, gr + H, gr + 2 * H, gr + 3 * H,
+                               CC + (p + i) * H + u0, CC + (q + i) * H + u0, TC + o * H + u0, h,
+                               nu);
+                    bf16_row(HB + (q + i) * H + u0, h, nu, nu);
+                }
+                BARRIER  /* every unit's h of step t is out before step t + 1 reads it */
+            }
+        }
+        if (ok) free(ws.f);
+    }
+    return failed;
+}
+
+/* lstm_seq_backward_bf16 (same arguments and results; H % 16 == 0), split by units: per step
+ * each thread forms dA of its units for every row (and their bias sums, dA^T rows), then,
+ * once every thread's dA is out, multiplies it by its columns of [W_hh | W_ih]: dh_prev of its
+ * units (what its cell reads next) and its share of dx. dA alternates between two buffers, so
+ * a step's dA is never overwritten while another thread still multiplies it. */
+static AMX_TARGET int lstm_backward_units(const float *G, const float *CC, const float *TC,
+                                          const float *dY, const bf16_t *w, float *run_h,
+                                          float *run_c, bf16_t *dAT, float *dX, float *db,
+                                          long ndb, const int64_t *sizes, const int64_t *offs,
+                                          long T, long B, long H, long I) {
+    long N4 = 4 * H, np = (H + I + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
+    long ht = H / 16, nt = ld / 16;
+    bf16_t *shared = malloc((size_t)(2 * B * N4) * sizeof(bf16_t));
+    if (!shared) return 1;
+    int failed = 0;
+    (void)ndb;  /* read by OpenMP alone: one row of sums per thread */
+    PRAGMA(omp parallel num_threads(ndb))
+    {
+        float *my = db + MY_THREAD * N4;
+        Work ws = {NULL, NULL, NULL, NULL};
+        int ok = work_get(&ws, (size_t)(B * ld + B * N4), B);
+        if (!ok) REPORT(failed);
+        BARRIER
+        if (!failed) {
+            float *scr = ws.f, *dA = scr + B * ld;  /* dA of the thread's units, rows 4 nu */
+            const bf16_t **a = (const bf16_t **)ws.a;
+            long *rows = ws.rows, lo, hi, xlo, xhi;
+            my_tiles(ht, &lo, &hi);
+            my_tiles(nt - ht, &xlo, &xhi);  /* and a share of dx's columns */
+            long u0 = 16 * lo, nu = 16 * (hi - lo), rng[4] = {lo, hi, ht + xlo, ht + xhi};
+            long x0 = 16 * xlo < I ? 16 * xlo : I, x1 = 16 * xhi < I ? 16 * xhi : I;
+            for (long i = 0; i < B; i++) rows[i] = i;
+            for (long t = T - 1; t >= 0; t--) {
+                long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
+                bf16_t *dAb = shared + (t % 2) * B * N4;
+                for (long i = 0; i < b && nu; i++) {
+                    long o = s + i;
+                    const float *g = G + o * N4;
+                    float *d = dA + i * 4 * nu;
+                    bwd_row_at(g + u0, g + H + u0, g + 2 * H + u0, g + 3 * H + u0,
+                               CC + (p + i) * H + u0, TC + o * H + u0, run_h + i * H + u0,
+                               dY + o * H + u0, run_c + i * H + u0, d, d + nu, d + 2 * nu,
+                               d + 3 * nu, my + u0, H, nu);
+                    for (int k = 0; k < 4; k++)
+                        bf16_row(dAb + i * N4 + k * H + u0, d + k * nu, nu, nu);
+                }
+                for (int k = 0; k < 4 && nu; k++)
+                    put_t_bf16(dAT + (k * H + u0) * N, N, s, rows, b, dA + k * nu, 4 * nu, nu);
+                BARRIER  /* every unit's dA of step t is out before it is multiplied */
+                for (long i = 0; i < b; i++) a[i] = dAb + i * N4;
+                rows_mm_amx(&(AmxOperand){a, w, N4 / 2}, 1, b, np, scr, 1, rng, 2);
+                for (long i = 0; i < b; i++) {
+                    memcpy(run_h + i * H + u0, scr + i * ld + u0, (size_t)nu * sizeof(float));
+                    if (x1 > x0)
+                        memcpy(dX + (s + i) * I + x0, scr + i * ld + H + x0,
+                               (size_t)(x1 - x0) * sizeof(float));
+                }
+            }
+        }
+        if (ok) free(ws.f);
+    }
+    free(shared);
+    return failed;
+}
+#endif /* RNNKIT_HAVE_AMX */
+
 /* lstm_seq_forward in bfloat16: X (N, I2) bfloat16 (I2 = I rounded up to even, zero padded);
  * wx, wh: W_ih^T, W_hh^T packed by pack_bf16 ((np, I2 / 2, 2 PW), (np, H2 / 2, 2 PW), H2 = H
  * rounded up to even); bias (4H) float. HH, CC (B + N, H) float hold h0, c0 then every step's
@@ -147,6 +510,10 @@ int lstm_seq_forward_bf16(const bf16_t *X, const bf16_t *wx, const float *bias,
                           float *TC, const int64_t *sizes, const int64_t *offs, long T, long B,
                           long H, long I) {
 #ifdef RNNKIT_HAVE_BF16
+#ifdef RNNKIT_HAVE_AMX
+    if (lstm_units_split(H, I, 1))
+        return lstm_forward_units(X, wx, bias, wh, HH, HB, CC, G, TC, sizes, offs, T, B, H, I);
+#endif
     long N4 = 4 * H, np = (N4 + PW - 1) / PW, ld = np * PW, I2 = (I + 1) / 2 * 2;
     long H2 = (H + 1) / 2 * 2;
     int failed = 0;
@@ -167,8 +534,7 @@ int lstm_seq_forward_bf16(const bf16_t *X, const bf16_t *wx, const float *bias,
                     a[i] = HB + (p + rows[i]) * H2;
                     memcpy(scr + i * ld, bias, (size_t)N4 * sizeof(float));
                 }
-                rows_mm_bf16(ax, n, wx, I2 / 2, np, scr, 0);
-                rows_mm_bf16(a, n, wh, H2 / 2, np, scr, 0);
+                rows_mm2_bf16(ax, wx, I2 / 2, a, wh, H2 / 2, n, np, scr, 0);
                 for (long i = 0; i < n; i++) {
                     long r = rows[i];
                     fwd_row(scr + i * ld, gt, gt + H, gt + 2 * H, gt + 3 * H, CC + (p + r) * H,
@@ -202,6 +568,11 @@ int lstm_seq_backward_bf16(const float *G, const float *CC, const float *TC, con
                            float *dX, float *db, long ndb, const int64_t *sizes,
                            const int64_t *offs, long T, long B, long H, long I) {
 #ifdef RNNKIT_HAVE_BF16
+#ifdef RNNKIT_HAVE_AMX
+    if (lstm_units_split(H, I, 0) && ndb > 1)
+        return lstm_backward_units(G, CC, TC, dY, w, run_h, run_c, dAT, dX, db, ndb, sizes,
+                                   offs, T, B, H, I);
+#endif
     long N4 = 4 * H, np = (H + I + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
     int failed = 0;
     (void)ndb;  /* read by OpenMP alone: one row of sums per thread */
@@ -278,8 +649,7 @@ int rnn_seq_forward_bf16(const bf16_t *X, const bf16_t *wx, const float *bias,
                     a[i] = HB + (p + rows[i]) * H2;
                     memcpy(scr + i * ld, bias, (size_t)H * sizeof(float));
                 }
-                rows_mm_bf16(ax, n, wx, I2 / 2, np, scr, 0);
-                rows_mm_bf16(a, n, wh, H2 / 2, np, scr, 0);
+                rows_mm2_bf16(ax, wx, I2 / 2, a, wh, H2 / 2, n, np, scr, 0);
                 for (long i = 0; i < n; i++) {
                     long r = rows[i];
                     rnn_fwd_row(scr + i * ld, HH + (q + r) * H, H, relu);

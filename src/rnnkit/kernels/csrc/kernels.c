@@ -2,6 +2,7 @@
  * rnnkit/kernels/native.py): RNN, LSTM, GRU and LayerNormLSTM over whole sequences, the LSTM
  * stack's single step, minGRU/minLSTM's pass over time (float32), the LSTM in bfloat16
  * (bf16.c); rows contiguous, gate blocks in torch.nn's order (LSTM i, f, g, o; GRU r, z, n). */
+#define _DEFAULT_SOURCE  /* syscall() under -std=c99 (bf16.c asks Linux for AMX tiles) */
 #include "common.h"
 #include "panel.h"
 

@@ -8,39 +8,58 @@
 #include "common.h"
 #include "panel.h"
 
-/* One LSTM row's step: gates from the pre-activations (i, f, g, o blocks of H), then
- * c = f c_prev + i g, tc = tanh(c), h = o tc. */
-static void fwd_row(const float *restrict pre, float *restrict gi, float *restrict gf,
-                    float *restrict gg, float *restrict go, const float *restrict cp,
-                    float *restrict c, float *restrict tc, float *restrict h, long H) {
-    for (long j = 0; j < H; j++) {
-        float i = sigm(pre[j]), f = sigm(pre[H + j]), g = tanh_(pre[2 * H + j]);
-        float o = sigm(pre[3 * H + j]);
+/* One LSTM row's step over n units: gates from the pre-activations (i, f, g, o blocks ldg
+ * apart), then c = f c_prev + i g, tc = tanh(c), h = o tc. */
+static inline void fwd_row_at(const float *restrict pre, long ldg, float *restrict gi,
+                              float *restrict gf, float *restrict gg, float *restrict go,
+                              const float *restrict cp, float *restrict c,
+                              float *restrict tc, float *restrict h, long n) {
+    for (long j = 0; j < n; j++) {
+        float i = sigm(pre[j]), f = sigm(pre[ldg + j]), g = tanh_(pre[2 * ldg + j]);
+        float o = sigm(pre[3 * ldg + j]);
         gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o;
         float cn = f * cp[j] + i * g, t = tanh_(cn);
         c[j] = cn; tc[j] = t; h[j] = o * t;
     }
 }
 
-/* One row's step back: dh = run_h + dy reaches h_t, dc = run_c + dh o (1 - tc^2) reaches c_t;
- * writes the pre-activation gradients ai..ao, run_c = dc f (reaching c_{t-1}) and adds them to
- * the bias gradient db (4H). */
-static void bwd_row(const float *restrict gi, const float *restrict gf,
-                    const float *restrict gg, const float *restrict go,
-                    const float *restrict cp, const float *restrict tc,
-                    const float *restrict run_h, const float *restrict dy,
-                    float *restrict run_c, float *restrict ai, float *restrict af,
-                    float *restrict ag, float *restrict ao, float *restrict db, long H) {
-    for (long j = 0; j < H; j++) {
+/* fwd_row_at for a row's H units, pre's gate blocks H apart. */
+static void fwd_row(const float *restrict pre, float *restrict gi, float *restrict gf,
+                    float *restrict gg, float *restrict go, const float *restrict cp,
+                    float *restrict c, float *restrict tc, float *restrict h, long H) {
+    fwd_row_at(pre, H, gi, gf, gg, go, cp, c, tc, h, H);
+}
+
+/* One row's step back over n units: dh = run_h + dy reaches h_t, dc = run_c + dh o (1 - tc^2)
+ * reaches c_t; writes the pre-activation gradients ai..ao, run_c = dc f (reaching c_{t-1}) and
+ * adds them to the bias gradient db (gate blocks ldb apart). */
+static inline void bwd_row_at(const float *restrict gi, const float *restrict gf,
+                              const float *restrict gg, const float *restrict go,
+                              const float *restrict cp, const float *restrict tc,
+                              const float *restrict run_h, const float *restrict dy,
+                              float *restrict run_c, float *restrict ai, float *restrict af,
+                              float *restrict ag, float *restrict ao, float *restrict db,
+                              long ldb, long n) {
+    for (long j = 0; j < n; j++) {
         float i = gi[j], f = gf[j], g = gg[j], o = go[j], t = tc[j];
         float dh = run_h[j] + dy[j];
         float dc = run_c[j] + dh * o * (1.0f - t * t);
         float a_i = dc * g * i * (1.0f - i), a_f = dc * cp[j] * f * (1.0f - f);
         float a_g = dc * i * (1.0f - g * g), a_o = dh * t * o * (1.0f - o);
         ai[j] = a_i; af[j] = a_f; ag[j] = a_g; ao[j] = a_o;
-        db[j] += a_i; db[H + j] += a_f; db[2 * H + j] += a_g; db[3 * H + j] += a_o;
+        db[j] += a_i; db[ldb + j] += a_f; db[2 * ldb + j] += a_g; db[3 * ldb + j] += a_o;
         run_c[j] = dc * f;
     }
+}
+
+/* bwd_row_at for a row's H units, db's gate blocks H apart. */
+static void bwd_row(const float *restrict gi, const float *restrict gf,
+                    const float *restrict gg, const float *restrict go,
+                    const float *restrict cp, const float *restrict tc,
+                    const float *restrict run_h, const float *restrict dy,
+                    float *restrict run_c, float *restrict ai, float *restrict af,
+                    float *restrict ag, float *restrict ao, float *restrict db, long H) {
+    bwd_row_at(gi, gf, gg, go, cp, tc, run_h, dy, run_c, ai, af, ag, ao, db, H, H);
 }
 
 /* Packed rows (rnnkit.kernels.plan.Plan): step t owns rows offs[t] .. offs[t] + sizes[t] - 1
