@@ -442,7 +442,10 @@ static AMX_TARGET int lstm_backward_units(const float *G, const float *CC, const
                                           long T, long B, long H, long I) {
     long N4 = 4 * H, np = (H + I + PW - 1) / PW, ld = np * PW, N = offs[T - 1] + sizes[T - 1];
     long ht = H / 16, nt = ld / 16;
-    bf16_t *shared = malloc((size_t)(2 * B * N4) * sizeof(bf16_t));
+    /* dA rows lda apart, 64 bytes past 4H: rows 4H = 2^k pairs apart would fall in the same
+     * L1 sets and a tile load of 16 of them would evict itself */
+    long lda = N4 + 32;
+    bf16_t *shared = malloc((size_t)(2 * B * lda) * sizeof(bf16_t));
     if (!shared) return 1;
     int failed = 0;
     (void)ndb;  /* read by OpenMP alone: one row of sums per thread */
@@ -464,7 +467,7 @@ static AMX_TARGET int lstm_backward_units(const float *G, const float *CC, const
             for (long i = 0; i < B; i++) rows[i] = i;
             for (long t = T - 1; t >= 0; t--) {
                 long b = sizes[t], s = offs[t], p = t ? B + offs[t - 1] : 0;
-                bf16_t *dAb = shared + (t % 2) * B * N4;
+                bf16_t *dAb = shared + (t % 2) * B * lda;
                 for (long i = 0; i < b && nu; i++) {
                     long o = s + i;
                     const float *g = G + o * N4;
@@ -474,12 +477,12 @@ static AMX_TARGET int lstm_backward_units(const float *G, const float *CC, const
                                dY + o * H + u0, run_c + i * H + u0, d, d + nu, d + 2 * nu,
                                d + 3 * nu, my + u0, H, nu);
                     for (int k = 0; k < 4; k++)
-                        bf16_row(dAb + i * N4 + k * H + u0, d + k * nu, nu, nu);
+                        bf16_row(dAb + i * lda + k * H + u0, d + k * nu, nu, nu);
                 }
                 for (int k = 0; k < 4 && nu; k++)
                     put_t_bf16(dAT + (k * H + u0) * N, N, s, rows, b, dA + k * nu, 4 * nu, nu);
                 BARRIER  /* every unit's dA of step t is out before it is multiplied */
-                for (long i = 0; i < b; i++) a[i] = dAb + i * N4;
+                for (long i = 0; i < b; i++) a[i] = dAb + i * lda;
                 rows_mm_amx(&(AmxOperand){a, w, N4 / 2}, 1, b, np, scr, 1, rng, 2);
                 for (long i = 0; i < b; i++) {
                     memcpy(run_h + i * H + u0, scr + i * ld + u0, (size_t)nu * sizeof(float));
