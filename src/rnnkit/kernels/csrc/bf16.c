@@ -159,14 +159,15 @@ typedef struct {
     long K2;
 } AmxOperand;
 
-/* out (n rows, np PW wide) (+)= sum over the operands of rows @ weight, on AMX tiles, in the
- * column tiles (16 columns) of the nrng ranges [rng[2 i], rng[2 i + 1]) (rng NULL: all): two runs
+/* out (n rows, np PW wide) (+)= sum over the operands of rows @ weight (bias given: out =
+ * bias + ..., bias (np PW), out not read), on AMX tiles, in the column tiles (16 columns) of
+ * the nrng ranges [rng[2 i], rng[2 i + 1]) (rng NULL: all): two runs
  * of rows at a time against two column tiles (2 x 2 products of 16 rows x 16 columns x 32
  * values, tdpbf16ps, float32 accumulation as vdpbf16ps, subnormal inputs read as zero as in
  * oneDNN), every operand accumulated in the tiles before they are stored. All operands' rows
  * are the same rows (runs found on the first's: the others' must be runs there too). */
 static AMX_TARGET void rows_mm_amx(const AmxOperand *op, int nop, long n, long np, float *out,
-                                   int zero, const long *rng, int nrng) {
+                                   int zero, const float *bias, const long *rng, int nrng) {
     const long ld = np * PW, nt = ld / 16, TP = PW / 16, bs = 2 * PW * (long)sizeof(bf16_t);
     const long cs = ld * (long)sizeof(float);
     long c0 = -1, c1 = -1;  /* rows of the current configuration */
@@ -190,7 +191,14 @@ static AMX_TARGET void rows_mm_amx(const AmxOperand *op, int nop, long n, long n
             for (long ct = cb; ct < ce; ct += 2) {
                 int two = ct + 1 < ce;  /* a second column tile */
                 float *p0 = C0 + ct * 16, *p1 = C1 + ct * 16;
-                if (zero) {  /* (tiles 2, 3 exist only with a second run) */
+                if (bias) {  /* every row starts at the bias: its 16 values, stride 0 */
+                    _tile_loadd(0, bias + ct * 16, 0);
+                    if (two) _tile_loadd(1, bias + ct * 16 + 16, 0);
+                    if (m1) {
+                        _tile_loadd(2, bias + ct * 16, 0);
+                        if (two) _tile_loadd(3, bias + ct * 16 + 16, 0);
+                    }
+                } else if (zero) {  /* (tiles 2, 3 exist only with a second run) */
                     _tile_zero(0);
                     _tile_zero(1);
                     if (m1) {
@@ -245,7 +253,7 @@ static BF16_TARGET void rows_mm_bf16(const bf16_t *const *a, long n, const bf16_
 #ifdef RNNKIT_HAVE_AMX
     if (amx_on && K2 % 16 == 0) {
         AmxOperand op = {a, wp, K2};
-        rows_mm_amx(&op, 1, n, np, out, zero, NULL, 0);
+        rows_mm_amx(&op, 1, n, np, out, zero, NULL, NULL, 0);
         return;
     }
 #endif
@@ -273,7 +281,7 @@ static BF16_TARGET void rows_mm2_bf16(const bf16_t *const *a, const bf16_t *wa, 
 #ifdef RNNKIT_HAVE_AMX
     if (amx_on && K2a % 16 == 0 && K2b % 16 == 0) {
         AmxOperand op[2] = {{a, wa, K2a}, {b, wb, K2b}};
-        rows_mm_amx(op, 2, n, np, out, zero, NULL, 0);
+        rows_mm_amx(op, 2, n, np, out, zero, NULL, NULL, 0);
         return;
     }
 #endif
@@ -406,13 +414,10 @@ static AMX_TARGET int lstm_forward_units(const bf16_t *X, const bf16_t *wx, cons
                 for (long i = 0; i < b && nu; i++) {
                     ax[i] = X + (s + i) * I;
                     a[i] = HB + (p + i) * H;
-                    for (int g = 0; g < 4; g++)
-                        memcpy(scr + i * ld + g * H + u0, bias + g * H + u0,
-                               (size_t)nu * sizeof(float));
                 }
                 if (nu) {
                     AmxOperand op[2] = {{ax, wx, I / 2}, {a, wh, H / 2}};
-                    rows_mm_amx(op, 2, b, np, scr, 0, rng, 4);
+                    rows_mm_amx(op, 2, b, np, scr, 0, bias, rng, 4);
                 }
                 for (long i = 0; i < b && nu; i++) {  /* gates straight into G's row */
                     long o = s + i;
@@ -483,7 +488,7 @@ static AMX_TARGET int lstm_backward_units(const float *G, const float *CC, const
                     put_t_bf16(dAT + (k * H + u0) * N, N, s, rows, b, dA + k * nu, 4 * nu, nu);
                 BARRIER  /* every unit's dA of step t is out before it is multiplied */
                 for (long i = 0; i < b; i++) a[i] = dAb + i * lda;
-                rows_mm_amx(&(AmxOperand){a, w, N4 / 2}, 1, b, np, scr, 1, rng, 2);
+                rows_mm_amx(&(AmxOperand){a, w, N4 / 2}, 1, b, np, scr, 1, NULL, rng, 2);
                 for (long i = 0; i < b; i++) {
                     memcpy(run_h + i * H + u0, scr + i * ld + u0, (size_t)nu * sizeof(float));
                     if (x1 > x0)
