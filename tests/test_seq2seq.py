@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from rnnkit.kernels import native
 from rnnkit.seq2seq import (
     ATTENTIONS,
     Attention,
@@ -235,6 +236,31 @@ def test_batched_beam_equals_one_sentence_at_a_time(cell, kind):
         assert [h.tokens for h in alone] == [h.tokens for h in together[b]]
         for x, z in zip(alone, together[b], strict=True):
             assert math.isclose(x.score, z.score, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_sentences_that_finish_leave_the_batch_with_their_attention():
+    """Sentences with different maximum lengths finish at different steps and leave the batch
+    (their rows, source and attention with them): every remaining sentence's hypotheses,
+    scores and attention rows equal its search alone, and the C LSTM step serves the
+    shrinking batch from the stepper built for the first step."""
+    torch.manual_seed(3)
+    m = model(cell="lstm", attention="general", layers=2)
+    src, L, _ = batch()
+    lens = [3, 9, 5, 12]
+    kw = dict(beam=3, bos=BOS, eos=EOS, alpha=0.6, n_best=2, forbid=(0, 1, BOS),
+              block_ngram=2, attention=True)
+    together = beam_search(*m.decoding(src, L, 3), lens, **kw)
+    for b in range(4):
+        alone = beam_search(*m.decoding(src[b:b + 1, :L[b]], L[b:b + 1], 3), [lens[b]], **kw)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in together[b]]
+        for x, z in zip(alone, together[b], strict=True):
+            assert math.isclose(x.score, z.score, rel_tol=1e-5, abs_tol=1e-6)
+            assert len(z.tokens) <= lens[b]
+            torch.testing.assert_close(x.attention, z.attention[:, :L[b]], atol=1e-6, rtol=1e-5)
+            assert torch.all(z.attention[:, L[b]:] == 0)
+    built = {s.B for s in m.decoder.rnn.__dict__["_steppers"].values()}
+    if native.lib() is not None:  # no stepper built for 9 or 6 rows: the 12-row one served
+        assert built <= {4 * 3, 3}, built
 
 
 def test_ngram_blocking_and_attention_rows():

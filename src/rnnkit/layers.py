@@ -139,9 +139,13 @@ class Recurrent(nn.Module):
         inference only; built once and rebuilt when the weights change (generation,
         streaming). ``verify``: also compare the weights' bytes (``Stepper.fresh(deep=True)``,
         one pass over them), which catches writes no version counter sees. At most
-        :data:`STEPPERS` batch sizes are kept, whatever the number of calls or sessions."""
+        :data:`STEPPERS` batch sizes are kept, whatever the number of calls or sessions; a
+        kept one that serves ``batch`` rows too (:meth:`Stepper.serves`) is reused."""
         cache = self.__dict__.setdefault("_steppers", {})
         st = cache.pop(batch, None)
+        if st is None:
+            wider = [b for b, s in cache.items() if s.serves(batch)]
+            st = cache.pop(min(wider)) if wider else None
         if st is None or not st.fresh(deep=verify):
             st = Stepper(self.describe_stack(), batch)
         cache[batch] = st  # most recently used last

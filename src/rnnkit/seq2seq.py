@@ -191,12 +191,15 @@ class DecodeState:
     copy_ids: Tensor | None = None
 
     def reorder(self, idx: Tensor) -> DecodeState:
-        """Rows ``idx`` ``(N,)`` of the recurrent state and the feed (beam reordering). The
+        """Rows ``idx`` ``(N',)`` of the recurrent state and the feed (beam reordering). The
         source is the same for every beam of a sentence and ``idx`` stays inside each
-        sentence's beams, so it is not moved."""
+        sentence's beams, so it is not moved, unless rows leave (``N' < N``: finished
+        sentences out of the batch), when the source's rows follow."""
+        src = (self.memory, self.keys, self.mask, self.copy_ids)
+        if idx.numel() != self.memory.shape[0]:
+            src = tuple(None if t is None else t.index_select(0, idx) for t in src)
         return DecodeState(tuple(s.index_select(1, idx) for s in self.rnn),
-                           None if self.feed is None else self.feed.index_select(0, idx),
-                           self.memory, self.keys, self.mask, self.copy_ids)
+                           None if self.feed is None else self.feed.index_select(0, idx), *src)
 
 
 class Decoder(nn.Module):
@@ -636,35 +639,33 @@ def beam_search(step: StepFn, state: Any, max_lens: Sequence[int], *, beam: int,
     hist = torch.zeros(B * K, 0, dtype=torch.long, device=dev)
     att: Tensor | None = None
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    done = [False] * B
-    base = (torch.arange(B, device=dev) * K).view(B, 1)
+    live = list(range(B))  # the sentences still searched: row block i is sentence live[i]
     for t in range(max(max_lens)):
-        logp, state, w = step(y, state)                                   # (B*K, V)
+        Bl = len(live)
+        logp, state, w = step(y, state)                                   # (Bl*K, V)
         logp = _forbid(logp, forbid)
         V = logp.shape[-1]
         if block_ngram:
             h = hist.tolist()
-            for r in range(B * K):
+            for r in range(Bl * K):
                 bl = _blocked(h[r], block_ngram)
                 if bl:
                     logp[r, list(bl)] = -math.inf
         if attention and w is not None:
             att = w.unsqueeze(1) if att is None else torch.cat([att, w.unsqueeze(1)], 1)
-        cand = (scores.view(B * K, 1) + logp).view(B, K * V)
+        cand = (scores.view(Bl * K, 1) + logp).view(Bl, K * V)
         n_cand = min(2 * K, K * V)
-        top, pos = cand.topk(n_cand, -1)                                   # (B, 2K)
+        top, pos = cand.topk(n_cand, -1)                                   # (Bl, 2K)
         src_beam, tok = pos // V, pos % V
         is_eos = tok == eos
         top_l, beam_l, eos_l = top.tolist(), src_beam.tolist(), is_eos.tolist()
-        for b in range(B):                                                 # set apart the ends
-            if done[b]:
-                continue
+        n = hist.shape[1] + 1
+        for i, b in enumerate(live):                                       # set apart the ends
             for j in range(min(K, n_cand)):
-                if eos_l[b][j] and top_l[b][j] > -math.inf:
-                    r = b * K + beam_l[b][j]
-                    n = hist.shape[1] + 1
+                if eos_l[i][j] and top_l[i][j] > -math.inf:
+                    r = i * K + beam_l[i][j]
                     finished[b].append(Hypothesis(
-                        hist[r].tolist(), top_l[b][j], top_l[b][j] / length_penalty(n, alpha),
+                        hist[r].tolist(), top_l[i][j], top_l[i][j] / length_penalty(n, alpha),
                         None if att is None else att[r].clone()))
         # the best K candidates that do not end live on (stable: by rank)
         order = torch.sort(is_eos.to(torch.int8), dim=-1, stable=True).indices[:, :K]
@@ -672,34 +673,39 @@ def beam_search(step: StepFn, state: Any, max_lens: Sequence[int], *, beam: int,
         keep_s = keep_s.masked_fill(is_eos.gather(1, order), -math.inf)
         if keep_s.shape[1] < K:
             pad = K - keep_s.shape[1]
-            keep_s = torch.cat([keep_s, keep_s.new_full((B, pad), -math.inf)], 1)
-            order = torch.cat([order, order[:, :1].expand(B, pad)], 1)
-        rows = (base + src_beam.gather(1, order)).view(-1)                 # (B*K,)
+            keep_s = torch.cat([keep_s, keep_s.new_full((Bl, pad), -math.inf)], 1)
+            order = torch.cat([order, order[:, :1].expand(Bl, pad)], 1)
+        base = (torch.arange(Bl, device=dev) * K).view(Bl, 1)
+        rows = (base + src_beam.gather(1, order)).view(-1)                # (Bl*K,)
         y = tok.gather(1, order).view(-1)
         hist = torch.cat([hist.index_select(0, rows), y.unsqueeze(1)], 1)
+        scores = keep_s
+        stay = []                 # the sentences that go on: the others leave the batch
+        score_l = None
+        for i, b in enumerate(live):
+            if len(finished[b]) >= K:
+                continue
+            if t + 1 >= max_lens[b]:          # out of length: the live ones finish as they are
+                score_l = scores.tolist() if score_l is None else score_l
+                for k in range(K):
+                    sc = score_l[i][k]
+                    if sc > -math.inf:
+                        r = int(rows[i * K + k])
+                        finished[b].append(Hypothesis(
+                            hist[i * K + k].tolist(), sc, sc / length_penalty(n, alpha),
+                            None if att is None else att[r].clone()))
+                continue
+            stay.append(i)
+        if not stay:
+            break
+        if len(stay) < Bl:        # rows of the sentences that stay, in their beams' order
+            keep = torch.tensor(stay, device=dev)
+            sel = (keep.view(-1, 1) * K + torch.arange(K, device=dev)).view(-1)
+            rows, y, hist, scores = rows[sel], y[sel], hist[sel], scores[keep]
+            live = [live[i] for i in stay]
         if att is not None:
             att = att.index_select(0, rows)
         state = _select(state, rows)
-        scores = keep_s
-        for b in range(B):
-            if done[b]:
-                continue
-            if len(finished[b]) >= K:
-                done[b] = True
-            elif t + 1 >= max_lens[b]:        # out of length: the live ones finish as they are
-                n = hist.shape[1]
-                for k in range(K):
-                    s = float(scores[b, k])
-                    if s > -math.inf:
-                        r = b * K + k
-                        finished[b].append(Hypothesis(
-                            hist[r].tolist(), s, s / length_penalty(n, alpha),
-                            None if att is None else att[r].clone()))
-                done[b] = True
-            if done[b]:
-                scores[b] = -math.inf
-        if all(done):
-            break
     out = []
     for b in range(B):
         hyps = sorted(finished[b], key=lambda h: -h.score)

@@ -131,10 +131,16 @@ class Stepper:
             self.steps = _OPTIMIZER_STEPS[0]
         return True
 
+    def serves(self, rows: int) -> bool:
+        """Whether one step of ``rows`` rows runs here: the batch it was built for, or, on the
+        C LSTM step (which takes any count), fewer (a beam search whose finished sentences
+        left the batch)."""
+        return rows == self.B or (self.native and 0 < rows < self.B)
+
     @torch.no_grad()
     def __call__(self, x: Tensor, state: Tensor | tuple[Tensor, ...] | None = None
                  ) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
-        B, H = self.B, self.H
+        B, H = (x.shape[0] if x.dim() == 2 and self.serves(x.shape[0]) else self.B), self.H
         if x.dim() != 2 or x.shape[0] != B or x.shape[1] != self.stack.input_size:
             raise ValueError(f"Stepper expects x of shape ({B}, {self.stack.input_size}), got "
                              f"{tuple(x.shape)}")
